@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv, build llama-cpp-python for this CPU (cached), install localllm and
+# fetch the default model into the model store, with progress shown.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.localllm-installed
+
+.PHONY: demo test lint typecheck unit bench setup model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml scripts/install_llama_cpp.py
+	$(BIN)/python scripts/install_llama_cpp.py
+	$(BIN)/python -m pip install --quiet -e ".[llama-cpp,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+model: setup
+	$(BIN)/localllm pull
+
+demo: model
+	$(BIN)/python examples/quickstart.py
+
+lint: setup
+	$(BIN)/ruff check localllm tests benchmarks examples scripts
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: model
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+bench: model
+	$(BIN)/python benchmarks/bench_llamacpp.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,104 @@
+"""The narrow hook a runtime implements; everything user-facing lives in ``Model``.
+
+An engine turns token ids into sampled token ids and answers tokenizer questions. It is
+never called by two threads at once (``Model`` serializes requests), so engines hold
+their runtime state without locks of their own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import ClassVar
+
+from .._errors import BackendUnavailableError
+from .._gguf import GGUFFile
+from .._types import Capabilities, DevicePlacement, SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the loader decided; every engine gets the same, already validated."""
+
+    context_length: int
+    threads: int
+    batch_size: int
+    gpu_layers: int = 0
+
+
+class Engine(ABC):
+    """One loaded model inside one runtime."""
+
+    backend_name: ClassVar[str]
+    #: pip extra that installs the runtime, used in BackendUnavailableError
+    extra: ClassVar[str]
+    #: file formats the backend opens, e.g. ("gguf",)
+    formats: ClassVar[tuple[str, ...]]
+    capabilities: ClassVar[Capabilities]
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True when the runtime can be imported here (without importing it twice)."""
+        return True
+
+    @classmethod
+    @abstractmethod
+    def open(cls, gguf: GGUFFile, options: EngineOptions) -> Engine:
+        """Load the model; raise a localllm error (never a bare runtime one)."""
+
+    @property
+    @abstractmethod
+    def backend_version(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def placement(self) -> DevicePlacement: ...
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def add_bos(self) -> bool: ...
+
+    @abstractmethod
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    @abstractmethod
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token contributes to output text (control tokens give b"")."""
+
+    @abstractmethod
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+    @abstractmethod
+    def token_text(self, token: int) -> str:
+        """The token's spelling in the vocabulary (``<|im_end|>`` for specials)."""
+
+    @abstractmethod
+    def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
+        """Evaluate ``prompt`` and yield sampled tokens until the caller stops iterating.
+
+        The first ``next()`` does the prompt processing. The engine never decides to
+        stop by itself: end-of-generation, stop strings and limits are ``Model``'s job.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the runtime's memory; called once."""
+
+
+def import_runtime(backend: str, module: str, extra: str) -> ModuleType:
+    """Import a runtime module, turning its absence into ``BackendUnavailableError``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailableError(backend, module, extra) from exc

@@ -1,0 +1,280 @@
+"""The llama.cpp backend, driven through llama-cpp-python's low-level C API.
+
+Using the C API directly (not ``llama_cpp.Llama``) keeps the per-token path to a handful
+of ctypes calls, gives per-request sampler chains (seed, penalty window, logit bias per
+call) and lets the KV cache keep the longest common prefix between requests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .._errors import BackendError, UnsupportedFeatureError
+from .._gguf import GGUFFile
+from .._types import Capabilities, DevicePlacement, SamplingParams
+from .base import Engine, EngineOptions, import_runtime
+
+log = logging.getLogger("localllm.llama_cpp")
+
+_NATIVE_PARAMS = frozenset({
+    "max_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty",
+    "repeat_last_n", "frequency_penalty", "presence_penalty", "logit_bias", "seed", "stop",
+})
+# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the last line)
+_LOG_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
+               4: logging.ERROR}
+
+
+def _penalties_active(p: SamplingParams) -> bool:
+    return bool(p.repeat_last_n) and (
+        p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0)
+
+
+class _Runtime:
+    """llama_cpp imported once per process, with its log output routed into ``logging``."""
+
+    _lock = threading.Lock()
+    _module: Any = None
+    _callback: Any = None  # kept alive: the C side holds a pointer to it
+    recent: deque[str] = deque(maxlen=40)  # last log lines, quoted in load errors
+    _last_level = logging.DEBUG
+
+    @classmethod
+    def get(cls) -> Any:
+        with cls._lock:
+            if cls._module is None:
+                lib = import_runtime("llama.cpp", "llama_cpp", "llama-cpp")
+                cls._callback = lib.llama_log_callback(cls._on_log)
+                lib.llama_log_set(cls._callback, ctypes.c_void_p(0))
+                lib.llama_backend_init()
+                cls._module = lib
+            return cls._module
+
+    @classmethod
+    def _on_log(cls, level: int, text: bytes, _user: Any) -> None:
+        # level 5 (GGML_LOG_LEVEL_CONT) continues the previous message
+        py_level = cls._last_level if level == 5 else _LOG_LEVELS.get(level, logging.DEBUG)
+        cls._last_level = py_level
+        line = text.decode("utf-8", errors="replace").rstrip("\n")
+        if line:
+            cls.recent.append(line)
+            log.log(py_level, "%s", line)
+
+
+class LlamaCppEngine(Engine):
+    backend_name: ClassVar[str] = "llama.cpp"
+    extra: ClassVar[str] = "llama-cpp"
+    formats: ClassVar[tuple[str, ...]] = ("gguf",)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, sampling_params=_NATIVE_PARAMS, logits=True, gpu_offload=True)
+
+    @classmethod
+    def is_available(cls) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("llama_cpp") is not None
+
+    @classmethod
+    def open(cls, gguf: GGUFFile, options: EngineOptions) -> LlamaCppEngine:
+        lib = _Runtime.get()
+        if options.gpu_layers and not lib.llama_supports_gpu_offload():
+            raise UnsupportedFeatureError(
+                "llama.cpp", f"GPU offload (gpu_layers={options.gpu_layers})",
+                "the installed llama-cpp-python was built for the CPU only; rebuild it with "
+                "a GPU backend (e.g. CMAKE_ARGS='-DGGML_CUDA=on') or load with gpu_layers=0")
+        return cls(lib, gguf, options)
+
+    def __init__(self, lib: Any, gguf: GGUFFile, options: EngineOptions) -> None:
+        self._lib = lib
+        self._options = options
+        self._total_layers = gguf.block_count
+        _Runtime.recent.clear()
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = options.gpu_layers
+        self._model = lib.llama_model_load_from_file(str(Path(gguf.path)).encode(), mparams)
+        if not self._model:
+            raise BackendError(f"llama.cpp could not load {gguf.path}: {self._last_log()}")
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = options.context_length
+        cparams.n_batch = options.batch_size
+        cparams.n_ubatch = options.batch_size
+        cparams.n_threads = options.threads
+        cparams.n_threads_batch = options.threads
+        cparams.no_perf = True
+        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            lib.llama_model_free(self._model)
+            raise BackendError(
+                f"llama.cpp could not create a context of {options.context_length} tokens "
+                f"for {gguf.path}: {self._last_log()}")
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self._memory = lib.llama_get_memory(self._ctx)
+        self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        self._n_ctx = lib.llama_n_ctx(self._ctx)
+        self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+        self._cached: list[int] = []  # tokens whose KV entries are in the context
+        self._one = (lib.llama_token * 1)()
+        self._closed = False
+
+    @staticmethod
+    def _last_log() -> str:
+        lines = [ln for ln in _Runtime.recent if ln.strip()]
+        return " | ".join(lines[-4:]) or "no details from the runtime"
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def backend_version(self) -> str:
+        return str(getattr(self._lib, "__version__", "unknown"))
+
+    @property
+    def placement(self) -> DevicePlacement:
+        gpu = min(self._options.gpu_layers, self._total_layers)
+        return DevicePlacement(device="gpu" if gpu else "cpu", gpu_layers=gpu,
+                               total_layers=self._total_layers)
+
+    @property
+    def context_length(self) -> int:
+        return int(self._n_ctx)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._n_vocab)
+
+    @property
+    def add_bos(self) -> bool:
+        return self._add_bos
+
+    # ---------------------------------------------------------------- tokenizer
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 2
+        for _ in range(2):
+            buf = (self._lib.llama_token * size)()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, size,
+                                         add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n
+        raise BackendError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece(token, False)
+        return piece
+
+    def token_text(self, token: int) -> str:
+        return self._piece(token, True).decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+        return eog
+
+    # ---------------------------------------------------------------- generation
+    def _sampler(self, p: SamplingParams, seed: int) -> Any:
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        add = lib.llama_sampler_chain_add
+        if p.logit_bias:
+            biases = (lib.llama_logit_bias * len(p.logit_bias))()
+            for i, (token, bias) in enumerate(p.logit_bias.items()):
+                biases[i].token = token
+                biases[i].bias = max(min(bias, 3.0e38), -3.0e38)  # -inf bans → lowest float
+            add(chain, lib.llama_sampler_init_logit_bias(self._n_vocab, len(p.logit_bias),
+                                                         biases))
+        if _penalties_active(p):
+            add(chain, lib.llama_sampler_init_penalties(p.repeat_last_n, p.repeat_penalty,
+                                                        p.frequency_penalty,
+                                                        p.presence_penalty))
+        if p.temperature == 0.0:
+            add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        # llama.cpp's (and llama-cpp-python's) default order, so seeds give the same text
+        add(chain, lib.llama_sampler_init_top_k(p.top_k))
+        add(chain, lib.llama_sampler_init_typical(p.typical_p, 1))
+        add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
+        add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
+        add(chain, lib.llama_sampler_init_temp(p.temperature))
+        add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    def _decode(self, tokens: list[int], start: int) -> None:
+        lib = self._lib
+        n_batch = self._options.batch_size
+        for at in range(start, len(tokens), n_batch):
+            part = tokens[at:at + n_batch]
+            arr = (lib.llama_token * len(part))(*part)
+            rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, len(part)))
+            if rc != 0:
+                self._forget_cache()
+                raise BackendError(f"llama_decode failed with code {rc} "
+                                   f"({self._last_log()})")
+
+    def _forget_cache(self) -> None:
+        self._lib.llama_memory_clear(self._memory, True)
+        self._cached = []
+
+    def _reuse_prefix(self, prompt: list[int]) -> int:
+        """Keep the KV entries shared with the previous request; return where to resume."""
+        keep = 0
+        limit = min(len(self._cached), len(prompt) - 1)  # the last token is always evaluated
+        while keep < limit and self._cached[keep] == prompt[keep]:
+            keep += 1
+        if keep == 0 or not self._lib.llama_memory_seq_rm(self._memory, -1, keep, -1):
+            self._forget_cache()
+            return 0
+        self._cached = self._cached[:keep]
+        return keep
+
+    def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
+        lib = self._lib
+        chain = self._sampler(params, seed)
+        try:
+            start = self._reuse_prefix(prompt)
+            self._cached = list(prompt[:start])
+            self._decode(prompt, start)
+            self._cached = list(prompt)
+            if _penalties_active(params):  # the prompt counts as history, as in llama-server
+                for token in prompt[-params.repeat_last_n:]:
+                    lib.llama_sampler_accept(chain, token)
+            one = self._one
+            ctx, sample, decode = self._ctx, lib.llama_sampler_sample, lib.llama_decode
+            batch_of_one = lib.llama_batch_get_one
+            cached = self._cached
+            while True:
+                token = sample(chain, ctx, -1)  # also accepts the token into the chain
+                yield token
+                one[0] = token
+                rc = decode(ctx, batch_of_one(one, 1))
+                if rc != 0:
+                    self._forget_cache()
+                    raise BackendError(f"llama_decode failed with code {rc} "
+                                       f"({self._last_log()})")
+                cached.append(token)
+        finally:
+            lib.llama_sampler_free(chain)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._lib.llama_free(self._ctx)
+        self._lib.llama_model_free(self._model)

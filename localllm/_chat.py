@@ -1,0 +1,235 @@
+"""Chat templates: the one function that turns messages into the prompt text.
+
+Templates come from the model file (``tokenizer.chat_template``) or, when the file has
+none, from an explicit choice (a name from :data:`NAMED_TEMPLATES` or a Jinja string).
+Rendering runs in Jinja2's ``ImmutableSandboxedEnvironment`` — a template is untrusted
+input inside a downloaded file (CVE-2024-34359) — with Hugging Face's helpers and with
+limits on render time and output size.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ChatTemplateError
+from ._types import Message
+
+if TYPE_CHECKING:
+    import jinja2
+
+MAX_RENDER_SECONDS = 2.0
+MAX_OUTPUT_CHARS = 4 * 1024 * 1024
+
+NAMED_TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+    "llama-2": (
+        "{% if messages[0]['role'] == 'system' %}"
+        "{% set system = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' %}"
+        "{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+        "{% for message in messages %}"
+        "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('llama-2 expects user and assistant turns to alternate') }}"
+        "{% endif %}"
+        "{% if message['role'] == 'user' %}"
+        "{{ bos_token + '[INST] ' + (system if loop.first else '') "
+        "+ message['content'] + ' [/INST]' }}"
+        "{% else %}{{ ' ' + message['content'] + ' ' + eos_token }}{% endif %}"
+        "{% endfor %}"
+    ),
+    "zephyr": (
+        "{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    ),
+    "gemma": (
+        "{% for message in messages %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\\n' + message['content'] + '<end_of_turn>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+    ),
+}
+
+
+_ACTIVE = threading.local()  # the limits of the render running on this thread
+
+
+def _check_active_limits() -> None:
+    limits: _RenderLimits | None = getattr(_ACTIVE, "limits", None)
+    if limits is not None:
+        limits.check()
+
+
+class _RenderLimits:
+    """Deadline shared by the sandbox hooks; checked on every call and attribute access."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise ChatTemplateError(
+                f"chat template rendering took longer than {self.seconds:g} s and was "
+                "stopped; the template loops too much or is hostile"
+            )
+
+
+@lru_cache(maxsize=1)
+def _environment_class() -> type[jinja2.sandbox.ImmutableSandboxedEnvironment]:
+    # jinja2 is imported here, not at module import, to keep `import localllm` fast.
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class LimitedEnvironment(ImmutableSandboxedEnvironment):
+        def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+            _check_active_limits()
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            _check_active_limits()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj: Any, argument: Any) -> Any:
+            _check_active_limits()
+            return super().getitem(obj, argument)
+
+    return LimitedEnvironment
+
+
+def _raise_exception(message: str) -> None:
+    raise ChatTemplateError(f"the chat template refused the messages: {message}")
+
+
+def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False,
+            separators: Any = None, sort_keys: bool = False) -> str:
+    # Hugging Face's variant: no HTML escaping, unicode kept, same keyword arguments.
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii,
+                      separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=32)
+def _compile(source: str) -> Any:
+    import jinja2
+
+    env = _environment_class()(trim_blocks=True, lstrip_blocks=True, autoescape=False,
+                               keep_trailing_newline=False)
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env, env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ChatTemplateError(
+            f"the chat template is not valid Jinja (line {exc.lineno}: {exc.message})"
+        ) from None
+
+
+def resolve_template(explicit: str | None, from_model: str | None) -> str:
+    """Pick the template text: an explicit choice wins, then the model's own; never a guess."""
+    if explicit is not None:
+        if explicit in NAMED_TEMPLATES:
+            return NAMED_TEMPLATES[explicit]
+        if "{{" in explicit or "{%" in explicit:
+            return explicit
+        raise ChatTemplateError(
+            f"chat_template={explicit!r} is neither a known name "
+            f"({', '.join(sorted(NAMED_TEMPLATES))}) nor a Jinja template"
+        )
+    if from_model is None:
+        raise ChatTemplateError(
+            "this model file has no chat template (tokenizer.chat_template); pass "
+            "chat_template= to load() with one of "
+            f"{', '.join(sorted(NAMED_TEMPLATES))} or a Jinja template string"
+        )
+    return from_model
+
+
+def normalize_messages(messages: Sequence[Message | Mapping[str, Any]]) -> list[Message]:
+    """Validate chat messages, accepting dicts in the OpenAI shape."""
+    from pydantic import ValidationError
+
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise ChatTemplateError(
+            "messages must be a list of {'role': ..., 'content': ...} dicts, "
+            f"not {type(messages).__name__}"
+        )
+    if not messages:
+        raise ChatTemplateError("messages is empty; pass at least one message")
+    out = []
+    for i, m in enumerate(messages):
+        if isinstance(m, Message):
+            out.append(m)
+            continue
+        try:
+            out.append(Message.model_validate(m))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ChatTemplateError(f"messages[{i}] is invalid: {problems}") from None
+    return out
+
+
+def render_chat(
+    template: str,
+    messages: Sequence[Message | Mapping[str, Any]],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+    max_seconds: float = MAX_RENDER_SECONDS,
+    max_chars: int = MAX_OUTPUT_CHARS,
+    **extra: Any,
+) -> str:
+    """Render ``messages`` with ``template`` in the sandbox; the only renderer in localllm."""
+    import jinja2
+
+    _, compiled = _compile(template)
+    msgs = [m.model_dump() for m in normalize_messages(messages)]
+    limits = _RenderLimits(max_seconds)
+    context = {"messages": msgs, "bos_token": bos_token, "eos_token": eos_token,
+               "add_generation_prompt": add_generation_prompt, **extra}
+    parts: list[str] = []
+    size = 0
+    _ACTIVE.limits = limits
+    try:
+        for piece in compiled.generate(context):
+            size += len(piece)
+            if size > max_chars:
+                raise ChatTemplateError(
+                    f"chat template output exceeded {max_chars} characters and was stopped"
+                )
+            limits.check()
+            parts.append(piece)
+    except ChatTemplateError:
+        raise
+    except jinja2.exceptions.SecurityError as exc:
+        raise ChatTemplateError(
+            f"the chat template tried an unsafe operation and was blocked: {exc}"
+        ) from None
+    except jinja2.TemplateError as exc:
+        raise ChatTemplateError(f"the chat template failed to render: {exc}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError,
+            OverflowError, RecursionError) as exc:
+        raise ChatTemplateError(
+            f"the chat template failed to render: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        _ACTIVE.limits = None
+    return "".join(parts)

@@ -1,0 +1,121 @@
+"""The one exception tree of localllm.
+
+Every failure a caller can act on is a subclass of :class:`LocalLLMError`. Where callers
+already catch a builtin for the same situation, the class also derives from it, so
+``except FileNotFoundError`` keeps working around ``localllm.load``::
+
+    LocalLLMError
+    ├── ConfigError (ValueError)              bad parameter, option or template choice
+    │   └── UnknownBackendError               backend name not in the registry
+    ├── ModelNotFoundError (FileNotFoundError) no such file / catalog entry
+    ├── ModelFormatError (ValueError)          file is not a valid model file
+    ├── UnsupportedModelError                  valid file, but this backend cannot run it
+    ├── BackendUnavailableError (ImportError)  runtime not installed (says which extra)
+    ├── BackendError (RuntimeError)            the runtime failed while working
+    ├── UnsupportedFeatureError                parameter/feature the backend cannot honour
+    ├── ContextOverflowError (ValueError)      prompt + max_tokens exceed the context
+    ├── ChatTemplateError (ValueError)         missing, failing or unsafe chat template
+    ├── ModelClosedError (RuntimeError)        model used after close()
+    └── StoreError                              download / verification / offline failures
+        ├── ChecksumMismatchError
+        └── OfflineError
+"""
+
+from __future__ import annotations
+
+
+class LocalLLMError(Exception):
+    """Base class of every error raised on purpose by localllm."""
+
+
+class ConfigError(LocalLLMError, ValueError):
+    """An option, parameter or setting has an invalid value."""
+
+
+class UnknownBackendError(ConfigError):
+    """The requested backend name is not registered."""
+
+    def __init__(self, name: str, valid: list[str]) -> None:
+        self.name = name
+        self.valid = valid
+        super().__init__(
+            f"unknown backend {name!r}; valid backends are: {', '.join(valid)} "
+            "(or 'auto' to let localllm choose)"
+        )
+
+
+class ModelNotFoundError(LocalLLMError, FileNotFoundError):
+    """The model file or catalog entry does not exist."""
+
+
+class ModelFormatError(LocalLLMError, ValueError):
+    """The file exists but is not a valid model file (bad magic, truncated, corrupt)."""
+
+
+class UnsupportedModelError(LocalLLMError):
+    """The file is valid but the chosen backend cannot run it."""
+
+
+class BackendUnavailableError(LocalLLMError, ImportError):
+    """The runtime a backend needs is not installed; the message names the extra."""
+
+    def __init__(self, backend: str, module: str, extra: str) -> None:
+        self.backend = backend
+        self.module_name = module
+        self.extra = extra
+        super().__init__(
+            f"backend {backend!r} needs the Python module {module!r}, which is not "
+            f'installed; fix: pip install "localllm[{extra}]"'
+        )
+
+
+class BackendError(LocalLLMError, RuntimeError):
+    """The runtime reported a failure while loading or generating."""
+
+
+class UnsupportedFeatureError(LocalLLMError):
+    """A parameter or feature was asked for that the backend cannot honour."""
+
+    def __init__(self, backend: str, feature: str, hint: str = "") -> None:
+        self.backend = backend
+        self.feature = feature
+        message = f"backend {backend!r} does not support {feature}"
+        super().__init__(message + (f"; {hint}" if hint else ""))
+
+
+class ContextOverflowError(LocalLLMError, ValueError):
+    """The prompt plus the requested completion does not fit in the context window."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
+        if prompt_tokens >= context_length:
+            need = f"the prompt alone has {prompt_tokens} tokens"
+        else:
+            need = f"prompt {prompt_tokens} + max_tokens {max_tokens} tokens are needed"
+        super().__init__(
+            f"{need} but the context holds {context_length}; shorten the prompt, lower "
+            "max_tokens, load with a larger context_length, or pass "
+            "overflow='truncate_left' / 'drop_oldest' to drop input explicitly"
+        )
+
+
+class ChatTemplateError(LocalLLMError, ValueError):
+    """The chat template is missing, failed to render or tried something unsafe."""
+
+
+class ModelClosedError(LocalLLMError, RuntimeError):
+    """The model was used after ``close()``."""
+
+
+class StoreError(LocalLLMError):
+    """The model store could not provide a verified file."""
+
+
+class ChecksumMismatchError(StoreError):
+    """A downloaded or cached file does not have the expected sha256."""
+
+
+class OfflineError(StoreError):
+    """A fetch was needed but ``LOCALLLM_OFFLINE=1`` forbids network access."""

@@ -1,0 +1,299 @@
+"""GGUF file inspection and validation, done in Python before any runtime sees the file.
+
+Native runtimes trust the header: a truncated download or an absurd count makes them
+abort or read out of bounds. ``read_gguf`` checks every count and extent against the
+file size and raises ``ModelFormatError`` naming what is wrong, without reading weights.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ModelFormatError, ModelNotFoundError
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+MAX_DIMS = 4
+MAX_STRING_BYTES = 64 * 1024 * 1024
+MAX_KV_COUNT = 1 << 20
+MAX_TENSOR_COUNT = 1 << 20
+DEFAULT_ALIGNMENT = 32
+
+# ggml type id -> (name, elements per block, bytes per block)
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
+    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+}
+
+# general.file_type (llama_ftype) -> quantization name as users know it
+FILE_TYPES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
+    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S",
+    22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
+    28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
+    37: "TQ2_0", 38: "MXFP4_MOE",
+}
+
+# GGUF metadata value types: id -> struct format (None for string/array)
+_SCALARS: dict[int, str] = {
+    0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d",
+}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    type_id: int
+    offset: int  # relative to the data section
+
+    @property
+    def type_name(self) -> str:
+        return GGML_TYPES[self.type_id][0]
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def n_bytes(self) -> int:
+        _, block, size = GGML_TYPES[self.type_id]
+        return self.n_elements // block * size
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    """The parsed header of a GGUF file: metadata and the tensor table."""
+
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    tensors: tuple[TensorInfo, ...]
+    data_offset: int
+    file_size: int
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", "unknown"))
+
+    def arch_value(self, key: str, default: Any = None) -> Any:
+        """Metadata under ``<architecture>.<key>``, e.g. ``context_length``."""
+        return self.metadata.get(f"{self.architecture}.{key}", default)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("general.name") or self.path.stem)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.arch_value("context_length", 0) or 0)
+
+    @property
+    def block_count(self) -> int:
+        return int(self.arch_value("block_count", 0) or 0)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def vocab_size(self) -> int:
+        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        return len(tokens) if tokens is not None else 0
+
+    @property
+    def chat_template(self) -> str | None:
+        value = self.metadata.get("tokenizer.chat_template")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def quantization(self) -> str:
+        file_type = self.metadata.get("general.file_type")
+        if isinstance(file_type, int) and file_type in FILE_TYPES:
+            return FILE_TYPES[file_type]
+        counts = Counter(t.type_name for t in self.tensors if len(t.shape) > 1)
+        return counts.most_common(1)[0][0] if counts else "unknown"
+
+    def token_text(self, token_id: int | None) -> str:
+        tokens = self.metadata.get("tokenizer.ggml.tokens") or ()
+        if token_id is None or not 0 <= token_id < len(tokens):
+            return ""
+        return str(tokens[token_id])
+
+
+class _Reader:
+    """Bounds-checked little-endian reader over a memory map."""
+
+    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.size = len(buf)
+        self.path = path
+
+    def fail(self, what: str) -> ModelFormatError:
+        return ModelFormatError(
+            f"{self.path} is not a valid GGUF file: {what} (at byte {self.pos}); "
+            "the file may be truncated or corrupt — download it again"
+        )
+
+    def unpack(self, fmt: str) -> Any:
+        width = struct.calcsize("<" + fmt)
+        if self.pos + width > self.size:
+            raise self.fail("unexpected end of file in the header")
+        value = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += width
+        return value[0] if len(value) == 1 else value
+
+    def count(self, what: str, limit: int, min_item_bytes: int = 1) -> int:
+        n = int(self.unpack("Q"))
+        remaining = self.size - self.pos
+        if n > limit:
+            raise self.fail(f"absurd {what} {n}")
+        if n * min_item_bytes > remaining:
+            raise self.fail(f"{what} {n} cannot fit in the {remaining} bytes left (truncated?)")
+        return n
+
+    def string(self) -> str:
+        n = self.count("string length", MAX_STRING_BYTES)
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail("a string is not valid UTF-8") from None
+
+    def strings(self, n: int) -> list[str]:
+        """Read ``n`` strings in one tight loop (vocabularies hold ~100k of them)."""
+        buf, pos, size, out = self.buf, self.pos, self.size, []
+        length_at = struct.Struct("<Q").unpack_from
+        try:
+            for _ in range(n):
+                (length,) = length_at(buf, pos)
+                pos += 8
+                if length > MAX_STRING_BYTES or pos + length > size:
+                    self.pos = pos
+                    raise self.fail(f"absurd string length {length}")
+                out.append(buf[pos : pos + length].decode("utf-8"))
+                pos += length
+        except struct.error:
+            self.pos = pos
+            raise self.fail("unexpected end of file in a string array") from None
+        except UnicodeDecodeError:
+            self.pos = pos
+            raise self.fail("a string is not valid UTF-8") from None
+        self.pos = pos
+        return out
+
+    def value(self, type_id: int, depth: int = 0) -> Any:
+        if type_id in _SCALARS:
+            return self.unpack(_SCALARS[type_id])
+        if type_id == _STRING:
+            return self.string()
+        if type_id == _ARRAY and depth == 0:
+            item_type = int(self.unpack("I"))
+            if item_type in _SCALARS:
+                width = struct.calcsize("<" + _SCALARS[item_type])
+                n = self.count("array length", self.size, width)
+                fmt = f"<{n}{_SCALARS[item_type]}"
+                items = struct.unpack_from(fmt, self.buf, self.pos)
+                self.pos += n * width
+                return list(items)
+            if item_type == _STRING:
+                return self.strings(self.count("array length", self.size, 8))
+            raise self.fail(f"unsupported array item type {item_type}")
+        raise self.fail(f"unknown metadata value type {type_id}")
+
+
+def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
+    """Parse and validate a GGUF header; raise ``ModelFormatError`` on anything odd."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelFormatError(f"{path} is not a regular file")
+    file_size = path.stat().st_size
+    if file_size < 24:
+        raise ModelFormatError(
+            f"{path} is not a valid GGUF file: only {file_size} bytes long; "
+            "the file may be truncated — download it again"
+        )
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return _parse(_Reader(mm, path), path, file_size)
+
+
+def _parse(r: _Reader, path: Path, file_size: int) -> GGUFFile:
+    magic = bytes(r.buf[0:4])
+    if magic != GGUF_MAGIC:
+        raise ModelFormatError(
+            f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r}); "
+            "localllm's llama.cpp backend needs .gguf files"
+        )
+    r.pos = 4
+    version = int(r.unpack("I"))
+    if version not in SUPPORTED_VERSIONS:
+        raise ModelFormatError(
+            f"{path} uses GGUF version {version}; supported versions are "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))} (version 1 files need an old runtime)"
+        )
+    n_tensors = r.count("tensor count", MAX_TENSOR_COUNT, 24)
+    n_kv = r.count("metadata count", MAX_KV_COUNT, 12)
+    metadata: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = r.string()
+        metadata[key] = r.value(int(r.unpack("I")))
+    tensors = [_tensor_info(r) for _ in range(n_tensors)]
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise r.fail(f"general.alignment {alignment!r} is not a power of two")
+    data_offset = (r.pos + alignment - 1) // alignment * alignment
+    for t in tensors:
+        end = data_offset + t.offset + t.n_bytes
+        if t.offset % alignment or end > file_size:
+            raise ModelFormatError(
+                f"{path} is truncated or corrupt: tensor {t.name!r} needs bytes up to "
+                f"{end} but the file has {file_size}; download it again"
+            )
+    return GGUFFile(path, version, metadata, tuple(tensors), data_offset, file_size)
+
+
+def _tensor_info(r: _Reader) -> TensorInfo:
+    name = r.string()
+    n_dims = int(r.unpack("I"))
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise r.fail(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+    shape = tuple(int(r.unpack("Q")) for _ in range(n_dims))
+    type_id = int(r.unpack("I"))
+    offset = int(r.unpack("Q"))
+    if type_id not in GGML_TYPES:
+        raise r.fail(f"tensor {name!r} has unknown ggml type {type_id}")
+    n = 1
+    for d in shape:
+        if d <= 0:
+            raise r.fail(f"tensor {name!r} has a non-positive dimension in {shape}")
+        n *= d
+        if n > r.size * 256:  # far more elements than any quantization can pack in the file
+            raise r.fail(f"tensor {name!r} has absurd shape {shape}")
+    block = GGML_TYPES[type_id][1]
+    if shape[0] % block:
+        raise r.fail(f"tensor {name!r} row length {shape[0]} is not a multiple of {block}")
+    return TensorInfo(name, shape, type_id, offset)

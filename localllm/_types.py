@@ -1,0 +1,188 @@
+"""Parameters, results and descriptions exchanged through the public API.
+
+All of them are frozen pydantic models validated at construction, so a bad value fails
+where it is written, with the field, the value and the valid range in the message.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._errors import ConfigError
+
+FinishReason = Literal["stop", "length"]
+OverflowPolicy = Literal["error", "truncate_left", "drop_oldest"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def describe_validation_error(kind: str, exc: ValidationError, valid: Sequence[str]) -> str:
+    """Turn a pydantic error into one readable line per problem: field, value, fix."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or kind
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(field, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(
+                f"unknown {kind} {field!r}{hint} (valid: {', '.join(sorted(valid))})"
+            )
+        else:
+            lines.append(f"invalid {field}={err.get('input')!r}: {err['msg']}")
+    return "; ".join(lines)
+
+
+class SamplingParams(_Frozen):
+    """How to generate. Defaults follow llama.cpp's, so results match its CLI.
+
+    A parameter the backend cannot honour raises ``UnsupportedFeatureError`` when it is
+    set explicitly; it is never ignored.
+    """
+
+    max_tokens: int | None = Field(
+        256, ge=1, description="tokens to generate at most; None = up to the context end"
+    )
+    temperature: float = Field(0.8, ge=0.0, le=100.0, description="0 = greedy")
+    top_k: int = Field(40, ge=0, description="0 = disabled")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="1.0 = disabled")
+    min_p: float = Field(0.05, ge=0.0, le=1.0, description="0.0 = disabled")
+    typical_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = disabled")
+    repeat_penalty: float = Field(1.0, gt=0.0, le=10.0, description="1.0 = disabled")
+    repeat_last_n: int = Field(64, ge=0, description="penalty window in tokens; 0 = off")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    seed: int | None = Field(None, ge=0, le=2**32 - 2, description="None = random")
+    stop: tuple[str, ...] = Field(default=(), description="strings that end generation")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_tuple(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = (value,)
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            if any(not isinstance(s, str) or s == "" for s in value):
+                raise ValueError("every stop string must be a non-empty str")
+            return tuple(value)
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _finite_bias(cls, value: dict[int, float]) -> dict[int, float]:
+        for token, bias in value.items():
+            if token < 0:
+                raise ValueError(f"token id {token} must be >= 0")
+            if bias != bias:  # NaN
+                raise ValueError(f"bias for token {token} is NaN")
+        return value
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> SamplingParams:
+        """Validate user keyword options, raising ``ConfigError`` with a readable message."""
+        try:
+            return cls(**options)
+        except ValidationError as exc:
+            raise ConfigError(
+                describe_validation_error("parameter", exc, list(cls.model_fields))
+            ) from None
+
+
+class Message(_Frozen):
+    """One chat turn."""
+
+    role: Role
+    content: str
+
+
+class Usage(_Frozen):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Timings(_Frozen):
+    """Seconds and rates of one request (load_s is the model's load time)."""
+
+    load_s: float
+    time_to_first_token_s: float
+    prompt_s: float
+    generation_s: float
+    prompt_tokens_per_s: float
+    generation_tokens_per_s: float
+
+
+class Truncation(_Frozen):
+    """What an opt-in overflow policy removed from the input so that it fits."""
+
+    policy: OverflowPolicy
+    dropped_tokens: int = 0
+    dropped_text: str = ""
+    dropped_messages: tuple[Message, ...] = ()
+
+
+class Completion(_Frozen):
+    """The result of a finished request."""
+
+    text: str
+    token_ids: tuple[int, ...] = Field(description="every generated token, stop included")
+    finish_reason: FinishReason
+    stop_sequence: str | None = Field(None, description="stop string that ended it, if any")
+    seed: int = Field(description="the seed actually used (random when none was given)")
+    usage: Usage
+    timings: Timings
+    truncation: Truncation | None = None
+
+
+class StreamChunk(_Frozen):
+    """A piece of a streamed answer; the last chunk carries the whole ``completion``."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    completion: Completion | None = None
+
+
+class Capabilities(_Frozen):
+    """What a backend can do, declared as data so the core can check before calling it."""
+
+    streaming: bool = True
+    sampling_params: frozenset[str] = Field(
+        default=frozenset(), description="SamplingParams fields the backend honours"
+    )
+    logits: bool = False
+    gpu_offload: bool = False
+    embeddings: bool = False
+
+
+class DevicePlacement(_Frozen):
+    device: str = "cpu"
+    gpu_layers: int = 0
+    total_layers: int = 0
+
+
+class ModelInfo(_Frozen):
+    """Facts about a loaded model: the file, the runtime and where it runs."""
+
+    path: str
+    name: str
+    format: str
+    architecture: str
+    parameter_count: int
+    quantization: str
+    file_size: int
+    vocab_size: int
+    trained_context_length: int
+    context_length: int
+    backend: str
+    backend_version: str
+    threads: int
+    batch_size: int
+    placement: DevicePlacement
+    has_chat_template: bool

@@ -1,0 +1,198 @@
+"""The ``localllm`` command: run, chat, info, pull, models.
+
+Errors from localllm are printed as one line (no traceback) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._errors import LocalLLMError
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", default=None,
+                   help="catalog name or .gguf path (default: the embedded default model)")
+    p.add_argument("--backend", default="auto", help="backend name or 'auto'")
+    p.add_argument("--context", type=int, default=None, help="context length in tokens")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repeat-penalty", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    names = ["max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+             "seed", "stop"]
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from ._loader import load
+
+    return load(args.model, backend=args.backend, context_length=args.context,
+                threads=args.threads)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with _load(args) as model:
+        stream = model.stream_chat([{"role": "user", "content": args.prompt}],
+                                   **_sampling(args)) if args.chat else \
+            model.stream(args.prompt, **_sampling(args))
+        for chunk in stream:
+            print(chunk.text, end="", flush=True)
+            if chunk.completion is not None and args.verbose:
+                c = chunk.completion
+                print(f"\n[{c.finish_reason}; {c.usage.prompt_tokens} prompt + "
+                      f"{c.usage.completion_tokens} generated tokens; "
+                      f"{c.timings.generation_tokens_per_s:.1f} tok/s]", file=sys.stderr)
+        print()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    with _load(args) as model:
+        print(f"chatting with {model.info.name} ({model.info.backend}); "
+              "empty line or Ctrl-D to quit, /reset to forget", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
+                return 0
+            if not line.strip():
+                return 0
+            if line.strip() == "/reset":
+                messages = messages[:1] if args.system else []
+                continue
+            messages.append({"role": "user", "content": line})
+            parts = []
+            try:
+                for chunk in model.stream_chat(messages, overflow="drop_oldest",
+                                               **_sampling(args)):
+                    print(chunk.text, end="", flush=True)
+                    parts.append(chunk.text)
+            except KeyboardInterrupt:
+                print(" [interrupted]", end="")
+            print()
+            messages.append({"role": "assistant", "content": "".join(parts)})
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ._gguf import read_gguf
+    from ._loader import resolve_source
+
+    gguf = read_gguf(resolve_source(args.model))
+    facts = {
+        "path": str(gguf.path), "name": gguf.name, "format": f"GGUF v{gguf.version}",
+        "architecture": gguf.architecture, "parameters": gguf.parameter_count,
+        "quantization": gguf.quantization, "file_size": gguf.file_size,
+        "trained_context_length": gguf.context_length, "layers": gguf.block_count,
+        "vocab_size": gguf.vocab_size,
+        "tokenizer": f"{gguf.metadata.get('tokenizer.ggml.model')} "
+                     f"(pre: {gguf.metadata.get('tokenizer.ggml.pre', '-')})",
+        "chat_template": "yes" if gguf.chat_template else "no (pass chat_template=)",
+        "license": gguf.metadata.get("general.license", "unknown"),
+    }
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        width = max(map(len, facts))
+        for key, value in facts.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from ._store import DEFAULT_MODEL, ModelStore
+
+    path = ModelStore().ensure(args.name or DEFAULT_MODEL)
+    print(path)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ._store import ModelStore
+
+    store = ModelStore()
+    local = {m.name: m for m in store.list_local()}
+    rows = []
+    for entry in store.catalog.values():
+        have = local.get(entry.name)
+        state = "missing" if have is None else ("ready" if have.verified else "corrupt")
+        rows.append({"name": entry.name, "size_mb": round(entry.size / 1e6, 1),
+                     "state": state, "license": entry.license,
+                     "source": entry.source.describe(), "description": entry.description})
+    if args.json:
+        print(json.dumps({"home": str(store.home), "models": rows}, indent=2))
+        return 0
+    print(f"model store: {store.home}")
+    for r in rows:
+        print(f"{r['name']:<28} {r['size_mb']:>8} MB  {r['state']:<8} {r['description']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="localllm",
+                                     description="Run local LLMs with one API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate from a prompt, streaming")
+    run.add_argument("prompt")
+    run.add_argument("--raw", dest="chat", action="store_false",
+                     help="plain completion instead of a chat turn")
+    run.add_argument("-v", "--verbose", action="store_true", help="print usage and speed")
+    _add_model_options(run)
+    _add_sampling_options(run)
+    run.set_defaults(func=cmd_run)
+
+    chat = sub.add_parser("chat", help="interactive multi-turn chat, streaming")
+    chat.add_argument("--system", default=None, help="system prompt")
+    _add_model_options(chat)
+    _add_sampling_options(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    info = sub.add_parser("info", help="facts from a model file's header (no loading)")
+    info.add_argument("model", nargs="?", default=None)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+
+    pull = sub.add_parser("pull", help="fetch a catalog model into the store")
+    pull.add_argument("name", nargs="?", default=None)
+    pull.set_defaults(func=cmd_pull)
+
+    models = sub.add_parser("models", help="the catalog and what is in the store")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except LocalLLMError as exc:
+        print(f"localllm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Test helpers: a runtime-free ``FakeModel`` and the backend contract suite.
+
+Every backend adopts :class:`BackendContract` by subclassing it in its own test module
+and providing a ``model`` fixture. Tests that need a capability skip by the capability
+the backend declares, never by backend name. Requires pytest.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from ._backends.base import EngineOptions
+from ._backends.fake import DEFAULT_REPLY, FakeEngine
+from ._chat import resolve_template
+from ._errors import (
+    ConfigError,
+    ContextOverflowError,
+    ModelClosedError,
+    UnsupportedFeatureError,
+)
+from ._model import Model
+from ._types import DevicePlacement, ModelInfo, SamplingParams
+
+__all__ = ["BackendContract", "FakeModel"]
+
+
+def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,  # noqa: N802
+              chat_template: str = "chatml") -> Model:
+    """A ``Model`` on the fake engine: scripted ``reply``, byte-level tokens, no runtime.
+
+    >>> from localllm.testing import FakeModel
+    >>> with FakeModel("Paris.") as model:
+    ...     model.chat([{"role": "user", "content": "Capital of France?"}]).text
+    'Paris.'
+    """
+    options = EngineOptions(context_length=context_length, threads=1, batch_size=64)
+    engine = FakeEngine(options, reply)
+    info = ModelInfo(
+        path="<fake>", name="fake", format="fake", architecture="fake", parameter_count=0,
+        quantization="none", file_size=0, vocab_size=engine.vocab_size,
+        trained_context_length=context_length, context_length=context_length,
+        backend="fake", backend_version=engine.backend_version, threads=1, batch_size=64,
+        placement=DevicePlacement(), has_chat_template=True)
+    return Model(engine, info, resolve_template(chat_template, None), "<s>", "</s>",
+                 load_s=0.0)
+
+
+class BackendContract:
+    """Behaviour every backend must show through ``Model``. Provide a ``model`` fixture."""
+
+    prompt = "The capital of France is"
+
+    def deterministic(self, model: Model, **extra: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {"max_tokens": 12, **extra}
+        if "temperature" in model.capabilities.sampling_params:
+            params["temperature"] = 0.0
+        return params
+
+    def test_complete_result_is_consistent(self, model: Model) -> None:
+        result = model.complete(self.prompt, **self.deterministic(model))
+        assert result.finish_reason in ("stop", "length")
+        assert result.usage.completion_tokens == len(result.token_ids) > 0
+        assert result.usage.prompt_tokens == model.count_tokens(self.prompt)
+        assert result.usage.total_tokens == (result.usage.prompt_tokens
+                                             + result.usage.completion_tokens)
+        assert result.timings.time_to_first_token_s > 0
+
+    def test_stream_concatenates_to_complete(self, model: Model) -> None:
+        params = self.deterministic(model, seed=7)
+        whole = model.complete(self.prompt, **params)
+        chunks = list(model.stream(self.prompt, **params))
+        assert "".join(c.text for c in chunks) == whole.text
+        assert chunks[-1].completion is not None
+        assert chunks[-1].completion.text == whole.text
+        assert chunks[-1].completion.token_ids == whole.token_ids
+
+    def test_max_tokens_is_a_hard_limit(self, model: Model) -> None:
+        result = model.complete(self.prompt, **self.deterministic(model, max_tokens=3))
+        assert result.usage.completion_tokens <= 3
+        if result.usage.completion_tokens == 3 and result.stop_sequence is None:
+            assert result.finish_reason == "length"
+
+    def test_stop_string_never_leaks(self, model: Model) -> None:
+        free = model.complete(self.prompt, **self.deterministic(model, max_tokens=24))
+        text = free.text.strip()
+        if len(text) < 4:
+            pytest.skip("the model produced too little text to pick a stop string from")
+        stop = text[len(text) // 2 : len(text) // 2 + 2]
+        cut = model.complete(self.prompt, **self.deterministic(model, max_tokens=24, stop=[stop]))
+        assert stop not in cut.text
+        assert cut.finish_reason == "stop" and cut.stop_sequence == stop
+        streamed = "".join(c.text for c in model.stream(
+            self.prompt, **self.deterministic(model, max_tokens=24, stop=[stop])))
+        assert streamed == cut.text
+
+    def test_context_overflow_raises_before_compute(self, model: Model) -> None:
+        n_ctx = model.info.context_length
+        with pytest.raises(ContextOverflowError) as info:
+            model.complete(self.prompt, max_tokens=n_ctx)
+        assert info.value.context_length == n_ctx
+        assert info.value.prompt_tokens == model.count_tokens(self.prompt)
+
+    def test_unknown_parameter_is_an_error(self, model: Model) -> None:
+        with pytest.raises(ConfigError, match="temprature"):
+            model.complete(self.prompt, temprature=0.5)
+
+    def test_undeclared_parameters_are_refused(self, model: Model) -> None:
+        supported = model.capabilities.sampling_params
+        probes = {"temperature": 0.3, "top_k": 5, "top_p": 0.5, "min_p": 0.2,
+                  "typical_p": 0.5, "repeat_penalty": 1.3, "frequency_penalty": 0.5,
+                  "presence_penalty": 0.5, "logit_bias": {1: 1.0}}
+        for name, value in probes.items():
+            if name in supported:
+                continue
+            with pytest.raises(UnsupportedFeatureError, match=name):
+                model.complete(self.prompt, **{name: value})
+        assert set(supported) <= set(SamplingParams.model_fields)
+
+    def test_same_seed_same_output(self, model: Model) -> None:
+        if "seed" not in model.capabilities.sampling_params:
+            pytest.skip("backend declares no seed")
+        params: dict[str, Any] = {"max_tokens": 16, "seed": 1234}
+        a = model.complete(self.prompt, **params)
+        b = model.complete(self.prompt, **params)
+        assert a.text == b.text and a.token_ids == b.token_ids and a.seed == 1234
+
+    def test_threads_never_interleave(self, model: Model) -> None:
+        params = self.deterministic(model, max_tokens=8)
+        prompts = [self.prompt, "Once upon a time", "1, 2, 3,", "def main():"]
+        expected = {p: model.complete(p, **params).text for p in prompts}
+        results: dict[int, tuple[str, str]] = {}
+        errors: list[BaseException] = []
+
+        def worker(i: int) -> None:
+            try:
+                p = prompts[i % len(prompts)]
+                results[i] = (p, "".join(c.text for c in model.stream(p, **params)))
+            except BaseException as exc:  # collected and re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors, errors
+        assert len(results) == 8
+        for prompt, text in results.values():
+            assert text == expected[prompt]
+
+    def test_breaking_out_of_a_stream_releases_the_model(self, model: Model) -> None:
+        for chunk in model.stream(self.prompt, max_tokens=50):
+            assert chunk is not None
+            break
+        done = threading.Event()
+
+        def other() -> None:
+            model.complete(self.prompt, max_tokens=2)
+            done.set()
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(timeout=120)
+        assert done.is_set()
+
+    def test_tokenizer_round_trip(self, model: Model) -> None:
+        for text in ["Hello world", "naïve café — 東京 🙂", "  two  spaces\n\ttab"]:
+            ids = model.tokenizer.encode(text, add_special=False)
+            assert ids
+            assert model.tokenizer.decode(ids) == text
+
+    def test_render_chat_contains_the_messages(self, model: Model) -> None:
+        text = model.render_chat([{"role": "system", "content": "Be brief."},
+                                  {"role": "user", "content": "Hello there"}])
+        assert "Be brief." in text and "Hello there" in text
+
+    def test_close_is_idempotent_and_final(self, model: Model) -> None:
+        # runs last within the class on a model the fixture gives each test
+        model.close()
+        model.close()
+        assert model.closed
+        with pytest.raises(ModelClosedError):
+            model.complete(self.prompt)

@@ -1,0 +1,24 @@
+"""Shared fixtures. Real-model tests never skip: a missing runtime or model fails them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import localllm
+from localllm import ModelStore
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    """The real default model from the store (fetched on first use, with progress)."""
+    return ModelStore().ensure(localllm.DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def shared_model(default_model_path: Path) -> Iterator[localllm.Model]:
+    """One real model for read-only tests (loading per test would dominate the run)."""
+    with localllm.load(default_model_path, context_length=1024, threads=2) as model:
+        yield model

@@ -1,0 +1,204 @@
+"""The llama.cpp backend on the real default model (SmolLM2-135M-Instruct Q4_1).
+
+These tests never skip: without llama-cpp-python or the model they fail, loudly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import localllm
+from localllm.testing import BackendContract
+
+QUESTION = [{"role": "user", "content": "Name the capital of France."}]
+
+
+class TestLlamaCppContract(BackendContract):
+    @pytest.fixture
+    def model(self, default_model_path: Path) -> Iterator[localllm.Model]:
+        with localllm.load(default_model_path, context_length=512, threads=2) as m:
+            yield m
+
+
+def test_info_describes_file_runtime_and_placement(shared_model: localllm.Model) -> None:
+    info = shared_model.info
+    assert (info.format, info.architecture, info.quantization) == ("gguf", "llama", "Q4_1")
+    assert info.parameter_count == 134_515_008
+    assert (info.trained_context_length, info.context_length) == (8192, 1024)
+    assert info.backend == "llama.cpp" and info.backend_version == "0.3.36"
+    assert info.threads == 2 and info.placement.device == "cpu"
+    assert info.placement.total_layers == 30 and info.has_chat_template
+
+
+def test_greedy_chat_answers_the_question(shared_model: localllm.Model) -> None:
+    result = shared_model.chat(QUESTION, temperature=0, max_tokens=40)
+    assert "Paris" in result.text
+    assert result.finish_reason == "stop" and result.stop_sequence is None  # <|im_end|>
+    assert result.usage.prompt_tokens == shared_model.count_tokens(QUESTION)
+    assert result.timings.generation_tokens_per_s > 0
+
+
+def test_output_matches_raw_llama_cpp_python(default_model_path: Path,
+                                             shared_model: localllm.Model) -> None:
+    """Same model, same seed and params → the same text as llama-cpp-python's own API.
+
+    llama.cpp's context default enables flash attention on the CPU; llama-cpp-python's
+    ``Llama`` turns it off, so the raw side asks for it to compare like with like."""
+    from llama_cpp import Llama
+
+    raw = Llama(str(default_model_path), n_ctx=1024, n_threads=2, verbose=False,
+                flash_attn=True)
+    try:
+        for prompt, params in [("The three primary colors are", {"temperature": 0.0}),
+                               ("Once upon a time", {"seed": 42}),
+                               ("def fibonacci(n):", {"seed": 7, "top_k": 20, "min_p": 0.1})]:
+            ours = shared_model.complete(prompt, max_tokens=32, **params)
+            raw_params = {"seed": 42, **params}
+            theirs = raw.create_completion(prompt, max_tokens=32, **raw_params)
+            assert ours.text == theirs["choices"][0]["text"], prompt  # type: ignore[index]
+    finally:
+        raw.close()
+
+
+def test_stop_string_spanning_two_tokens(shared_model: localllm.Model) -> None:
+    free = shared_model.complete("The three primary colors are", max_tokens=24, temperature=0)
+    pieces = [shared_model.tokenizer.decode([t]) for t in free.token_ids]
+    i = next(i for i in range(3, len(pieces) - 1)
+             if len(pieces[i].strip()) >= 2 and len(pieces[i + 1].strip()) >= 2)
+    stop = pieces[i][-2:] + pieces[i + 1][:2]
+    prefix = "".join(pieces[:i]) + pieces[i][:-2]
+    cut = shared_model.complete("The three primary colors are", max_tokens=24, temperature=0,
+                                stop=[stop])
+    assert cut.text == prefix[: prefix.find(stop)] if stop in prefix else cut.text == prefix
+    assert stop not in cut.text and cut.stop_sequence == stop
+    streamed = [c.text for c in shared_model.stream("The three primary colors are",
+                                                    max_tokens=24, temperature=0, stop=[stop])]
+    assert "".join(streamed) == cut.text
+
+
+def test_real_vocabulary_splits_characters_and_decodes_them(
+        shared_model: localllm.Model) -> None:
+    text = "🙂 東京 ﷺ"
+    ids = shared_model.tokenizer.encode(text, add_special=False)
+    engine = shared_model._engine
+    assert engine is not None
+    partial = [t for t in ids if _incomplete_utf8(engine.token_bytes(t))]
+    assert partial, "expected byte-level tokens that split a character"
+    assert shared_model.tokenizer.decode(ids) == text
+
+
+def _incomplete_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
+def test_logit_bias_and_penalties_change_the_output(shared_model: localllm.Model) -> None:
+    base = shared_model.complete("The capital of France is", max_tokens=8, temperature=0)
+    first = base.token_ids[0]
+    banned = shared_model.complete("The capital of France is", max_tokens=8, temperature=0,
+                                   logit_bias={first: float("-inf")})
+    assert banned.token_ids[0] != first
+    forced = shared_model.complete("The capital of France is", max_tokens=3, temperature=0,
+                                   logit_bias={first + 1: 100.0})
+    assert forced.token_ids == (first + 1,) * 3
+
+
+def test_prompt_cache_reuses_the_common_prefix(shared_model: localllm.Model) -> None:
+    long_prompt = "Here is a list of fruits: " + ", ".join(["apple", "pear", "plum"] * 60)
+    cold = shared_model.complete(long_prompt + " and", max_tokens=4, temperature=0)
+    warm = shared_model.complete(long_prompt + " or", max_tokens=4, temperature=0)
+    fresh = shared_model.complete("Unrelated text " + long_prompt + " or", max_tokens=1,
+                                  temperature=0)
+    assert warm.timings.time_to_first_token_s < cold.timings.time_to_first_token_s
+    assert fresh.usage.prompt_tokens > warm.usage.prompt_tokens
+    # reused state must not change results: a fresh model gives the same continuation
+    again = shared_model.complete(long_prompt + " and", max_tokens=4, temperature=0)
+    assert again.text == cold.text
+
+
+def test_gpu_request_on_a_cpu_build_is_refused(default_model_path: Path) -> None:
+    with pytest.raises(localllm.UnsupportedFeatureError, match="CPU only"):
+        localllm.load(default_model_path, gpu_layers=99)
+
+
+def test_load_option_errors(default_model_path: Path) -> None:
+    with pytest.raises(localllm.UnknownBackendError, match=r"llama\.cpp"):
+        localllm.load(default_model_path, backend="llamacpp")
+    with pytest.raises(localllm.ConfigError, match="trained on 8192"):
+        localllm.load(default_model_path, context_length=100_000)
+    with pytest.raises(localllm.ConfigError, match="threads=0"):
+        localllm.load(default_model_path, threads=0)
+    with pytest.raises(localllm.ConfigError, match="batch_size"):
+        localllm.load(default_model_path, context_length=256, batch_size=1000)
+    with pytest.raises(localllm.ChatTemplateError, match="neither a known name"):
+        localllm.load(default_model_path, chat_template="vicuna-ish")
+    with pytest.raises(localllm.ModelNotFoundError, match="smollm2-135m-instruct"):
+        localllm.load("no-such-model")
+
+
+def test_explicit_named_template_overrides_the_file(default_model_path: Path) -> None:
+    with localllm.load(default_model_path, context_length=256, chat_template="zephyr") as m:
+        assert m.render_chat(QUESTION).startswith("<|user|>\nName the capital")
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_llama_cpp_chatter_goes_to_logging_not_stderr(default_model_path: Path) -> None:
+    proc = _run_python(f"""
+        import logging, localllm
+        records = []
+        class Keep(logging.Handler):
+            def emit(self, record): records.append(record.getMessage())
+        logging.getLogger("localllm").addHandler(Keep())
+        logging.getLogger("localllm").setLevel(logging.DEBUG)
+        with localllm.load({str(default_model_path)!r}, context_length=256) as m:
+            m.complete("Hi", max_tokens=2)
+        assert any("llama_context" in r or "llama_model_loader" in r for r in records), records
+        print("ok", len(records))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok")
+    assert proc.stderr == ""
+
+
+def test_missing_runtime_names_the_extra(default_model_path: Path) -> None:
+    """Simulates an environment without llama-cpp-python by blocking its import (it cannot
+    be uninstalled for one test)."""
+    proc = _run_python(f"""
+        import sys
+        sys.modules["llama_cpp"] = None  # makes `import llama_cpp` raise ImportError
+        import localllm
+        try:
+            localllm.load({str(default_model_path)!r}, backend="llama.cpp")
+        except localllm.BackendUnavailableError as exc:
+            assert isinstance(exc, ImportError)
+            print(exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert 'pip install "localllm[llama-cpp]"' in proc.stdout
+
+
+def test_import_is_light_and_loads_no_runtime() -> None:
+    proc = _run_python("""
+        import sys, time
+        t = time.perf_counter()
+        import localllm
+        elapsed = time.perf_counter() - t
+        heavy = [m for m in ("llama_cpp", "numpy", "jinja2", "gguf") if m in sys.modules]
+        print(elapsed, heavy)
+    """)
+    elapsed, heavy = proc.stdout.split(" ", 1)
+    assert heavy.strip() == "[]"
+    assert float(elapsed) < 0.3

