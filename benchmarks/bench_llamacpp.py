@@ -126,10 +126,12 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"| metric (median of {opts.reps}) | localllm | llama-cpp-python | ratio |")
     print("|---|---|---|---|")
-    print(f"| prompt tokens/s ({n_prompt} tokens) | {result['prompt_tokens_per_s']['localllm']:.1f}"
-          f" | {result['prompt_tokens_per_s']['raw']:.1f} | {result['ratio']['prompt']:.3f} |")
-    print(f"| decode tokens/s ({opts.tokens} tokens) | {result['decode_tokens_per_s']['localllm']:.1f}"
-          f" | {result['decode_tokens_per_s']['raw']:.1f} | {result['ratio']['decode']:.3f} |")
+    pps, dps, ratio = (result["prompt_tokens_per_s"], result["decode_tokens_per_s"],
+                       result["ratio"])
+    print(f"| prompt tokens/s ({n_prompt} tokens) | {pps['localllm']:.1f} | {pps['raw']:.1f} "
+          f"| {ratio['prompt']:.3f} |")
+    print(f"| decode tokens/s ({opts.tokens} tokens) | {dps['localllm']:.1f} | {dps['raw']:.1f} "
+          f"| {ratio['decode']:.3f} |")
     print(f"| time to first token, s | {result['ttft_s']['localllm']:.3f} | "
           f"{result['ttft_s']['raw']:.3f} | {result['ratio']['ttft']:.3f} |")
     print(f"| load, s | {ours_load:.2f} | {raw_load:.2f} | |")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import TextIO
 
 ProgressCallback = Callable[[int, int], None]  # (done bytes, total bytes or 0)
 
@@ -12,13 +13,13 @@ ProgressCallback = Callable[[int, int], None]  # (done bytes, total bytes or 0)
 class ProgressBar:
     """Redraws one line on a terminal; prints a line every few seconds otherwise."""
 
-    def __init__(self, label: str, total: int, stream: object = None) -> None:
+    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
         self.label = label
         self.total = total
-        self.stream = stream if stream is not None else sys.stderr
+        self.stream: TextIO = stream if stream is not None else sys.stderr
         self.start = time.monotonic()
         self.last_draw = 0.0
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = self.stream.isatty()
 
     def __call__(self, done: int, total: int = 0) -> None:
         total = total or self.total
@@ -37,4 +38,4 @@ class ProgressBar:
         else:
             text = f"{self.label} {done / 1e6:7.1f} MB {rate / 1e6:6.1f} MB/s"
         end = "\r" if self.tty and done < total else "\n"
-        print(text, end=end, file=self.stream, flush=True)  # type: ignore[call-overload]
+        print(text, end=end, file=self.stream, flush=True)

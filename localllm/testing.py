@@ -27,7 +27,7 @@ from ._types import DevicePlacement, ModelInfo, SamplingParams
 __all__ = ["BackendContract", "FakeModel"]
 
 
-def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,  # noqa: N802
+def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,
               chat_template: str = "chatml") -> Model:
     """A ``Model`` on the fake engine: scripted ``reply``, byte-level tokens, no runtime.
 
@@ -109,7 +109,7 @@ class BackendContract:
 
     def test_undeclared_parameters_are_refused(self, model: Model) -> None:
         supported = model.capabilities.sampling_params
-        probes = {"temperature": 0.3, "top_k": 5, "top_p": 0.5, "min_p": 0.2,
+        probes: dict[str, Any] = {"temperature": 0.3, "top_k": 5, "top_p": 0.5, "min_p": 0.2,
                   "typical_p": 0.5, "repeat_penalty": 1.3, "frequency_penalty": 0.5,
                   "presence_penalty": 0.5, "logit_bias": {1: 1.0}}
         for name, value in probes.items():

@@ -32,7 +32,8 @@ def test_llama2_uses_bos_eos_and_raise_exception() -> None:
 
 
 def test_hf_helpers_tojson_and_strftime_now() -> None:
-    tpl = "{{ strftime_now('%Y') }}|{{ {'a': 'é', 'b': [1, 2]} | tojson }}|{{ x | tojson(indent=2) }}"
+    tpl = ("{{ strftime_now('%Y') }}|{{ {'a': 'é', 'b': [1, 2]} | tojson }}|"
+           "{{ x | tojson(indent=2) }}")
     out = render_chat(tpl, MSGS, x={"k": 1})
     year, js, indented = out.split("|")
     assert year == str(datetime.now().year)

@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -26,7 +27,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     ``cut_after`` makes the next response stop early (a dropped connection)."""
 
     cut_after: int | None = None
-    requests: list[str | None] = []
+    requests: ClassVar[list[str | None]] = []
 
     def do_GET(self) -> None:
         type(self).requests.append(self.headers.get("Range"))

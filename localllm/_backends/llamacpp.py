@@ -42,7 +42,7 @@ class _Runtime:
     _lock = threading.Lock()
     _module: Any = None
     _callback: Any = None  # kept alive: the C side holds a pointer to it
-    recent: deque[str] = deque(maxlen=40)  # last log lines, quoted in load errors
+    recent: ClassVar[deque[str]] = deque(maxlen=40)  # last log lines, quoted in load errors
     _last_level = logging.DEBUG
 
     @classmethod
