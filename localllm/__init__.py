@@ -51,11 +51,9 @@ __version__ = "0.1.0"
 _logging.getLogger("localllm").addHandler(_logging.NullHandler())
 
 __all__ = [
-    "CATALOG",
-    "DEFAULT_MODEL",
-    "NAMED_TEMPLATES",
     "BackendError",
     "BackendUnavailableError",
+    "CATALOG",
     "Capabilities",
     "CatalogEntry",
     "ChatTemplateError",
@@ -63,6 +61,7 @@ __all__ = [
     "Completion",
     "ConfigError",
     "ContextOverflowError",
+    "DEFAULT_MODEL",
     "DevicePlacement",
     "GGUFFile",
     "HubSource",
@@ -74,6 +73,7 @@ __all__ = [
     "ModelInfo",
     "ModelNotFoundError",
     "ModelStore",
+    "NAMED_TEMPLATES",
     "OfflineError",
     "PyPISource",
     "SamplingParams",

