@@ -278,3 +278,10 @@ class LlamaCppEngine(Engine):
         self._closed = True
         self._lib.llama_free(self._ctx)
         self._lib.llama_model_free(self._model)
+
+    def __del__(self) -> None:
+        # A model dropped without close() still gives its memory back (peers leak it).
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown may have torn down ctypes already
+            pass
