@@ -160,4 +160,7 @@ def load(
     except BaseException:
         engine.close()
         raise
-    return Model(engine, info, template, bos, eos, load_s=time.perf_counter() - started)
+    from .tokenizer import tokenizer_from_gguf
+
+    return Model(engine, info, template, bos, eos, load_s=time.perf_counter() - started,
+                 tokenizer_factory=lambda: tokenizer_from_gguf(gguf))

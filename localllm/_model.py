@@ -10,8 +10,8 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._backends.base import Engine
 from ._chat import normalize_messages, render_chat
@@ -36,7 +36,12 @@ from ._types import (
     Usage,
 )
 
+if TYPE_CHECKING:
+    from .sampling import LogitsProcessor
+    from .tokenizer import LocalTokenizer
+
 Messages = Sequence[Message | Mapping[str, Any]]
+SamplerChoice = Literal["auto", "native", "localllm"]
 _OVERFLOW_POLICIES = ("error", "truncate_left", "drop_oldest")
 
 
@@ -78,7 +83,8 @@ class Model:
     """
 
     def __init__(self, engine: Engine, info: ModelInfo, chat_template: str | None,
-                 bos_text: str, eos_text: str, load_s: float) -> None:
+                 bos_text: str, eos_text: str, load_s: float,
+                 tokenizer_factory: Callable[[], LocalTokenizer] | None = None) -> None:
         self._engine: Engine | None = engine
         self._info = info
         self._chat_template = chat_template
@@ -88,6 +94,8 @@ class Model:
         self._lock = threading.Lock()
         self._owner: int | None = None
         self.tokenizer = Tokenizer(engine)
+        self._tokenizer_factory = tokenizer_factory
+        self._local_tokenizer: LocalTokenizer | None = None
 
     # ----------------------------------------------------------------- lifecycle
     def __enter__(self) -> Model:
@@ -150,30 +158,50 @@ class Model:
 
     # ----------------------------------------------------------------- public generation
     def complete(self, prompt: str, *, overflow: OverflowPolicy = "error",
-                 **params: Any) -> Completion:
-        """Continue ``prompt``; see :class:`SamplingParams` for ``params``."""
-        return _collect(self.stream(prompt, overflow=overflow, **params))
+                 sampler: SamplerChoice = "auto",
+                 logits_processors: Sequence[LogitsProcessor] = (),
+                 response_format: Any = None, **params: Any) -> Completion:
+        """Continue ``prompt``.
+
+        ``params`` are the :class:`SamplingParams` fields. ``response_format`` constrains
+        the output (OpenAI ``json_schema`` dict, a pydantic model class, ``regex`` or
+        ``grammar``); ``logits_processors`` are user :class:`LogitsProcessor` callables;
+        both run on localllm's sampler, which ``sampler="localllm"`` also selects.
+        """
+        return _collect(self.stream(prompt, overflow=overflow, sampler=sampler,
+                                    logits_processors=logits_processors,
+                                    response_format=response_format, **params))
 
     def stream(self, prompt: str, *, overflow: OverflowPolicy = "error",
-               **params: Any) -> Iterator[StreamChunk]:
+               sampler: SamplerChoice = "auto",
+               logits_processors: Sequence[LogitsProcessor] = (),
+               response_format: Any = None, **params: Any) -> Iterator[StreamChunk]:
         """Like :meth:`complete`, yielding text as it is generated."""
         if not isinstance(prompt, str):
             raise ConfigError(f"prompt must be str, not {type(prompt).__name__}; "
                               "use chat() for a list of messages")
         sampling = self._prepare(params, overflow, chat=False)
+        decoding = self._decoding(sampler, logits_processors, response_format)
         ids = self._encode_prompt(prompt)
         ids, truncation = self._fit_prompt_tokens(ids, sampling, overflow)
-        return self._generate(ids, sampling, truncation)
+        return self._generate(ids, sampling, truncation, decoding)
 
     def chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
-             **params: Any) -> Completion:
+             sampler: SamplerChoice = "auto",
+             logits_processors: Sequence[LogitsProcessor] = (),
+             response_format: Any = None, **params: Any) -> Completion:
         """Answer a conversation, rendered with the model's chat template."""
-        return _collect(self.stream_chat(messages, overflow=overflow, **params))
+        return _collect(self.stream_chat(messages, overflow=overflow, sampler=sampler,
+                                         logits_processors=logits_processors,
+                                         response_format=response_format, **params))
 
     def stream_chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
-                    **params: Any) -> Iterator[StreamChunk]:
+                    sampler: SamplerChoice = "auto",
+                    logits_processors: Sequence[LogitsProcessor] = (),
+                    response_format: Any = None, **params: Any) -> Iterator[StreamChunk]:
         """Like :meth:`chat`, yielding text as it is generated."""
         sampling = self._prepare(params, overflow, chat=True)
+        decoding = self._decoding(sampler, logits_processors, response_format)
         msgs = normalize_messages(messages)
         dropped: list[Message] = []
         while True:
@@ -194,7 +222,7 @@ class Model:
             self._check_fits(len(ids), sampling)
         else:
             ids, truncation = self._fit_prompt_tokens(ids, sampling, overflow)
-        return self._generate(ids, sampling, truncation)
+        return self._generate(ids, sampling, truncation, decoding)
 
     # ----------------------------------------------------------------- internals
     def _prepare(self, params: Mapping[str, Any], overflow: str, chat: bool) -> SamplingParams:
@@ -218,6 +246,44 @@ class Model:
                     engine.backend_name, f"the sampling parameter {name!r}",
                     f"it supports: {', '.join(sorted(supported)) or 'none'}")
         return sampling
+
+    def local_tokenizer(self) -> LocalTokenizer:
+        """The runtime-independent tokenizer of this model (built on first use)."""
+        if self._local_tokenizer is None:
+            if self._tokenizer_factory is None:
+                raise UnsupportedFeatureError(self._live().backend_name,
+                                              "a localllm tokenizer for this model")
+            self._local_tokenizer = self._tokenizer_factory()
+        return self._local_tokenizer
+
+    def _decoding(self, sampler: str, processors: Sequence[LogitsProcessor],
+                  response_format: Any) -> _Decoding:
+        """Decide native vs localllm sampling and compile any constraint, before compute."""
+        engine = self._live()
+        if sampler not in ("auto", "native", "localllm"):
+            raise ConfigError(f"sampler={sampler!r} is invalid; use 'auto', 'native' or "
+                              "'localllm'")
+        processors = list(processors or ())
+        for proc in processors:
+            if not callable(proc):
+                raise ConfigError(f"logits processor {proc!r} is not callable")
+        needs_logits = bool(processors) or response_format is not None
+        if sampler == "native" and needs_logits:
+            raise ConfigError("logits_processors and response_format run on localllm's "
+                              "sampler; drop sampler='native'")
+        if not needs_logits and sampler != "localllm":
+            return _Decoding(native=True)
+        if not engine.capabilities.logits:
+            raise UnsupportedFeatureError(
+                engine.backend_name, "logits access (needed for sampler='localllm', "
+                "logits_processors and response_format)")
+        grammar = None
+        if response_format is not None:
+            from ._structured import GrammarConstraint, grammar_for
+
+            grammar = GrammarConstraint(self.local_tokenizer(), grammar_for(response_format),
+                                        engine.vocab_size)
+        return _Decoding(native=False, processors=processors, grammar=grammar)
 
     def _fits(self, n_prompt: int, sampling: SamplingParams) -> bool:
         n_ctx = self._live().context_length
@@ -260,15 +326,15 @@ class Model:
         self._lock.release()
 
     def _generate(self, prompt: list[int], sampling: SamplingParams,
-                  truncation: Truncation | None) -> Iterator[StreamChunk]:
+                  truncation: Truncation | None, decoding: _Decoding) -> Iterator[StreamChunk]:
         seed = sampling.seed if sampling.seed is not None else secrets.randbelow(2**32 - 1)
         budget = self._live().context_length - len(prompt)
         if sampling.max_tokens is not None:
             budget = min(budget, sampling.max_tokens)
-        return self._run(prompt, sampling, seed, budget, truncation)
+        return self._run(prompt, sampling, seed, budget, truncation, decoding)
 
     def _run(self, prompt: list[int], sampling: SamplingParams, seed: int, budget: int,
-             truncation: Truncation | None) -> Iterator[StreamChunk]:
+             truncation: Truncation | None, decoding: _Decoding) -> Iterator[StreamChunk]:
         self._acquire()
         try:
             engine = self._live()
@@ -279,7 +345,8 @@ class Model:
             finish: str = "length"
             t_start = time.perf_counter()
             t_first = t_start
-            tokens = engine.generate(prompt, sampling, seed)
+            tokens = (engine.generate(prompt, sampling, seed) if decoding.native
+                      else _sample_with_localllm(engine, prompt, sampling, seed, decoding))
             try:
                 for token in tokens:
                     if not generated:
@@ -328,6 +395,35 @@ class Model:
                               completion=completion)
         finally:
             self._release()
+
+
+class _Decoding:
+    """How one request picks tokens: the runtime's sampler, or localllm's with extras."""
+
+    def __init__(self, native: bool, processors: Sequence[LogitsProcessor] = (),
+                 grammar: Any = None) -> None:
+        self.native = native
+        self.processors = list(processors)
+        self.grammar = grammar
+
+
+def _sample_with_localllm(engine: Engine, prompt: list[int], sampling: SamplingParams,
+                          seed: int, decoding: _Decoding) -> Iterator[int]:
+    from .sampling import Sampler
+
+    processors = list(decoding.processors)
+    if decoding.grammar is not None:
+        processors.append(decoding.grammar)
+    sampler = Sampler(sampling, seed, processors)
+    history = list(prompt)
+    logits = engine.start(prompt)
+    while True:
+        token = sampler.sample(history, logits)
+        if decoding.grammar is not None:
+            decoding.grammar.consume(token)
+        yield token
+        history.append(token)
+        logits = engine.push(token)
 
 
 def _timings(load_s: float, n_prompt: int, n_gen: int, t_start: float, t_first: float,

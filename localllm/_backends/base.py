@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from .._errors import BackendUnavailableError
+from .._errors import BackendUnavailableError, UnsupportedFeatureError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
 
@@ -90,6 +90,17 @@ class Engine(ABC):
         The first ``next()`` does the prompt processing. The engine never decides to
         stop by itself: end-of-generation, stop strings and limits are ``Model``'s job.
         """
+
+    def start(self, prompt: list[int]) -> Any:
+        """Evaluate ``prompt``; return the logits row (numpy float32) for the next token.
+
+        Only for backends declaring ``capabilities.logits``; the localllm sampler,
+        user logits processors and structured output drive generation through it."""
+        raise UnsupportedFeatureError(self.backend_name, "logits access")
+
+    def push(self, token: int) -> Any:
+        """Append one token; return the logits row for the token after it."""
+        raise UnsupportedFeatureError(self.backend_name, "logits access")
 
     @abstractmethod
     def close(self) -> None:

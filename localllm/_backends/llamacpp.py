@@ -244,6 +244,28 @@ class LlamaCppEngine(Engine):
         self._cached = self._cached[:keep]
         return keep
 
+    def _logits(self) -> Any:
+        import numpy as np
+
+        row = self._lib.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self._n_vocab,)).copy()
+
+    def start(self, prompt: list[int]) -> Any:
+        start = self._reuse_prefix(prompt)
+        self._cached = list(prompt[:start])
+        self._decode(prompt, start)
+        self._cached = list(prompt)
+        return self._logits()
+
+    def push(self, token: int) -> Any:
+        self._one[0] = token
+        rc = self._lib.llama_decode(self._ctx, self._lib.llama_batch_get_one(self._one, 1))
+        if rc != 0:
+            self._forget_cache()
+            raise BackendError(f"llama_decode failed with code {rc} ({self._last_log()})")
+        self._cached.append(token)
+        return self._logits()
+
     def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
         lib = self._lib
         chain = self._sampler(params, seed)
