@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import random
 
-WORDS = ("the of and to in is was for on that with as by at from his it an were are which "
-         "this be or had not but first one their its new after who they have her she two "
-         "been other when there all during into school time may years more most only over "
-         "city some world would where later up such used many can state about national out "
-         "known university united then made").split()
+WORDS = (
+    "the of and to in is was for on that with as by at from his it an were are which "
+    "this be or had not but first one their its new after who they have her she two "
+    "been other when there all during into school time may years more most only over "
+    "city some world would where later up such used many can state about national out "
+    "known university united then made "
+).split()
 CODE = [
     "def f(x):\n    return x**2\n", "for (int i = 0; i < n; ++i) { sum += a[i]; }",
     "const x = await fetch(`/api/${id}`);", "SELECT * FROM users WHERE id = 42;",

@@ -48,8 +48,8 @@ def softmax(logits: Logits) -> npt.NDArray[np.float64]:
     finite = logits[np.isfinite(logits)]
     if finite.size == 0:
         raise ValueError("every token is masked (all logits are -inf)")
-    z = np.exp(logits.astype(np.float64) - float(finite.max()))
-    return z / z.sum()
+    z: npt.NDArray[np.float64] = np.exp(logits.astype(np.float64) - float(finite.max()))
+    return z / float(z.sum())
 
 
 class LogitBias:

@@ -245,7 +245,7 @@ def _spm_backend(gguf: GGUFFile, tokens: Sequence[str], types: Sequence[int]) ->
     tk = _import_tokenizers()
     scores = gguf.metadata.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    merges = []
+    merges: list[tuple[float, int, str, str]] = []
     for tok, score in zip(tokens, scores, strict=False):
         local = []
         for cut in range(1, len(tok)):

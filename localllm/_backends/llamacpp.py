@@ -7,6 +7,7 @@ call) and lets the KV cache keep the longest common prefix between requests.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
@@ -303,7 +304,6 @@ class LlamaCppEngine(Engine):
 
     def __del__(self) -> None:
         # A model dropped without close() still gives its memory back (peers leak it).
-        try:
+        # interpreter shutdown may have torn down ctypes already
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # interpreter shutdown may have torn down ctypes already
-            pass
