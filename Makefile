@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml scripts/install_llama_cpp.py
 	$(BIN)/python scripts/install_llama_cpp.py
-	$(BIN)/python -m pip install --quiet -e ".[llama-cpp,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -39,6 +39,7 @@ test: lint typecheck unit
 
 bench: model
 	$(BIN)/python benchmarks/bench_llamacpp.py
+	$(BIN)/python benchmarks/bench_tokenizer_sampling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -173,7 +173,7 @@ _BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
 def _import_tokenizers() -> Any:
     from ._backends.base import import_runtime
 
-    return import_runtime("localllm tokenizer", "tokenizers", "tokenizer")
+    return import_runtime("localllm tokenizer", "tokenizers", "all")
 
 
 def tokenizer_from_gguf(gguf: GGUFFile) -> LocalTokenizer:
