@@ -27,10 +27,12 @@ from ._errors import (
     UnknownBackendError,
     UnsupportedFeatureError,
     UnsupportedModelError,
+    WillNotFitError,
 )
 from ._gguf import GGUFFile, read_gguf
-from ._loader import load
+from ._loader import load, plan
 from ._model import Model, Tokenizer
+from ._planner import LoadPlan, MemoryEstimate
 from ._store import CATALOG, DEFAULT_MODEL, CatalogEntry, HubSource, ModelStore, PyPISource
 from ._types import (
     Capabilities,
@@ -65,7 +67,9 @@ __all__ = [
     "DevicePlacement",
     "GGUFFile",
     "HubSource",
+    "LoadPlan",
     "LocalLLMError",
+    "MemoryEstimate",
     "Message",
     "Model",
     "ModelClosedError",
@@ -86,8 +90,10 @@ __all__ = [
     "UnsupportedFeatureError",
     "UnsupportedModelError",
     "Usage",
+    "WillNotFitError",
     "backend_names",
     "load",
+    "plan",
     "read_gguf",
     "register_backend",
     "render_chat",

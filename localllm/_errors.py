@@ -14,6 +14,7 @@ already catch a builtin for the same situation, the class also derives from it, 
     ├── BackendError (RuntimeError)            the runtime failed while working
     ├── UnsupportedFeatureError                parameter/feature the backend cannot honour
     ├── ContextOverflowError (ValueError)      prompt + max_tokens exceed the context
+    ├── WillNotFitError (MemoryError)          the model will not fit in this machine's memory
     ├── ChatTemplateError (ValueError)         missing, failing or unsafe chat template
     ├── ModelClosedError (RuntimeError)        model used after close()
     └── StoreError                              download / verification / offline failures
@@ -99,6 +100,10 @@ class ContextOverflowError(LocalLLMError, ValueError):
             "max_tokens, load with a larger context_length, or pass "
             "overflow='truncate_left' / 'drop_oldest' to drop input explicitly"
         )
+
+
+class WillNotFitError(LocalLLMError, MemoryError):
+    """The plan found no placement that fits; the message says what would fit."""
 
 
 class ChatTemplateError(LocalLLMError, ValueError):

@@ -7,6 +7,7 @@ registry by file format and availability, and all options are validated up front
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from ._backends import auto_candidates, backend_names, get_backend
 from ._backends.base import Engine, EngineOptions
 from ._chat import resolve_template
 from ._errors import (
+    BackendError,
     BackendUnavailableError,
     ConfigError,
     ModelFormatError,
@@ -23,10 +25,11 @@ from ._errors import (
 )
 from ._gguf import GGUFFile, read_gguf
 from ._model import Model
+from ._planner import LoadPlan, make_plan
 from ._store import DEFAULT_MODEL, ModelStore
 from ._types import ModelInfo
+from .hardware import HardwareProfile
 
-DEFAULT_CONTEXT = 4096
 DEFAULT_BATCH = 512
 
 Source = str | os.PathLike[str] | None
@@ -98,23 +101,66 @@ def _check_int(name: str, value: object, low: int, high: int | None, hint: str) 
     return value
 
 
-def engine_options(gguf: GGUFFile, context_length: int | None, threads: int | None,
-                   batch_size: int | None, gpu_layers: int) -> EngineOptions:
-    trained = gguf.context_length or DEFAULT_CONTEXT
-    if context_length is None:
-        context_length = min(trained, DEFAULT_CONTEXT)
-    context_length = _check_int(
-        "context_length", context_length, 16, trained,
-        f"the model was trained on {trained} tokens; longer contexts degrade silently, "
-        "so localllm refuses them")
-    threads = _check_int("threads", default_threads() if threads is None else threads,
-                         1, 512, "use the number of physical cores")
-    batch = DEFAULT_BATCH if batch_size is None else batch_size
-    batch = _check_int("batch_size", min(batch, context_length) if batch_size is None
-                       else batch, 1, context_length, "it cannot exceed context_length")
-    gpu_layers = _check_int("gpu_layers", gpu_layers, 0, None, "0 keeps the model on the CPU")
-    return EngineOptions(context_length=context_length, threads=threads, batch_size=batch,
-                         gpu_layers=gpu_layers)
+def _resolve(source: Source, backend: str, store: ModelStore | None
+             ) -> tuple[Path, str, type[Engine], GGUFFile]:
+    if not isinstance(backend, str):
+        raise ConfigError(f"backend must be a str, not {type(backend).__name__}")
+    path = resolve_source(source, store)
+    file_format = detect_format(path)
+    engine_cls = choose_backend(backend, file_format)
+    return path, file_format, engine_cls, read_gguf(path)
+
+
+def plan(
+    source: Source = None,
+    *,
+    backend: str = "auto",
+    context_length: int | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    batch_size: int | None = None,
+    gpu_layers: int | None = None,
+    allow_fallback: bool = False,
+    store: ModelStore | None = None,
+    profile: HardwareProfile | None = None,
+) -> LoadPlan:
+    """Decide how ``load()`` would run ``source`` here, reading only the file header.
+
+    Raises ``WillNotFitError`` (with what would fit) when no placement fits in memory.
+    """
+    _, _, engine_cls, gguf = _resolve(source, backend, store)
+    return _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
+                     gpu_layers, allow_fallback, profile)
+
+
+def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | None,
+              device: str, threads: int | None, batch_size: int | None,
+              gpu_layers: int | None, allow_fallback: bool,
+              profile: HardwareProfile | None) -> LoadPlan:
+    if threads is not None:
+        _check_int("threads", threads, 1, 512, "use the number of physical cores")
+    if batch_size is not None:
+        _check_int("batch_size", batch_size, 1, context_length or gguf.context_length or 1 << 30,
+                   "it cannot exceed context_length")
+    if gpu_layers is not None:
+        _check_int("gpu_layers", gpu_layers, 0, None, "0 keeps the model on the CPU")
+    if context_length is not None:
+        _check_int("context_length", context_length, 16, gguf.context_length or 1 << 30,
+                   f"the model was trained on {gguf.context_length} tokens; longer contexts "
+                   "degrade silently, so localllm refuses them")
+    import sys
+
+    from .hardware import probe
+
+    profile = profile or probe(runtimes=False)
+    wants_gpu = device == "gpu" or bool(gpu_layers) or (device == "auto" and profile.has_gpu)
+    offload = engine_cls.gpu_offload_supported() if wants_gpu else False
+    return make_plan(gguf, profile, backend=engine_cls.backend_name,
+                     gpu_offload_supported=offload, context_length=context_length,
+                     device=device, threads=threads, batch_size=batch_size or DEFAULT_BATCH,
+                     gpu_layers=gpu_layers,
+                     allow_fallback=allow_fallback,
+                     runtime_loaded="llama_cpp" in sys.modules)
 
 
 def load(
@@ -122,30 +168,37 @@ def load(
     *,
     backend: str = "auto",
     context_length: int | None = None,
+    device: str = "auto",
     threads: int | None = None,
     batch_size: int | None = None,
-    gpu_layers: int = 0,
+    gpu_layers: int | None = None,
+    allow_fallback: bool = False,
     chat_template: str | None = None,
     store: ModelStore | None = None,
 ) -> Model:
     """Load a model: a catalog name, a path to a ``.gguf``, or None for the default model.
 
-    ``context_length`` defaults to the trained length capped at 4096; ``chat_template``
-    overrides the file's template (a name such as ``"chatml"`` or a Jinja string) and is
-    required for files that have none.
+    Loading is plan, then act: :func:`plan` picks the device placement and the context
+    (the largest that fits, up to the trained length, unless ``context_length`` is
+    given), and the runtime's real placement is checked against the plan afterwards.
+    ``device`` is "auto", "cpu" or "gpu"; a GPU that cannot be used is an error unless
+    ``allow_fallback=True``. ``chat_template`` overrides the file's template (a name such
+    as ``"chatml"`` or a Jinja string) and is required for files that have none.
     """
-    if not isinstance(backend, str):
-        raise ConfigError(f"backend must be a str, not {type(backend).__name__}")
     started = time.perf_counter()
-    path = resolve_source(source, store)
-    file_format = detect_format(path)
-    engine_cls = choose_backend(backend, file_format)
-    gguf = read_gguf(path)
+    path, file_format, engine_cls, gguf = _resolve(source, backend, store)
     template = resolve_template(chat_template, gguf.chat_template) \
         if chat_template is not None or gguf.chat_template is not None else None
-    options = engine_options(gguf, context_length, threads, batch_size, gpu_layers)
+    the_plan = _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
+                         gpu_layers, allow_fallback, None)
+    options = EngineOptions(context_length=the_plan.context_length, threads=the_plan.threads,
+                            batch_size=the_plan.batch_size, gpu_layers=the_plan.gpu_layers)
+    for reason in the_plan.reasons:
+        if "CPU-only build" in reason:  # a GPU is here but will not be used: say it loudly
+            logging.getLogger("localllm").warning("%s", reason)
     engine = engine_cls.open(gguf, options)
     try:
+        _verify_placement(engine, the_plan, allow_fallback)
         info = ModelInfo(
             path=str(path.resolve()), name=gguf.name, format=file_format,
             architecture=gguf.architecture, parameter_count=gguf.parameter_count,
@@ -154,7 +207,7 @@ def load(
             context_length=engine.context_length, backend=engine.backend_name,
             backend_version=engine.backend_version, threads=options.threads,
             batch_size=options.batch_size, placement=engine.placement,
-            has_chat_template=template is not None)
+            has_chat_template=template is not None, plan=the_plan)
         bos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.bos_token_id"))
         eos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.eos_token_id"))
     except BaseException:
@@ -164,3 +217,16 @@ def load(
 
     return Model(engine, info, template, bos, eos, load_s=time.perf_counter() - started,
                  tokenizer_factory=lambda: tokenizer_from_gguf(gguf))
+
+
+def _verify_placement(engine: Engine, the_plan: LoadPlan, allow_fallback: bool) -> None:
+    """The runtime must have done what the plan said: never a silent CPU run."""
+    actual = engine.placement.gpu_layers
+    planned = min(the_plan.gpu_layers, engine.placement.total_layers)
+    if actual >= planned:
+        return
+    message = (f"{engine.backend_name} placed {actual} layers on the GPU but the plan asked "
+               f"for {planned}; the runtime may lack GPU support or memory")
+    if not allow_fallback:
+        raise BackendError(message + " (pass allow_fallback=True to accept this)")
+    logging.getLogger("localllm").warning("%s; continuing because allow_fallback=True", message)

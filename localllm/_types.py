@@ -187,3 +187,4 @@ class ModelInfo(_Frozen):
     batch_size: int
     placement: DevicePlacement
     has_chat_template: bool
+    plan: Any = Field(None, description="the LoadPlan load() executed (None for FakeModel)")

@@ -126,8 +126,10 @@ def test_prompt_cache_reuses_the_common_prefix(shared_model: localllm.Model) -> 
 
 
 def test_gpu_request_on_a_cpu_build_is_refused(default_model_path: Path) -> None:
-    with pytest.raises(localllm.UnsupportedFeatureError, match="CPU only"):
+    with pytest.raises(localllm.UnsupportedFeatureError, match="GPU"):
         localllm.load(default_model_path, gpu_layers=99)
+    with pytest.raises(localllm.UnsupportedFeatureError, match="GPU"):
+        localllm.load(default_model_path, device="gpu")
 
 
 def test_load_option_errors(default_model_path: Path) -> None:

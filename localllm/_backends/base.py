@@ -45,6 +45,11 @@ class Engine(ABC):
         return True
 
     @classmethod
+    def gpu_offload_supported(cls) -> bool:
+        """Whether the installed runtime build can place layers on a GPU."""
+        return False
+
+    @classmethod
     @abstractmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> Engine:
         """Load the model; raise a localllm error (never a bare runtime one)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import re
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -82,6 +83,10 @@ class LlamaCppEngine(Engine):
         return importlib.util.find_spec("llama_cpp") is not None
 
     @classmethod
+    def gpu_offload_supported(cls) -> bool:
+        return bool(_Runtime.get().llama_supports_gpu_offload())
+
+    @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> LlamaCppEngine:
         lib = _Runtime.get()
         if options.gpu_layers and not lib.llama_supports_gpu_offload():
@@ -101,6 +106,12 @@ class LlamaCppEngine(Engine):
         self._model = lib.llama_model_load_from_file(str(Path(gguf.path)).encode(), mparams)
         if not self._model:
             raise BackendError(f"llama.cpp could not load {gguf.path}: {self._last_log()}")
+        # what llama.cpp actually did, from its own report ("offloaded 31/31 layers to GPU")
+        self._offloaded = 0
+        for line in _Runtime.recent:
+            found = re.search(r"offloaded (\d+)/(\d+) layers to GPU", line)
+            if found:
+                self._offloaded = int(found.group(1))
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = options.context_length
         cparams.n_batch = options.batch_size
@@ -137,7 +148,7 @@ class LlamaCppEngine(Engine):
 
     @property
     def placement(self) -> DevicePlacement:
-        gpu = min(self._options.gpu_layers, self._total_layers)
+        gpu = self._offloaded
         return DevicePlacement(device="gpu" if gpu else "cpu", gpu_layers=gpu,
                                total_layers=self._total_layers)
 

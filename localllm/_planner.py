@@ -1,0 +1,336 @@
+"""Memory estimates and load plans, computed from a GGUF header and the machine.
+
+The estimate models what llama.cpp allocates and touches on the host: every weight byte
+(mmap'd pages are read once), the KV cache, the attention mask and activations of one
+micro-batch, one row of logits, the runtime's vocabulary tables and a small fixed
+overhead. The constants were fitted once against measured peak RSS (``VmHWM``) of real
+and synthetic models and are checked by ``benchmarks/bench_memory.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+from ._errors import ConfigError, UnsupportedFeatureError, WillNotFitError
+from ._gguf import GGUFFile
+from .hardware import HardwareProfile
+
+MIB = 1 << 20
+RUNTIME_OVERHEAD = 5 * MIB      # llama.cpp backend, threads and allocator slack
+BYTES_PER_VOCAB_TOKEN = 350     # runtime token tables + the header's token strings in Python
+BYTES_PER_MERGE = 220           # BPE merge ranks, both sides
+GPU_RESERVE = 512 * MIB         # CUDA/ROCm/Metal context and driver reserve per device
+RAM_HEADROOM = 0.10             # keep 10% of available RAM for everything else
+RUNTIME_IMPORT = 20 * MIB       # importing the runtime, when the process has not yet
+KV_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+MIN_CONTEXT = 512
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers memory depends on; from a GGUF header or from catalog facts."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_ff: int
+    n_vocab: int
+    n_merges: int
+    n_ctx_train: int
+    layer_bytes: tuple[int, ...]
+    embed_bytes: int     # token embedding (always in host memory in llama.cpp)
+    output_bytes: int    # output norm + output matrix (offloaded with the last layer)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(self.layer_bytes) + self.embed_bytes + self.output_bytes
+
+    @classmethod
+    def from_gguf(cls, gguf: GGUFFile) -> ModelShape:
+        n_layer = gguf.block_count
+        n_embd = int(gguf.arch_value("embedding_length", 0))
+        n_head = _first(gguf.arch_value("attention.head_count", 1))
+        n_head_kv = _first(gguf.arch_value("attention.head_count_kv", n_head))
+        head_k = int(gguf.arch_value("attention.key_length", n_embd // max(n_head, 1)))
+        head_v = int(gguf.arch_value("attention.value_length", head_k))
+        layers = [0] * n_layer
+        embed = output = 0
+        for t in gguf.tensors:
+            m = re.match(r"blk\.(\d+)\.", t.name)
+            if m and int(m.group(1)) < n_layer:
+                layers[int(m.group(1))] += t.n_bytes
+            elif t.name.startswith("token_embd"):
+                embed += t.n_bytes
+            else:
+                output += t.n_bytes
+        return cls(
+            n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+            head_dim_k=head_k, head_dim_v=head_v,
+            n_ff=_first(gguf.arch_value("feed_forward_length", 4 * n_embd)),
+            n_vocab=gguf.vocab_size, n_merges=len(gguf.metadata.get("tokenizer.ggml.merges")
+                                                 or ()),
+            n_ctx_train=gguf.context_length or 4096, layer_bytes=tuple(layers),
+            embed_bytes=embed, output_bytes=output)
+
+
+def _first(value: object) -> int:
+    """Per-layer arrays (some architectures vary heads by layer) → their maximum."""
+    if isinstance(value, list):
+        return int(max(value)) if value else 0
+    return int(str(value))
+
+
+class DeviceMemory(_Frozen):
+    device: str
+    weights: int
+    kv_cache: int
+    compute: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute + self.overhead
+
+
+class MemoryEstimate(_Frozen):
+    """Bytes per device for one configuration; ``host`` is the process's RAM increase."""
+
+    context_length: int
+    kv_type: str
+    gpu_layers: int
+    host: DeviceMemory
+    gpu: DeviceMemory | None = None
+
+    def describe(self) -> list[str]:
+        lines = []
+        for dev in (self.host, self.gpu):
+            if dev is not None:
+                lines.append(f"{dev.device}: {dev.total / MIB:,.0f} MiB = weights "
+                             f"{dev.weights / MIB:,.0f} + KV cache {dev.kv_cache / MIB:,.0f} "
+                             f"+ compute {dev.compute / MIB:,.0f} + runtime "
+                             f"{dev.overhead / MIB:,.0f}")
+        return lines
+
+
+def kv_bytes_per_layer(shape: ModelShape, context: int, kv_type: str) -> int:
+    per = KV_TYPES[kv_type]
+    return int(_pad(context) * shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * per)
+
+
+def _pad(context: int) -> int:
+    return (context + 255) // 256 * 256  # llama.cpp pads the context to 256
+
+
+def estimate_memory(shape: ModelShape, context_length: int, *, kv_type: str = "f16",
+                    gpu_layers: int = 0, batch_size: int = 512) -> MemoryEstimate:
+    if kv_type not in KV_TYPES:
+        raise ConfigError(f"kv_type={kv_type!r} is unknown; use one of {', '.join(KV_TYPES)}")
+    n_gpu = min(gpu_layers, shape.n_layer + 1)
+    on_gpu = list(range(shape.n_layer - min(n_gpu, shape.n_layer), shape.n_layer))
+    kv_layer = kv_bytes_per_layer(shape, context_length, kv_type)
+    ubatch = min(batch_size, context_length)
+    activations = ubatch * (4 * shape.n_embd + 3 * shape.n_ff) * 4
+    mask = ubatch * _pad(context_length) * 2
+    host_layers = [b for i, b in enumerate(shape.layer_bytes) if i not in on_gpu]
+    host_weights = sum(host_layers) + shape.embed_bytes + (
+        0 if n_gpu > shape.n_layer else shape.output_bytes)
+    tables = shape.n_vocab * BYTES_PER_VOCAB_TOKEN + shape.n_merges * BYTES_PER_MERGE
+    host = DeviceMemory(
+        device="host RAM", weights=host_weights,
+        kv_cache=kv_layer * (shape.n_layer - len(on_gpu)),
+        compute=(activations + mask + shape.n_vocab * 4) if not on_gpu else
+        (shape.n_vocab * 4 + ubatch * shape.n_embd * 4),
+        overhead=RUNTIME_OVERHEAD + tables)
+    gpu = None
+    if on_gpu:
+        gpu_weights = sum(shape.layer_bytes[i] for i in on_gpu) + (
+            shape.output_bytes if n_gpu > shape.n_layer else 0)
+        gpu = DeviceMemory(
+            device="GPU", weights=gpu_weights, kv_cache=kv_layer * len(on_gpu),
+            # the GPU reserves the full graph: every logit of the micro-batch included
+            compute=activations + mask + ubatch * shape.n_vocab * 4,
+            overhead=GPU_RESERVE)
+    return MemoryEstimate(context_length=context_length, kv_type=kv_type,
+                          gpu_layers=n_gpu, host=host, gpu=gpu)
+
+
+def current_rss() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class LoadPlan(_Frozen):
+    """What ``load()`` will do, and why; ``localllm plan MODEL`` prints it."""
+
+    path: str
+    backend: str
+    device: str
+    gpu_layers: int
+    gpu_names: tuple[str, ...] = ()
+    context_length: int
+    threads: int
+    batch_size: int
+    kv_type: str
+    memory: MemoryEstimate
+    predicted_peak_ram: int
+    available_ram: int
+    reasons: tuple[str, ...]
+
+    def describe(self) -> str:
+        lines = [f"model      {self.path}", f"backend    {self.backend}",
+                 f"device     {self.device}" + (f" ({self.gpu_layers} layers on "
+                                                f"{', '.join(self.gpu_names)})"
+                                                if self.gpu_layers else ""),
+                 f"context    {self.context_length} tokens (KV {self.kv_type})",
+                 f"threads    {self.threads}, batch {self.batch_size}",
+                 *("memory     " + m for m in self.memory.describe()),
+                 f"peak RAM   {self.predicted_peak_ram / MIB:,.0f} MiB predicted for this "
+                 f"process, {self.available_ram / MIB:,.0f} MiB available",
+                 "why:", *(f"  - {r}" for r in self.reasons)]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Budget:
+    ram: int
+    vram: int
+
+
+def _fits(est: MemoryEstimate, budget: _Budget) -> bool:
+    gpu_ok = est.gpu is None or est.gpu.total <= budget.vram
+    return est.host.total <= budget.ram and gpu_ok
+
+
+def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
+              gpu_offload_supported: bool, context_length: int | None = None,
+              device: str = "auto", kv_type: str = "f16", threads: int | None = None,
+              batch_size: int = 512, gpu_layers: int | None = None,
+              allow_fallback: bool = False, runtime_loaded: bool = True) -> LoadPlan:
+    """Choose device placement and context length for ``gguf`` on ``profile``."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ConfigError(f"device={device!r} is invalid; use 'auto', 'cpu' or 'gpu'")
+    shape = ModelShape.from_gguf(gguf)
+    reasons: list[str] = []
+    base = current_rss() + (0 if runtime_loaded else RUNTIME_IMPORT)
+    ram = int(profile.memory.available * (1 - RAM_HEADROOM))
+    if profile.memory.cgroup_limit:
+        reasons.append(f"memory limited by cgroup to {profile.memory.cgroup_limit / MIB:,.0f} "
+                       "MiB")
+    gpus = [g for g in profile.gpus if not g.unified or profile.system == "Darwin"]
+    want_gpu = device == "gpu" or bool(gpu_layers) or (
+        device == "auto" and bool(gpus) and gpu_layers != 0)
+    use_gpu = False
+    if want_gpu:
+        if not gpus:
+            if device == "gpu" or gpu_layers:
+                raise UnsupportedFeatureError(backend, "GPU placement",
+                                              "no GPU was found on this machine")
+        elif not gpu_offload_supported:
+            msg = (f"{gpus[0].name} found, but the installed {backend} build cannot offload "
+                   "to a GPU (CPU-only build); rebuild it with GPU support to use it")
+            if device == "gpu" or gpu_layers:
+                if not allow_fallback:
+                    raise UnsupportedFeatureError(backend, "GPU offload", msg)
+                reasons.append(msg + "; running on the CPU because allow_fallback=True")
+            else:
+                reasons.append(msg + "; planning for the CPU")
+        else:
+            use_gpu = True
+    vram = gpus[0].memory_free - 0 if use_gpu else 0
+    budget = _Budget(ram=max(0, ram - base), vram=vram)
+    threads = threads or max(1, int(profile.cpu.usable_cores))
+
+    def layers_for(ctx: int) -> int:
+        if not use_gpu:
+            return 0
+        if gpu_layers is not None:
+            return gpu_layers
+        for n in range(shape.n_layer + 1, -1, -1):
+            est = estimate_memory(shape, ctx, kv_type=kv_type, gpu_layers=n,
+                                  batch_size=batch_size)
+            if est.gpu is None or est.gpu.total <= budget.vram:
+                return n
+        return 0
+
+    def estimate(ctx: int) -> MemoryEstimate:
+        return estimate_memory(shape, ctx, kv_type=kv_type, gpu_layers=layers_for(ctx),
+                               batch_size=batch_size)
+
+    trained = shape.n_ctx_train
+    if context_length is not None:
+        if not MIN_CONTEXT // 32 <= context_length <= trained:
+            raise ConfigError(f"context_length={context_length} is out of range "
+                              f"{MIN_CONTEXT // 32}..{trained}; the model was trained on "
+                              f"{trained} tokens and longer contexts degrade silently")
+        chosen = context_length
+        reasons.append(f"context {chosen} as requested (trained: {trained})")
+    else:
+        chosen = trained
+        if not _fits(estimate(chosen), budget):
+            low, high = MIN_CONTEXT, trained
+            while high - low > 256:
+                mid = (low + high) // 2 // 256 * 256
+                if _fits(estimate(mid), budget):
+                    low = mid
+                else:
+                    high = mid
+            chosen = low
+            reasons.append(f"context {chosen}: the largest that fits (trained: {trained})")
+        else:
+            reasons.append(f"context {chosen}: the full trained length fits")
+    est = estimate(chosen)
+    if not _fits(est, budget):
+        raise WillNotFitError(_will_not_fit(gguf, shape, est, budget, kv_type, batch_size))
+    if est.gpu_layers:
+        where = "all layers" if est.gpu_layers > shape.n_layer else \
+            f"{est.gpu_layers} of {shape.n_layer} layers"
+        reasons.append(f"{where} on {gpus[0].name} ({gpus[0].memory_free / MIB:,.0f} MiB free)")
+    elif not use_gpu and not any("GPU" in r for r in reasons):
+        reasons.append("CPU: no usable GPU" if not gpus else "CPU as requested")
+    reasons.append(f"{threads} threads: the CPUs this process may use")
+    return LoadPlan(
+        path=str(gguf.path), backend=backend, device="gpu" if est.gpu_layers else "cpu",
+        gpu_layers=est.gpu_layers, gpu_names=(gpus[0].name,) if est.gpu_layers else (),
+        context_length=chosen, threads=threads, batch_size=min(batch_size, chosen),
+        kv_type=kv_type, memory=est, predicted_peak_ram=base + est.host.total,
+        available_ram=profile.memory.available, reasons=tuple(reasons))
+
+
+def _will_not_fit(gguf: GGUFFile, shape: ModelShape, est: MemoryEstimate, budget: _Budget,
+                  kv_type: str, batch_size: int) -> str:
+    need = est.host.total
+    parts = [f"{gguf.path.name} needs about {need / MIB:,.0f} MiB of RAM at context "
+             f"{est.context_length} but {budget.ram / MIB:,.0f} MiB are available"]
+    if est.gpu is not None:
+        parts.append(f"and {est.gpu.total / MIB:,.0f} MiB of VRAM ({budget.vram / MIB:,.0f} "
+                     "free)")
+    smallest = estimate_memory(shape, MIN_CONTEXT, kv_type=kv_type, batch_size=batch_size)
+    if smallest.host.total <= budget.ram:
+        for ctx in range(shape.n_ctx_train // 256 * 256, MIN_CONTEXT - 1, -256):
+            if estimate_memory(shape, ctx, kv_type=kv_type,
+                               batch_size=batch_size).host.total <= budget.ram:
+                parts.append(f"; context_length={ctx} would fit")
+                break
+    else:
+        weights = shape.weight_bytes
+        parts.append(f"; the weights alone are {weights / MIB:,.0f} MiB: use a smaller "
+                     "quantization (e.g. Q4_K_M instead of Q8_0) or a smaller model — "
+                     "localllm.recommend() lists what fits")
+    return " ".join(parts)
+

@@ -1,0 +1,105 @@
+"""Random-weight llama-architecture GGUF files of chosen shapes, written with ``gguf``.
+
+They load in llama.cpp like real models, so memory and shape-dependent behaviour can be
+measured on several architectures without downloading anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_vocab: int
+    dtype: str = "f16"  # f32, f16 or q8_0
+    n_ctx_train: int = 8192
+
+
+SHAPES = [
+    Shape("tiny-f32", n_layer=4, n_embd=256, n_head=4, n_head_kv=4, n_ff=704, n_vocab=2000,
+          dtype="f32"),
+    Shape("mid-gqa-f16", n_layer=8, n_embd=768, n_head=12, n_head_kv=4, n_ff=2048,
+          n_vocab=32000),
+    Shape("deep-mqa-q8", n_layer=16, n_embd=512, n_head=8, n_head_kv=1, n_ff=1536,
+          n_vocab=8000, dtype="q8_0"),
+]
+
+
+def _vocab(n: int) -> tuple[list[str], list[float], list[int]]:
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    i = 0
+    while len(tokens) < n:
+        tokens.append(f"\u2581w{i}")
+        types.append(1)
+        i += 1
+    scores = [0.0] * 259 + [-float(k) for k in range(len(tokens) - 259)]
+    return tokens, scores, types
+
+
+def _add(w: gguf.GGUFWriter, name: str, shape: tuple[int, ...], dtype: str,
+         rng: np.random.Generator) -> None:
+    data = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    if len(shape) == 1 or dtype == "f32":
+        w.add_tensor(name, data if len(shape) > 1 else np.ones(shape, dtype=np.float32))
+    elif dtype == "f16":
+        w.add_tensor(name, data.astype(np.float16))
+    else:
+        q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+        w.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+
+
+def write_model(shape: Shape, path: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    head_dim = shape.n_embd // shape.n_head
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(shape.name)
+    w.add_context_length(shape.n_ctx_train)
+    w.add_embedding_length(shape.n_embd)
+    w.add_block_count(shape.n_layer)
+    w.add_feed_forward_length(shape.n_ff)
+    w.add_head_count(shape.n_head)
+    w.add_head_count_kv(shape.n_head_kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_file_type({"f32": 0, "f16": 1, "q8_0": 7}[shape.dtype])
+    tokens, scores, types = _vocab(shape.n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    kv = shape.n_head_kv * head_dim
+    _add(w, "token_embd.weight", (shape.n_vocab, shape.n_embd), shape.dtype, rng)
+    for i in range(shape.n_layer):
+        p = f"blk.{i}."
+        _add(w, p + "attn_norm.weight", (shape.n_embd,), shape.dtype, rng)
+        _add(w, p + "attn_q.weight", (shape.n_embd, shape.n_embd), shape.dtype, rng)
+        _add(w, p + "attn_k.weight", (kv, shape.n_embd), shape.dtype, rng)
+        _add(w, p + "attn_v.weight", (kv, shape.n_embd), shape.dtype, rng)
+        _add(w, p + "attn_output.weight", (shape.n_embd, shape.n_embd), shape.dtype, rng)
+        _add(w, p + "ffn_norm.weight", (shape.n_embd,), shape.dtype, rng)
+        _add(w, p + "ffn_gate.weight", (shape.n_ff, shape.n_embd), shape.dtype, rng)
+        _add(w, p + "ffn_up.weight", (shape.n_ff, shape.n_embd), shape.dtype, rng)
+        _add(w, p + "ffn_down.weight", (shape.n_embd, shape.n_ff), shape.dtype, rng)
+    _add(w, "output_norm.weight", (shape.n_embd,), shape.dtype, rng)
+    _add(w, "output.weight", (shape.n_vocab, shape.n_embd), shape.dtype, rng)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
