@@ -32,7 +32,6 @@ from ._errors import (
 from ._gguf import GGUFFile, read_gguf
 from ._loader import load, plan
 from ._model import Model, Tokenizer
-from ._planner import LoadPlan, MemoryEstimate
 from ._store import CATALOG, DEFAULT_MODEL, CatalogEntry, HubSource, ModelStore, PyPISource
 from ._types import (
     Capabilities,
@@ -73,6 +72,7 @@ __all__ = [
     "Message",
     "Model",
     "ModelClosedError",
+    "ModelFacts",
     "ModelFormatError",
     "ModelInfo",
     "ModelNotFoundError",
@@ -80,6 +80,8 @@ __all__ = [
     "NAMED_TEMPLATES",
     "OfflineError",
     "PyPISource",
+    "RECOMMENDED",
+    "Recommendation",
     "SamplingParams",
     "StoreError",
     "StreamChunk",
@@ -95,6 +97,28 @@ __all__ = [
     "load",
     "plan",
     "read_gguf",
+    "recommend",
     "register_backend",
     "render_chat",
 ]
+
+# Loaded on first use: planning and the model catalog build pydantic schemas and read
+# the machine, which `import localllm` should not pay for.
+_LAZY = {
+    "LoadPlan": "._planner", "MemoryEstimate": "._planner", "RECOMMENDED": "._recommend",
+    "ModelFacts": "._recommend", "Recommendation": "._recommend", "recommend": "._recommend",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'localllm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._backends import auto_candidates, backend_names, get_backend
 from ._backends.base import Engine, EngineOptions
@@ -25,12 +26,14 @@ from ._errors import (
 )
 from ._gguf import GGUFFile, read_gguf
 from ._model import Model
-from ._planner import LoadPlan, make_plan
 from ._store import DEFAULT_MODEL, ModelStore
 from ._types import ModelInfo
-from .hardware import HardwareProfile
 
 DEFAULT_BATCH = 512
+
+if TYPE_CHECKING:
+    from ._planner import LoadPlan
+    from .hardware import HardwareProfile
 
 Source = str | os.PathLike[str] | None
 
@@ -150,6 +153,7 @@ def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | No
                    "degrade silently, so localllm refuses them")
     import sys
 
+    from ._planner import make_plan
     from .hardware import probe
 
     profile = profile or probe(runtimes=False)

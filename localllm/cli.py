@@ -129,6 +129,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from ._store import ModelStore
 
+    if args.fits:
+        return _models_that_fit(args)
     store = ModelStore()
     local = {m.name: m for m in store.list_local()}
     rows = []
@@ -144,6 +146,53 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"model store: {store.home}")
     for r in rows:
         print(f"{r['name']:<28} {r['size_mb']:>8} MB  {r['state']:<8} {r['description']}")
+    return 0
+
+
+def _models_that_fit(args: argparse.Namespace) -> int:
+    from ._recommend import describe_fit, recommend
+
+    recs = recommend(min_context=args.context)
+    if args.json:
+        print(json.dumps([r.model_dump(exclude={"facts"}) | {"source": r.facts.source}
+                          for r in recs], indent=2))
+        return 0
+    print(f"recommended models that fit this machine (context {args.context}):")
+    for r in recs:
+        print("  " + describe_fit(r))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from ._doctor import run_checks
+    from .hardware import probe
+
+    profile = probe()
+    checks = run_checks(profile)
+    if args.json:
+        print(json.dumps({"profile": profile.model_dump(),
+                          "checks": [c.model_dump() for c in checks]}, indent=2))
+    else:
+        cpu = profile.cpu
+        print(f"CPU     {cpu.model} ({cpu.architecture}), {cpu.physical_cores} physical / "
+              f"{cpu.logical_cores} logical cores, {cpu.usable_cores:g} usable")
+        print(f"        ISA: {', '.join(cpu.flags) or 'none detected'}")
+        for rt in profile.runtimes:
+            print(f"runtime {rt.name} {rt.version}" + (" (GPU offload)" if rt.gpu_offload else ""))
+        mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+        for c in checks:
+            print(f"[{mark[c.status]}] {c.name}: {c.message}")
+            if c.remedy:
+                print(f"       fix: {c.remedy}")
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ._loader import plan
+
+    the_plan = plan(args.model, backend=args.backend, context_length=args.context,
+                    device=args.device)
+    print(the_plan.model_dump_json(indent=2) if args.json else the_plan.describe())
     return 0
 
 
@@ -178,7 +227,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="the catalog and what is in the store")
     models.add_argument("--json", action="store_true")
+    models.add_argument("--fits", action="store_true",
+                        help="recommended models that fit this machine, and how")
+    models.add_argument("--context", type=int, default=4096,
+                        help="context length for --fits (default 4096)")
     models.set_defaults(func=cmd_models)
+
+    doctor = sub.add_parser("doctor", help="this machine's hardware, runtimes and health "
+                                           "checks with remedies")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
+
+    plan = sub.add_parser("plan", help="how a model would be loaded here, and why")
+    plan.add_argument("model", nargs="?", default=None)
+    plan.add_argument("--context", type=int, default=None)
+    plan.add_argument("--backend", default="auto")
+    plan.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_plan)
     return parser
 
 

@@ -93,8 +93,11 @@ def _read(root: Path, path: str) -> str | None:
         return None
 
 
-def probe_cpu(root: Path = Path("/"), machine: str | None = None) -> CPUInfo:
+def probe_cpu(root: Path = Path("/"), machine: str | None = None, system: str = "Linux",
+              sysctl: Any = None) -> CPUInfo:
     machine = machine or platform.machine()
+    if system == "Darwin" and sysctl is not None:
+        return _probe_cpu_darwin(machine, sysctl)
     text = _read(root, "/proc/cpuinfo") or ""
     model, flags = "unknown", set()
     cores: set[tuple[str, str]] = set()
@@ -126,6 +129,24 @@ def probe_cpu(root: Path = Path("/"), machine: str | None = None) -> CPUInfo:
     return CPUInfo(model=model, architecture=machine, physical_cores=physical,
                    logical_cores=logical, usable_cores=usable,
                    flags=tuple(f for f in ISA_FLAGS if f in flags))
+
+
+def _probe_cpu_darwin(machine: str, sysctl: Any) -> CPUInfo:
+    def number(name: str) -> int:
+        value = sysctl(name)
+        return int(value) if value and value.isdigit() else 0
+
+    logical = number("hw.logicalcpu") or os.cpu_count() or 1
+    flags = ("neon",) if machine == "arm64" else ()
+    if machine != "arm64":
+        features = (sysctl("machdep.cpu.features") or "").lower().split()
+        features += (sysctl("machdep.cpu.leaf7_features") or "").lower().split()
+        names = {"sse4.2": "sse4_2", "avx1.0": "avx", "avx2": "avx2", "fma": "fma",
+                 "f16c": "f16c", "avx512f": "avx512f"}
+        flags = tuple(v for k, v in names.items() if k in features)
+    return CPUInfo(model=sysctl("machdep.cpu.brand_string") or "unknown",
+                   architecture=machine, physical_cores=number("hw.physicalcpu") or logical,
+                   logical_cores=logical, usable_cores=float(logical), flags=flags)
 
 
 def probe_memory(root: Path = Path("/")) -> MemoryInfo:
@@ -290,7 +311,8 @@ def probe(root: str | Path = "/", *, nvml: Any = None, system: str | None = None
         if total and total.isdigit():
             memory = MemoryInfo(total=int(total), available=int(total) // 2)
     return HardwareProfile(
-        system=system, cpu=probe_cpu(root, machine), memory=memory, gpus=tuple(gpus),
+        system=system, cpu=probe_cpu(root, machine, system, sysctl), memory=memory,
+        gpus=tuple(gpus),
         runtimes=tuple(probe_runtimes() if runtimes else ()))
 
 

@@ -193,14 +193,19 @@ def test_missing_runtime_names_the_extra(default_model_path: Path) -> None:
 
 
 def test_import_is_light_and_loads_no_runtime() -> None:
-    proc = _run_python("""
-        import sys, time
-        t = time.perf_counter()
-        import localllm
-        elapsed = time.perf_counter() - t
-        heavy = [m for m in ("llama_cpp", "numpy", "jinja2", "gguf") if m in sys.modules]
-        print(elapsed, heavy)
-    """)
-    elapsed, heavy = proc.stdout.split(" ", 1)
-    assert heavy.strip() == "[]"
-    assert float(elapsed) < 0.3
+    """Start-up time is noisy on a shared machine: the best of three fresh interpreters."""
+    times = []
+    for _ in range(3):
+        proc = _run_python("""
+            import sys, time
+            t = time.perf_counter()
+            import localllm
+            elapsed = time.perf_counter() - t
+            heavy = [m for m in ("llama_cpp", "numpy", "jinja2", "gguf", "tokenizers")
+                     if m in sys.modules]
+            print(elapsed, heavy)
+        """)
+        elapsed, heavy = proc.stdout.split(" ", 1)
+        assert heavy.strip() == "[]"
+        times.append(float(elapsed))
+    assert min(times) < 0.3, times

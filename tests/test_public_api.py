@@ -9,8 +9,9 @@ import localllm
 
 def test_all_is_sorted_and_complete() -> None:
     assert localllm.__all__ == sorted(localllm.__all__)
-    public = {name for name, obj in vars(localllm).items()
-              if not name.startswith("_") and not isinstance(obj, types.ModuleType)}
+    public = {name for name in dir(localllm)
+              if not name.startswith("_")
+              and not isinstance(getattr(localllm, name), types.ModuleType)}
     assert set(localllm.__all__) == public
 
 
