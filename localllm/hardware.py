@@ -137,7 +137,7 @@ def _probe_cpu_darwin(machine: str, sysctl: Any) -> CPUInfo:
         return int(value) if value and value.isdigit() else 0
 
     logical = number("hw.logicalcpu") or os.cpu_count() or 1
-    flags = ("neon",) if machine == "arm64" else ()
+    flags: tuple[str, ...] = ("neon",) if machine == "arm64" else ()
     if machine != "arm64":
         features = (sysctl("machdep.cpu.features") or "").lower().split()
         features += (sysctl("machdep.cpu.leaf7_features") or "").lower().split()
