@@ -297,3 +297,49 @@ def _tensor_info(r: _Reader) -> TensorInfo:
     if shape[0] % block:
         raise r.fail(f"tensor {name!r} row length {shape[0]} is not a multiple of {block}")
     return TensorInfo(name, shape, type_id, offset)
+
+
+def copy_with_metadata(src: str | os.PathLike[str], dest: str | os.PathLike[str],
+                       updates: dict[str, str]) -> None:
+    """Write a copy of ``src`` with string metadata values replaced or added.
+
+    The header is re-emitted entry by entry (untouched entries byte for byte), the data
+    section is copied unchanged after re-aligning: tensor offsets are relative to it.
+    """
+    src, dest = Path(src), Path(dest)
+    gguf = read_gguf(src)  # validates first: never copy a broken file
+    alignment = int(gguf.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+    with open(src, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        r = _Reader(mm, src)
+        r.pos = 8
+        n_tensors = int(r.unpack("Q"))
+        n_kv = int(r.unpack("Q"))
+        entries = bytearray()
+        pending = dict(updates)
+        for _ in range(n_kv):
+            start = r.pos
+            key = r.string()
+            r.value(int(r.unpack("I")))
+            if key in pending:
+                entries += _kv_string(key, pending.pop(key))
+            else:
+                entries += mm[start:r.pos]
+        for key, value in pending.items():
+            entries += _kv_string(key, value)
+        tensors_start = r.pos
+        for _ in range(n_tensors):
+            _tensor_info(r)
+        header = bytearray(mm[0:8]) + struct.pack("<QQ", n_tensors, n_kv + len(pending))
+        header += entries + mm[tensors_start:r.pos]
+        header += b"\0" * (-len(header) % alignment)
+        part = dest.with_name(dest.name + ".part")
+        with open(part, "wb") as out:
+            out.write(header)
+            for at in range(gguf.data_offset, gguf.file_size, 1 << 24):
+                out.write(mm[at:min(at + (1 << 24), gguf.file_size)])
+        os.replace(part, dest)
+
+
+def _kv_string(key: str, value: str) -> bytes:
+    k, v = key.encode(), value.encode()
+    return struct.pack("<Q", len(k)) + k + struct.pack("<IQ", _STRING, len(v)) + v

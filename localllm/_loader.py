@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._backends import auto_candidates, backend_names, get_backend
 from ._backends.base import Engine, EngineOptions
@@ -178,6 +179,7 @@ def load(
     gpu_layers: int | None = None,
     allow_fallback: bool = False,
     chat_template: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
     store: ModelStore | None = None,
 ) -> Model:
     """Load a model: a catalog name, a path to a ``.gguf``, or None for the default model.
@@ -188,6 +190,7 @@ def load(
     ``device`` is "auto", "cpu" or "gpu"; a GPU that cannot be used is an error unless
     ``allow_fallback=True``. ``chat_template`` overrides the file's template (a name such
     as ``"chatml"`` or a Jinja string) and is required for files that have none.
+    ``backend_options`` are the chosen backend's own settings (unknown ones are errors).
     """
     started = time.perf_counter()
     path, file_format, engine_cls, gguf = _resolve(source, backend, store)
@@ -196,7 +199,8 @@ def load(
     the_plan = _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
                          gpu_layers, allow_fallback, None)
     options = EngineOptions(context_length=the_plan.context_length, threads=the_plan.threads,
-                            batch_size=the_plan.batch_size, gpu_layers=the_plan.gpu_layers)
+                            batch_size=the_plan.batch_size, gpu_layers=the_plan.gpu_layers,
+                            backend_options=dict(backend_options or {}))
     for reason in the_plan.reasons:
         if "CPU-only build" in reason:  # a GPU is here but will not be used: say it loudly
             logging.getLogger("localllm").warning("%s", reason)

@@ -133,10 +133,14 @@ def fake_gguf(facts: ModelFacts, type_id: int = 12) -> GGUFFile:
     e, ff, kv = facts.n_embd, facts.n_ff, facts.n_head_kv * facts.head_dim
     tensors = [TensorInfo("token_embd.weight", (e, facts.n_vocab), type_id, 0),
                TensorInfo("output.weight", (e, facts.n_vocab), type_id, 0)]
+    x = facts.n_experts
+    ffn: list[tuple[str, tuple[int, ...]]] = (
+        [("ffn_gate_exps", (e, ff, x)), ("ffn_up_exps", (e, ff, x)),
+         ("ffn_down_exps", (ff, e, x)), ("ffn_gate_inp", (e, x))] if x else
+        [("ffn_gate", (e, ff)), ("ffn_up", (e, ff)), ("ffn_down", (ff, e))])
     for i in range(facts.n_layer):
         for name, shape in [("attn_q", (e, e)), ("attn_k", (e, kv)), ("attn_v", (e, kv)),
-                            ("attn_output", (e, e)), ("ffn_gate", (e, ff)),
-                            ("ffn_up", (e, ff)), ("ffn_down", (ff, e))]:
+                            ("attn_output", (e, e)), *ffn]:
             tensors.append(TensorInfo(f"blk.{i}.{name}.weight", shape, type_id, 0))
     md = {"general.architecture": "llama", "llama.block_count": facts.n_layer,
           "llama.embedding_length": e, "llama.attention.head_count": facts.n_head,

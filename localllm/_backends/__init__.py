@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # name -> "module:Class"; order is the preference order of backend="auto"
 _REGISTRY: dict[str, str] = {
     "llama.cpp": "localllm._backends.llamacpp:LlamaCppEngine",
+    "gpt4all": "localllm._backends.gpt4all:GPT4AllEngine",
     "fake": "localllm._backends.fake:FakeEngine",
 }
 _AUTO_EXCLUDED = {"fake"}  # never chosen unless named

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar
 
-from .._errors import BackendUnavailableError, UnsupportedFeatureError
+from .._errors import BackendUnavailableError, ConfigError, UnsupportedFeatureError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
 
@@ -27,6 +27,7 @@ class EngineOptions:
     threads: int
     batch_size: int
     gpu_layers: int = 0
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Engine(ABC):
@@ -38,6 +39,16 @@ class Engine(ABC):
     #: file formats the backend opens, e.g. ("gguf",)
     formats: ClassVar[tuple[str, ...]]
     capabilities: ClassVar[Capabilities]
+    #: backend-specific load options: name -> what it does (anything else is an error)
+    options_accepted: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def check_options(cls, options: EngineOptions) -> None:
+        unknown = set(options.backend_options) - set(cls.options_accepted)
+        if unknown:
+            valid = "; ".join(f"{k}: {v}" for k, v in cls.options_accepted.items()) or "none"
+            raise ConfigError(f"backend {cls.backend_name!r} has no option(s) "
+                              f"{', '.join(sorted(unknown))}; it accepts: {valid}")
 
     @classmethod
     def is_available(cls) -> bool:

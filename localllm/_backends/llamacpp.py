@@ -86,8 +86,12 @@ class LlamaCppEngine(Engine):
     def gpu_offload_supported(cls) -> bool:
         return bool(_Runtime.get().llama_supports_gpu_offload())
 
+    options_accepted: ClassVar[dict[str, str]] = {
+        "flash_attention": "True/False forces flash attention on or off (default: auto)"}
+
     @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> LlamaCppEngine:
+        cls.check_options(options)
         lib = _Runtime.get()
         if options.gpu_layers and not lib.llama_supports_gpu_offload():
             raise UnsupportedFeatureError(
@@ -119,6 +123,9 @@ class LlamaCppEngine(Engine):
         cparams.n_threads = options.threads
         cparams.n_threads_batch = options.threads
         cparams.no_perf = True
+        fa = options.backend_options.get("flash_attention")
+        if fa is not None:  # default: llama.cpp decides (on for the CPU)
+            cparams.flash_attn_type = 1 if fa else 0
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             lib.llama_model_free(self._model)
