@@ -72,6 +72,10 @@ def detect_format(path: Path) -> str:
         magic = handle.read(4)
     if magic == b"GGUF":
         return "gguf"
+    if magic in (b"lmgg", b"fmgg", b"tjgg"):  # 'ggml', 'ggmf', 'ggjt' as little-endian
+        raise UnsupportedModelError(
+            f"{path} is a legacy GGML file (pre-GGUF); localllm does not load legacy GGML "
+            "files yet — convert it to GGUF with llama.cpp's convert scripts")
     raise ModelFormatError(
         f"{path} is not a model format localllm can load (first bytes {magic!r}); "
         "expected a GGUF file (magic b'GGUF')")

@@ -68,8 +68,7 @@ class Tokenizer:
         for t in ids:
             if not isinstance(t, int) or not 0 <= t < n:
                 raise ConfigError(f"token id {t!r} is out of range 0..{n - 1}")
-        detok = IncrementalDetokenizer()
-        return "".join(detok.feed(self._engine.token_bytes(t)) for t in ids) + detok.flush()
+        return self._engine.decode(list(ids))
 
     def token_text(self, token: int) -> str:
         """The vocabulary spelling of one token, special tokens included."""

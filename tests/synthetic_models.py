@@ -39,6 +39,10 @@ SHAPES = [
 def _vocab(n: int) -> tuple[list[str], list[float], list[int]]:
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [2, 3, 3] + [6] * 256
+    # the word-boundary piece and printable ASCII, as every SentencePiece vocabulary has
+    for piece in ["\u2581", *(chr(c) for c in range(33, 127))]:
+        tokens.append(piece)
+        types.append(1)
     i = 0
     while len(tokens) < n:
         tokens.append(f"\u2581w{i}")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, str] = {
     "llama.cpp": "localllm._backends.llamacpp:LlamaCppEngine",
     "gpt4all": "localllm._backends.gpt4all:GPT4AllEngine",
+    "ctransformers": "localllm._backends.ctransformers:CTransformersEngine",  # legacy
     "fake": "localllm._backends.fake:FakeEngine",
 }
 _AUTO_EXCLUDED = {"fake"}  # never chosen unless named

@@ -95,6 +95,10 @@ class Engine(ABC):
     @abstractmethod
     def is_end_of_generation(self, token: int) -> bool: ...
 
+    def decode(self, ids: list[int]) -> str:
+        """Text of a token sequence (SentencePiece engines drop the prefix space)."""
+        return b"".join(self.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
+
     @abstractmethod
     def token_text(self, token: int) -> str:
         """The token's spelling in the vocabulary (``<|im_end|>`` for specials)."""

@@ -207,6 +207,9 @@ class GPT4AllEngine(Engine):
     def is_end_of_generation(self, token: int) -> bool:
         return token in self._tokenizer.eog_ids
 
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids)
+
     def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
         """gpt4all takes text: the prompt ids are decoded back to it, special tokens
         spelled out and parsed again on gpt4all's side (``special=True``)."""

@@ -201,6 +201,18 @@ class LlamaCppEngine(Engine):
     def token_text(self, token: int) -> str:
         return self._piece(token, True).decode("utf-8", errors="replace")
 
+    def decode(self, ids: list[int]) -> str:
+        lib = self._lib
+        arr = (lib.llama_token * max(1, len(ids)))(*ids)
+        size = 16 + 8 * len(ids)
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = lib.llama_detokenize(self._vocab, arr, len(ids), buf, size, True, False)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = -n
+        raise BackendError(f"llama.cpp could not detokenize {len(ids)} tokens")
+
     def is_end_of_generation(self, token: int) -> bool:
         eog = self._eog.get(token)
         if eog is None:

@@ -1,0 +1,172 @@
+"""The ctransformers backend (0.2.27) — legacy: ctransformers is unmaintained upstream.
+
+Its value today is running SentencePiece-vocabulary llama GGUF files of versions 1 to 3
+with its 2023 ggml. It cannot read BPE-vocabulary llama GGUFs (the default model) and
+says only "Failed to create LLM", so localllm refuses those before calling it and names
+the backend to use. ctransformers is driven with token ids from localllm's tokenizer and
+sampled by localllm's sampling layer on its logits, so every sampling parameter works
+and a seed gives the same text as on any other logits backend.
+
+Everything ctransformers-specific lives in this module, so it can be dropped cleanly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from .._errors import BackendError, UnsupportedModelError
+from .._gguf import GGUFFile
+from .._types import Capabilities, DevicePlacement, SamplingParams
+from .base import Engine, EngineOptions, import_runtime
+
+GGUF_ARCHITECTURES = frozenset({"llama", "falcon"})  # what its GGUF reader handles (#105)
+_ALL_PARAMS = frozenset(SamplingParams.model_fields)
+
+
+def _cpu_library() -> str:
+    """Pick ctransformers' prebuilt library for this CPU (never one it cannot execute)."""
+    from ..hardware import probe_cpu
+
+    cpu = probe_cpu()
+    if cpu.architecture.lower() not in ("x86_64", "amd64"):
+        return "basic"
+    return "avx2" if cpu.has("avx2") else ("avx" if cpu.has("avx") else "basic")
+
+
+class CTransformersEngine(Engine):
+    backend_name: ClassVar[str] = "ctransformers"
+    extra: ClassVar[str] = "ctransformers"
+    formats: ClassVar[tuple[str, ...]] = ("gguf",)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, sampling_params=_ALL_PARAMS, logits=True)
+
+    @classmethod
+    def is_available(cls) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("ctransformers") is not None
+
+    @classmethod
+    def open(cls, gguf: GGUFFile, options: EngineOptions) -> CTransformersEngine:
+        cls.check_options(options)
+        if gguf.architecture not in GGUF_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"ctransformers reads GGUF files of architectures "
+                f"{', '.join(sorted(GGUF_ARCHITECTURES))} only, not "
+                f"{gguf.architecture!r}; use backend='llama.cpp'")
+        if gguf.metadata.get("tokenizer.ggml.model") != "llama":
+            raise UnsupportedModelError(
+                f"ctransformers cannot read {gguf.path.name}: its vocabulary is "
+                f"{gguf.metadata.get('tokenizer.ggml.model')!r} (BPE), and ctransformers' "
+                "llama reader handles SentencePiece vocabularies only; use "
+                "backend='llama.cpp'")
+        return cls(gguf, options)
+
+    def __init__(self, gguf: GGUFFile, options: EngineOptions) -> None:
+        from ..tokenizer import tokenizer_from_gguf
+
+        llm_module = import_runtime("ctransformers", "ctransformers.llm", "ctransformers")
+        self._options = options
+        config = llm_module.Config(context_length=options.context_length,
+                                   batch_size=options.batch_size, threads=options.threads,
+                                   gpu_layers=0)
+        try:
+            self._llm = llm_module.LLM(str(gguf.path), gguf.architecture, config=config,
+                                       lib=_cpu_library())
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise BackendError(f"ctransformers could not load {gguf.path.name}: {exc}"
+                               ) from exc
+        self._tokenizer = tokenizer_from_gguf(gguf)
+        self._n_vocab = int(self._llm.vocab_size)
+        self._version = _version()
+        self._closed = False
+
+    @property
+    def backend_version(self) -> str:
+        return self._version
+
+    @property
+    def placement(self) -> DevicePlacement:
+        return DevicePlacement(device="cpu", gpu_layers=0, total_layers=0)
+
+    @property
+    def context_length(self) -> int:
+        return self._options.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self._n_vocab
+
+    @property
+    def add_bos(self) -> bool:
+        return self._tokenizer.add_bos
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return self._tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._tokenizer.token_bytes(token)
+
+    def token_text(self, token: int) -> str:
+        return str(self._tokenizer.backend.id_to_token(token))
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token in self._tokenizer.eog_ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids)
+
+    def _logits(self) -> Any:
+        import numpy as np
+
+        llm = self._llm
+        ptr = llm.ctransformers_llm_logits_data()
+        size = llm.ctransformers_llm_logits_size()
+        row = ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float))
+        return np.ctypeslib.as_array(row, shape=(size,)).astype(np.float32)
+
+    def _eval(self, tokens: list[int]) -> None:
+        try:
+            self._llm.eval(tokens, batch_size=self._options.batch_size,
+                           threads=self._options.threads)
+        except RuntimeError as exc:
+            raise BackendError(f"ctransformers failed to evaluate tokens: {exc}") from exc
+
+    def start(self, prompt: list[int]) -> Any:
+        self._llm._context.clear()  # what the deprecated LLM.reset() does, without warning
+        self._llm.ctransformers_llm_reset()
+        self._eval(list(prompt))
+        return self._logits()
+
+    def push(self, token: int) -> Any:
+        self._eval([token])
+        return self._logits()
+
+    def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
+        from ..sampling import Sampler
+
+        sampler = Sampler(params, seed)
+        history = list(prompt)
+        logits = self.start(prompt)
+        while True:
+            token = sampler.sample(history, logits)
+            yield token
+            history.append(token)
+            logits = self.push(token)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._llm.ctransformers_llm_delete()
+            self._llm._llm = None  # its __del__ must not free it twice
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("ctransformers")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

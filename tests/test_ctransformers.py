@@ -1,0 +1,94 @@
+"""The ctransformers backend (legacy) on a SentencePiece llama GGUF the suite writes with
+random weights: logits against an independent numpy forward pass, generation through the
+Model API, and the files it cannot read refused before it is called."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from llama_reference import forward
+from synthetic_models import Shape, write_model
+
+import localllm
+from localllm.testing import BackendContract
+
+TINY = Shape("ct-tiny", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, n_ff=352,
+             n_vocab=600, dtype="f32", n_ctx_train=512)
+IDS = [1, 300, 301, 302, 450, 17, 599, 260, 261, 400]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_model(TINY, tmp_path_factory.mktemp("ct") / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_v2(tiny_llama: Path) -> Path:
+    v2 = tiny_llama.with_name("tiny-v2.gguf")
+    shutil.copy(tiny_llama, v2)
+    with open(v2, "r+b") as handle:  # GGUF v2 and v3 differ only in the version field here
+        handle.seek(4)
+        handle.write(struct.pack("<I", 2))
+    return v2
+
+
+class TestCTransformersContract(BackendContract):
+    prompt = "the quick brown fox"
+
+    @pytest.fixture
+    def model(self, tiny_llama: Path) -> Iterator[localllm.Model]:
+        with localllm.load(tiny_llama, backend="ctransformers", context_length=256, threads=2,
+                           chat_template="chatml") as m:
+            yield m
+
+
+@pytest.mark.parametrize("version", ["v3", "v2"])
+def test_logits_match_an_independent_numpy_forward_pass(tiny_llama: Path, tiny_llama_v2: Path,
+                                                        version: str) -> None:
+    path = tiny_llama if version == "v3" else tiny_llama_v2
+    reference = forward(path, IDS)
+    with localllm.load(path, backend="ctransformers", context_length=256,
+                       chat_template="chatml") as model:
+        engine = model._engine
+        assert engine is not None
+        logits = engine.start(IDS)
+    error = float(np.abs(logits - reference).max())
+    assert int(np.argmax(logits)) == int(np.argmax(reference))
+    assert error < 1e-3 * max(1.0, float(np.abs(reference).max())), error
+
+
+def test_the_oracle_agrees_with_llama_cpp_too(tiny_llama: Path) -> None:
+    with localllm.load(tiny_llama, context_length=256, chat_template="chatml") as model:
+        assert model._engine is not None
+        logits = model._engine.start(IDS)
+    reference = forward(tiny_llama, IDS)
+    assert int(np.argmax(logits)) == int(np.argmax(reference))
+    assert float(np.abs(logits - reference).max()) < 1e-3
+
+
+def test_generation_matches_llama_cpp_greedy(tiny_llama: Path) -> None:
+    with localllm.load(tiny_llama, backend="ctransformers", context_length=256,
+                       chat_template="chatml") as ct, \
+            localllm.load(tiny_llama, context_length=256, chat_template="chatml") as ref:
+        a = ct.complete("the quick brown fox", max_tokens=12, temperature=0)
+        b = ref.complete("the quick brown fox", max_tokens=12, temperature=0, sampler="localllm")
+    assert a.token_ids == b.token_ids
+
+
+def test_bpe_llama_gguf_is_refused_before_ctransformers_sees_it(
+        default_model_path: Path) -> None:
+    with pytest.raises(localllm.UnsupportedModelError, match="backend='llama.cpp'") as info:
+        localllm.load(default_model_path, backend="ctransformers", context_length=256)
+    assert "BPE" in str(info.value)
+
+
+def test_legacy_ggml_files_are_named_as_such(tmp_path: Path) -> None:
+    legacy = tmp_path / "old.bin"
+    legacy.write_bytes(struct.pack("<I", 0x67676A74) + b"\0" * 64)  # 'ggjt'
+    with pytest.raises(localllm.UnsupportedModelError, match="legacy GGML"):
+        localllm.load(legacy)
