@@ -82,7 +82,7 @@ def test_generation_matches_llama_cpp_greedy(tiny_llama: Path) -> None:
 
 def test_bpe_llama_gguf_is_refused_before_ctransformers_sees_it(
         default_model_path: Path) -> None:
-    with pytest.raises(localllm.UnsupportedModelError, match="backend='llama.cpp'") as info:
+    with pytest.raises(localllm.UnsupportedModelError, match=r"backend='llama\.cpp'") as info:
         localllm.load(default_model_path, backend="ctransformers", context_length=256)
     assert "BPE" in str(info.value)
 
