@@ -40,6 +40,8 @@ test: lint typecheck unit
 bench: model
 	$(BIN)/python benchmarks/bench_llamacpp.py
 	$(BIN)/python benchmarks/bench_tokenizer_sampling.py
+	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_legacy_backends.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
