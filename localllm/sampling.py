@@ -110,6 +110,17 @@ def _keep_sorted_prefix(logits: Logits, order: npt.NDArray[np.int64], n: int) ->
     return out
 
 
+def _keep_until_mass(logits: Logits, probs: npt.NDArray[np.float64],
+                     order: npt.NDArray[np.int64], p: float, min_keep: int,
+                     strictly_over: bool) -> Logits:
+    """Keep tokens in ``order`` until their probability mass reaches (or passes) ``p``."""
+    cum = np.cumsum(probs[order])
+    hits = np.nonzero(cum > p if strictly_over else cum >= p)[0]
+    n_live = int((probs > 0).sum())
+    n = int(hits[0]) + 1 if hits.size else n_live
+    return _keep_sorted_prefix(logits, order, min(max(n, min_keep), n_live))
+
+
 class TopP:
     """Smallest set of most likely tokens whose probability reaches ``p``."""
 
@@ -119,13 +130,9 @@ class TopP:
     def __call__(self, input_ids: Sequence[int], logits: Logits) -> Logits:
         if self.p >= 1.0:
             return logits
-        probs = softmax(logits)
         order = np.argsort(-logits, kind="stable")
-        cum = np.cumsum(probs[order])
-        n_live = int(np.isfinite(logits).sum())
-        reached = np.nonzero(cum >= self.p)[0]
-        n = int(reached[0]) + 1 if reached.size else n_live
-        return _keep_sorted_prefix(logits, order, min(max(n, self.min_keep), n_live))
+        return _keep_until_mass(logits, softmax(logits), order, self.p, self.min_keep,
+                                strictly_over=False)
 
 
 class MinP:
@@ -160,11 +167,8 @@ class TypicalP:
         entropy = -float(np.sum(probs * logp))
         shifted = np.where(live, np.abs(-logp - entropy), np.inf)
         order = np.argsort(shifted, kind="stable")
-        cum = np.cumsum(probs[order])
-        over = np.nonzero(cum > self.p)[0]
-        n_live = int(live.sum())
-        n = int(over[0]) + 1 if over.size else n_live
-        return _keep_sorted_prefix(logits, order, min(max(n, self.min_keep), n_live))
+        return _keep_until_mass(logits, probs, order, self.p, self.min_keep,
+                                strictly_over=True)
 
 
 class Temperature:

@@ -127,6 +127,35 @@ class Engine(ABC):
         """Free the runtime's memory; called once."""
 
 
+class LocalTokenizerEngine(Engine):
+    """An engine whose text side is localllm's own tokenizer (``self._tokenizer``), for
+    runtimes that take token ids or whose tokenizer cannot read the model."""
+
+    _tokenizer: Any  # LocalTokenizer, set by the subclass before use
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(self._tokenizer.add_bos)
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        ids: list[int] = self._tokenizer.encode(text, add_special=add_special,
+                                                parse_special=parse_special)
+        return ids
+
+    def token_bytes(self, token: int) -> bytes:
+        data: bytes = self._tokenizer.token_bytes(token)
+        return data
+
+    def token_text(self, token: int) -> str:
+        return str(self._tokenizer.backend.id_to_token(token))
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token in self._tokenizer.eog_ids
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids))
+
+
 def import_runtime(backend: str, module: str, extra: str) -> ModuleType:
     """Import a runtime module, turning its absence into ``BackendUnavailableError``."""
     try:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from .._errors import BackendError, UnsupportedModelError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from .base import Engine, EngineOptions, import_runtime
+from .base import EngineOptions, LocalTokenizerEngine, import_runtime
 
 GGUF_ARCHITECTURES = frozenset({"llama", "falcon"})  # what its GGUF reader handles (#105)
 _ALL_PARAMS = frozenset(SamplingParams.model_fields)
@@ -35,7 +35,7 @@ def _cpu_library() -> str:
     return "avx2" if cpu.has("avx2") else ("avx" if cpu.has("avx") else "basic")
 
 
-class CTransformersEngine(Engine):
+class CTransformersEngine(LocalTokenizerEngine):
     backend_name: ClassVar[str] = "ctransformers"
     extra: ClassVar[str] = "ctransformers"
     formats: ClassVar[tuple[str, ...]] = ("gguf",)
@@ -99,24 +99,6 @@ class CTransformersEngine(Engine):
     def vocab_size(self) -> int:
         return self._n_vocab
 
-    @property
-    def add_bos(self) -> bool:
-        return self._tokenizer.add_bos
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return self._tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self._tokenizer.token_bytes(token)
-
-    def token_text(self, token: int) -> str:
-        return str(self._tokenizer.backend.id_to_token(token))
-
-    def is_end_of_generation(self, token: int) -> bool:
-        return token in self._tokenizer.eog_ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids)
 
     def _logits(self) -> Any:
         import numpy as np

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from .._errors import BackendError, UnsupportedModelError
 from .._gguf import GGUFFile, copy_with_metadata
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from .base import Engine, EngineOptions, import_runtime
+from .base import EngineOptions, LocalTokenizerEngine, import_runtime
 
 log = logging.getLogger("localllm.gpt4all")
 
@@ -98,7 +98,7 @@ def compat_copy(gguf: GGUFFile, pre: str) -> Path:
     return dest
 
 
-class GPT4AllEngine(Engine):
+class GPT4AllEngine(LocalTokenizerEngine):
     backend_name: ClassVar[str] = "gpt4all"
     extra: ClassVar[str] = "gpt4all"
     formats: ClassVar[tuple[str, ...]] = ("gguf",)
@@ -189,26 +189,8 @@ class GPT4AllEngine(Engine):
 
     @property
     def vocab_size(self) -> int:
-        return self._tokenizer.vocab_size
+        return int(self._tokenizer.vocab_size)
 
-    @property
-    def add_bos(self) -> bool:
-        return self._tokenizer.add_bos
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return self._tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self._tokenizer.token_bytes(token)
-
-    def token_text(self, token: int) -> str:
-        return str(self._tokenizer.backend.id_to_token(token))
-
-    def is_end_of_generation(self, token: int) -> bool:
-        return token in self._tokenizer.eog_ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids)
 
     def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
         """gpt4all takes text: the prompt ids are decoded back to it, special tokens
