@@ -50,10 +50,15 @@ class Engine(ABC):
             raise ConfigError(f"backend {cls.backend_name!r} has no option(s) "
                               f"{', '.join(sorted(unknown))}; it accepts: {valid}")
 
+    #: top-level module of the runtime; availability is checked without importing it
+    runtime_module: ClassVar[str] = ""
+
     @classmethod
     def is_available(cls) -> bool:
-        """True when the runtime can be imported here (without importing it twice)."""
-        return True
+        """True when the runtime can be imported here (found, not imported)."""
+        import importlib.util
+
+        return not cls.runtime_module or importlib.util.find_spec(cls.runtime_module) is not None
 
     @classmethod
     def gpu_offload_supported(cls) -> bool:
@@ -154,6 +159,16 @@ class LocalTokenizerEngine(Engine):
 
     def decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids))
+
+
+def distribution_version(name: str) -> str:
+    """Installed version of a PyPI distribution, from its metadata (no import)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def import_runtime(backend: str, module: str, extra: str) -> ModuleType:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from .._errors import BackendError, UnsupportedModelError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from .base import EngineOptions, LocalTokenizerEngine, import_runtime
+from .base import EngineOptions, LocalTokenizerEngine, distribution_version, import_runtime
 
 GGUF_ARCHITECTURES = frozenset({"llama", "falcon"})  # what its GGUF reader handles (#105)
 _ALL_PARAMS = frozenset(SamplingParams.model_fields)
@@ -39,14 +39,10 @@ class CTransformersEngine(LocalTokenizerEngine):
     backend_name: ClassVar[str] = "ctransformers"
     extra: ClassVar[str] = "ctransformers"
     formats: ClassVar[tuple[str, ...]] = ("gguf",)
+    runtime_module: ClassVar[str] = "ctransformers"
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, sampling_params=_ALL_PARAMS, logits=True)
 
-    @classmethod
-    def is_available(cls) -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("ctransformers") is not None
 
     @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> CTransformersEngine:
@@ -80,7 +76,7 @@ class CTransformersEngine(LocalTokenizerEngine):
                                ) from exc
         self._tokenizer = tokenizer_from_gguf(gguf)
         self._n_vocab = int(self._llm.vocab_size)
-        self._version = _version()
+        self._version = distribution_version("ctransformers")
         self._closed = False
 
     @property
@@ -144,11 +140,3 @@ class CTransformersEngine(LocalTokenizerEngine):
             self._llm.ctransformers_llm_delete()
             self._llm._llm = None  # its __del__ must not free it twice
 
-
-def _version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("ctransformers")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

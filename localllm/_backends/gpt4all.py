@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from .._errors import BackendError, UnsupportedModelError
 from .._gguf import GGUFFile, copy_with_metadata
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from .base import EngineOptions, LocalTokenizerEngine, import_runtime
+from .base import EngineOptions, LocalTokenizerEngine, distribution_version, import_runtime
 
 log = logging.getLogger("localllm.gpt4all")
 
@@ -102,6 +102,7 @@ class GPT4AllEngine(LocalTokenizerEngine):
     backend_name: ClassVar[str] = "gpt4all"
     extra: ClassVar[str] = "gpt4all"
     formats: ClassVar[tuple[str, ...]] = ("gguf",)
+    runtime_module: ClassVar[str] = "gpt4all"
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=True,
                                                         sampling_params=_NATIVE_PARAMS)
     options_accepted: ClassVar[dict[str, str]] = {
@@ -110,12 +111,6 @@ class GPT4AllEngine(LocalTokenizerEngine):
         "check_compatibility": "False: skip localllm's pre-load check (gpt4all may fail)",
         "device": "gpt4all device string, e.g. 'cpu', 'kompute', 'cuda', 'gpu'",
     }
-
-    @classmethod
-    def is_available(cls) -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("gpt4all") is not None
 
     @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> GPT4AllEngine:
@@ -169,7 +164,7 @@ class GPT4AllEngine(LocalTokenizerEngine):
             self._model.close()
             raise BackendError(f"gpt4all failed to load {path.name}: {detail}")
         self._model.set_thread_count(options.threads)
-        self._version = _version()
+        self._version = distribution_version("gpt4all")
         self._closed = False
 
     @property
@@ -245,12 +240,3 @@ class GPT4AllEngine(LocalTokenizerEngine):
         if not self._closed:
             self._closed = True
             self._model.close()
-
-
-def _version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("gpt4all")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

@@ -73,14 +73,10 @@ class LlamaCppEngine(Engine):
     backend_name: ClassVar[str] = "llama.cpp"
     extra: ClassVar[str] = "llama-cpp"
     formats: ClassVar[tuple[str, ...]] = ("gguf",)
+    runtime_module: ClassVar[str] = "llama_cpp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, sampling_params=_NATIVE_PARAMS, logits=True, gpu_offload=True)
 
-    @classmethod
-    def is_available(cls) -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("llama_cpp") is not None
 
     @classmethod
     def gpu_offload_supported(cls) -> bool:
