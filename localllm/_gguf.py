@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import ModelFormatError, ModelNotFoundError
+from ._errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -90,6 +90,7 @@ class GGUFFile:
     tensors: tuple[TensorInfo, ...]
     data_offset: int
     file_size: int
+    container: str = "gguf"  # "ggml" for legacy files described by read_ggml
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -343,3 +344,58 @@ def copy_with_metadata(src: str | os.PathLike[str], dest: str | os.PathLike[str]
 def _kv_string(key: str, value: str) -> bytes:
     k, v = key.encode(), value.encode()
     return struct.pack("<Q", len(k)) + k + struct.pack("<IQ", _STRING, len(v)) + v
+
+
+GGML_MAGIC = b"lmgg"  # uint32 0x67676d6c ('ggml') little-endian: the unversioned format
+_GPT2_HPARAMS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "ftype")
+
+
+def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
+    """Read a legacy GGML file of the GPT-2 family (gpt2, starcoder) into the same
+    description a GGUF header gives: hyper-parameters as ``<arch>.*`` metadata, the
+    vocabulary, and the tensor table (walked header by header; data is skipped)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        r = _Reader(mm, path)
+        if bytes(mm[0:4]) != GGML_MAGIC:
+            raise ModelFormatError(f"{path} is not an unversioned GGML file")
+        r.pos = 4
+        hp = dict(zip(_GPT2_HPARAMS, (int(r.unpack("i")) for _ in _GPT2_HPARAMS), strict=True))
+        n_vocab = int(r.unpack("i"))
+        if n_vocab != hp["n_vocab"] or not 0 < n_vocab < 10_000_000:
+            raise UnsupportedModelError(
+                f"{path} is a legacy GGML file whose header is not the GPT-2 layout "
+                "(gpt2, starcoder) localllm reads; convert it to GGUF")
+        tokens = []
+        for _ in range(n_vocab):
+            n = int(r.unpack("I"))
+            if r.pos + n > size:
+                raise r.fail("vocabulary runs past the end of the file")
+            tokens.append(bytes(mm[r.pos:r.pos + n]).decode("latin-1"))
+            r.pos += n
+        tensors = []
+        while r.pos < size:
+            n_dims, name_len, type_id = (int(r.unpack("i")) for _ in range(3))
+            if not 1 <= n_dims <= 2 or type_id not in GGML_TYPES or not 0 < name_len < 512:
+                raise r.fail(f"bad tensor header (dims {n_dims}, type {type_id})")
+            shape = tuple(int(r.unpack("i")) for _ in range(n_dims))
+            name = bytes(mm[r.pos:r.pos + name_len]).decode("utf-8", errors="replace")
+            r.pos += name_len
+            info = TensorInfo(name, shape, type_id, r.pos)
+            if r.pos + info.n_bytes > size:
+                raise ModelFormatError(f"{path} is truncated: tensor {name!r} runs past the end")
+            tensors.append(info)
+            r.pos += info.n_bytes
+    c_attn = next((t for t in tensors if t.name.endswith("/attn/c_attn/w")), None)
+    arch = "gpt2"
+    if c_attn is not None and len(c_attn.shape) == 2 and c_attn.shape[1] != 3 * hp["n_embd"]:
+        arch = "starcoder"  # multi-query attention: E + 2·head_dim columns
+    metadata: dict[str, Any] = {
+        "general.architecture": arch, "general.name": path.stem,
+        f"{arch}.context_length": hp["n_ctx"], f"{arch}.block_count": hp["n_layer"],
+        f"{arch}.embedding_length": hp["n_embd"], f"{arch}.attention.head_count": hp["n_head"],
+        f"{arch}.feed_forward_length": 4 * hp["n_embd"], "general.file_type": hp["ftype"] % 1000,
+        "tokenizer.ggml.model": "ggml-legacy", "tokenizer.ggml.tokens": tokens,
+    }
+    return GGUFFile(path, 0, metadata, tuple(tensors), 0, size, container="ggml")

@@ -25,7 +25,7 @@ from ._errors import (
     ModelNotFoundError,
     UnsupportedModelError,
 )
-from ._gguf import GGUFFile, read_gguf
+from ._gguf import GGUFFile, read_ggml, read_gguf
 from ._model import Model
 from ._store import DEFAULT_MODEL, ModelStore
 from ._types import ModelInfo
@@ -72,10 +72,12 @@ def detect_format(path: Path) -> str:
         magic = handle.read(4)
     if magic == b"GGUF":
         return "gguf"
-    if magic in (b"lmgg", b"fmgg", b"tjgg"):  # 'ggml', 'ggmf', 'ggjt' as little-endian
+    if magic == b"lmgg":  # 'ggml' as a little-endian uint32: legacy, pre-GGUF
+        return "ggml"
+    if magic in (b"fmgg", b"tjgg"):  # 'ggmf', 'ggjt': legacy llama files
         raise UnsupportedModelError(
-            f"{path} is a legacy GGML file (pre-GGUF); localllm does not load legacy GGML "
-            "files yet — convert it to GGUF with llama.cpp's convert scripts")
+            f"{path} is a legacy llama GGML file (ggmf/ggjt); localllm reads legacy GGML "
+            "files of the GPT-2 family only — convert it to GGUF with llama.cpp's scripts")
     raise ModelFormatError(
         f"{path} is not a model format localllm can load (first bytes {magic!r}); "
         "expected a GGUF file (magic b'GGUF')")
@@ -116,7 +118,8 @@ def _resolve(source: Source, backend: str, store: ModelStore | None
     path = resolve_source(source, store)
     file_format = detect_format(path)
     engine_cls = choose_backend(backend, file_format)
-    return path, file_format, engine_cls, read_gguf(path)
+    gguf = read_ggml(path) if file_format == "ggml" else read_gguf(path)
+    return path, file_format, engine_cls, gguf
 
 
 def plan(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from legacy_ggml import gpt2_forward, make_weights, write_gpt2_ggml
 from llama_reference import forward
 from synthetic_models import Shape, write_model
 
@@ -87,8 +88,50 @@ def test_bpe_llama_gguf_is_refused_before_ctransformers_sees_it(
     assert "BPE" in str(info.value)
 
 
-def test_legacy_ggml_files_are_named_as_such(tmp_path: Path) -> None:
+def test_legacy_llama_ggml_files_are_named_as_such(tmp_path: Path) -> None:
     legacy = tmp_path / "old.bin"
     legacy.write_bytes(struct.pack("<I", 0x67676A74) + b"\0" * 64)  # 'ggjt'
-    with pytest.raises(localllm.UnsupportedModelError, match="legacy GGML"):
+    with pytest.raises(localllm.UnsupportedModelError, match="legacy llama GGML"):
         localllm.load(legacy)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    weights = make_weights()
+    # named .gguf on purpose: the format comes from the header, never the extension
+    return write_gpt2_ggml(tmp_path_factory.mktemp("g2") / "tiny-gpt2.gguf", weights), weights
+
+
+def test_legacy_gpt2_logits_match_numpy(tiny_gpt2: tuple[Path, dict[str, np.ndarray]]
+                                        ) -> None:
+    path, weights = tiny_gpt2
+    ids = [259, 260, 32, 97, 264, 100, 261, 10, 70]
+    with localllm.load(path, chat_template="chatml", context_length=128) as model:
+        assert (model.info.backend, model.info.format, model.info.architecture) == (
+            "ctransformers", "ggml", "gpt2")
+        assert model._engine is not None
+        logits = model._engine.start(ids)
+    reference = gpt2_forward(weights, ids)
+    error = float(np.abs(logits - reference).max())
+    assert int(np.argmax(logits)) == int(np.argmax(reference))
+    assert error < 2e-3 * float(np.abs(reference).max()), error  # ggml's f16 GELU table
+
+
+def test_legacy_gpt2_generates_through_the_model_api(
+        tiny_gpt2: tuple[Path, dict[str, np.ndarray]]) -> None:
+    path, weights = tiny_gpt2
+    with localllm.load(path, chat_template="chatml", context_length=128) as model:
+        ids = model.tokenizer.encode("the fox", add_special=False)
+        result = model.complete("the fox", max_tokens=6, temperature=0)
+        seeded = [model.complete("the fox", max_tokens=6, seed=3).text for _ in range(2)]
+    expected = int(np.argmax(gpt2_forward(weights, ids)))
+    assert result.token_ids[0] == expected
+    assert result.usage.completion_tokens == 6 and seeded[0] == seeded[1]
+
+
+def test_truncated_legacy_file_is_refused(tiny_gpt2: tuple[Path, dict[str, np.ndarray]],
+                                          tmp_path: Path) -> None:
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(tiny_gpt2[0].read_bytes()[:5000])
+    with pytest.raises(localllm.ModelFormatError, match="truncated"):
+        localllm.load(broken, chat_template="chatml")

@@ -22,7 +22,37 @@ from .._types import Capabilities, DevicePlacement, SamplingParams
 from .base import EngineOptions, LocalTokenizerEngine, distribution_version, import_runtime
 
 GGUF_ARCHITECTURES = frozenset({"llama", "falcon"})  # what its GGUF reader handles (#105)
+LEGACY_ARCHITECTURES = frozenset({"gpt2", "starcoder"})  # legacy GGML files localllm reads
 _ALL_PARAMS = frozenset(SamplingParams.model_fields)
+
+
+class _LegacyVocab:
+    """The text side of a legacy GGML file: its own vocabulary, ctransformers' tokenizer
+    (legacy files carry no merges to rebuild a BPE from)."""
+
+    add_bos = False
+    bos_id = None
+
+    def __init__(self, llm: Any, gguf: GGUFFile) -> None:
+        self._llm = llm
+        self._pieces = [t.encode("latin-1") for t in gguf.metadata["tokenizer.ggml.tokens"]]
+        self.eos_id = int(llm.eos_token_id)
+        self.eog_ids = frozenset({self.eos_id})
+        self.vocab_size = len(self._pieces)
+        self.backend = self  # token_text() asks backend.id_to_token
+
+    def encode(self, text: str, *, add_special: bool = True, parse_special: bool = True
+               ) -> list[int]:
+        return [int(t) for t in self._llm.tokenize(text, add_bos_token=False)]
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._pieces[token]
+
+    def id_to_token(self, token: int) -> str:
+        return self._pieces[token].decode("utf-8", errors="replace")
+
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self._pieces[t] for t in ids).decode("utf-8", errors="replace")
 
 
 def _cpu_library() -> str:
@@ -38,7 +68,7 @@ def _cpu_library() -> str:
 class CTransformersEngine(LocalTokenizerEngine):
     backend_name: ClassVar[str] = "ctransformers"
     extra: ClassVar[str] = "ctransformers"
-    formats: ClassVar[tuple[str, ...]] = ("gguf",)
+    formats: ClassVar[tuple[str, ...]] = ("gguf", "ggml")
     runtime_module: ClassVar[str] = "ctransformers"
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, sampling_params=_ALL_PARAMS, logits=True)
@@ -47,6 +77,11 @@ class CTransformersEngine(LocalTokenizerEngine):
     @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> CTransformersEngine:
         cls.check_options(options)
+        if gguf.container == "ggml":
+            if gguf.architecture not in LEGACY_ARCHITECTURES:
+                raise UnsupportedModelError(f"legacy GGML {gguf.architecture!r} files are not "
+                                            "supported; convert the model to GGUF")
+            return cls(gguf, options)
         if gguf.architecture not in GGUF_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"ctransformers reads GGUF files of architectures "
@@ -71,10 +106,13 @@ class CTransformersEngine(LocalTokenizerEngine):
         try:
             self._llm = llm_module.LLM(str(gguf.path), gguf.architecture, config=config,
                                        lib=_cpu_library())
+            if not self._llm.vocab_size:
+                raise RuntimeError("the runtime reported an empty vocabulary")
         except (RuntimeError, ValueError, OSError) as exc:
             raise BackendError(f"ctransformers could not load {gguf.path.name}: {exc}"
                                ) from exc
-        self._tokenizer = tokenizer_from_gguf(gguf)
+        self._tokenizer = (_LegacyVocab(self._llm, gguf) if gguf.container == "ggml"
+                           else tokenizer_from_gguf(gguf))
         self._n_vocab = int(self._llm.vocab_size)
         self._version = distribution_version("ctransformers")
         self._closed = False
