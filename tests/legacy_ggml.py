@@ -14,7 +14,7 @@ E, HEADS, LAYERS, CTX = 64, 4, 2, 128
 def vocabulary() -> list[bytes]:
     pieces = [bytes([b]) for b in range(256)]
     pieces += [w.encode() for w in (" the", " fox", " dog", "ing", " and", " a", "he", "in")]
-    return pieces + [b"<|endoftext|>"]
+    return [*pieces, b"<|endoftext|>"]
 
 
 def make_weights(seed: int = 0) -> dict[str, np.ndarray]:

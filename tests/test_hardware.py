@@ -19,7 +19,7 @@ import pytest
 import localllm
 from localllm._doctor import run_checks
 from localllm._gguf import GGUFFile, TensorInfo
-from localllm._planner import MIB, ModelShape, estimate_memory, make_plan
+from localllm._planner import MIB, ModelShape, current_rss, estimate_memory, make_plan
 from localllm._recommend import RECOMMENDED, ModelFacts, recommend
 from localllm.hardware import HardwareProfile, RuntimeInfo, probe
 
@@ -202,16 +202,18 @@ def test_will_not_fit_says_what_would(laptop: HardwareProfile) -> None:
                   laptop, backend="llama.cpp", gpu_offload_supported=False)
     assert "MiB of RAM" in str(info.value)
     assert isinstance(info.value, MemoryError)
-    # a 7B at Q4_K fits the laptop only with a shorter context: the planner finds it
-    plan = make_plan(fake_gguf(OPENCHAT), laptop.model_copy(update={"memory": laptop.memory
-                     .model_copy(update={"available": int(4.8 * GIB)})}), backend="llama.cpp",
+    # a 7B at Q4_K with room for a 2048 context only: the planner finds the largest that
+    # fits (the budget counts this process's own RSS, so it is set relative to it)
+    need = estimate_memory(ModelShape.from_gguf(fake_gguf(OPENCHAT)), 2048).host.total
+    tight = laptop.model_copy(update={"memory": laptop.memory.model_copy(
+        update={"available": int((need + current_rss() + 64 * MIB) / 0.9)})})
+    plan = make_plan(fake_gguf(OPENCHAT), tight, backend="llama.cpp",
                      gpu_offload_supported=False)
-    assert 512 <= plan.context_length < 8192
+    assert 2048 <= plan.context_length < 8192
     assert any("largest that fits" in r for r in plan.reasons)
     with pytest.raises(localllm.WillNotFitError, match="context_length="):
-        make_plan(fake_gguf(OPENCHAT), laptop.model_copy(update={"memory": laptop.memory
-                  .model_copy(update={"available": int(4.8 * GIB)})}), backend="llama.cpp",
-                  gpu_offload_supported=False, context_length=8192)
+        make_plan(fake_gguf(OPENCHAT), tight, backend="llama.cpp", gpu_offload_supported=False,
+                  context_length=8192)
 
 
 def test_recommend_per_machine(rtx: HardwareProfile, laptop: HardwareProfile,

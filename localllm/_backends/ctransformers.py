@@ -35,7 +35,8 @@ class _LegacyVocab:
 
     def __init__(self, llm: Any, gguf: GGUFFile) -> None:
         self._llm = llm
-        self._pieces = [t.encode("latin-1") for t in gguf.metadata["tokenizer.ggml.tokens"]]
+        self._pieces: list[bytes] = [
+            str(t).encode("latin-1") for t in gguf.metadata["tokenizer.ggml.tokens"]]
         self.eos_id = int(llm.eos_token_id)
         self.eog_ids = frozenset({self.eos_id})
         self.vocab_size = len(self._pieces)
