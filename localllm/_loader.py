@@ -131,6 +131,7 @@ def plan(
     threads: int | None = None,
     batch_size: int | None = None,
     gpu_layers: int | None = None,
+    kv_type: str = "f16",
     allow_fallback: bool = False,
     store: ModelStore | None = None,
     profile: HardwareProfile | None = None,
@@ -141,13 +142,13 @@ def plan(
     """
     _, _, engine_cls, gguf = _resolve(source, backend, store)
     return _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
-                     gpu_layers, allow_fallback, profile)
+                     gpu_layers, allow_fallback, profile, kv_type)
 
 
 def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | None,
               device: str, threads: int | None, batch_size: int | None,
               gpu_layers: int | None, allow_fallback: bool,
-              profile: HardwareProfile | None) -> LoadPlan:
+              profile: HardwareProfile | None, kv_type: str = "f16") -> LoadPlan:
     if threads is not None:
         _check_int("threads", threads, 1, 512, "use the number of physical cores")
     if batch_size is not None:
@@ -170,7 +171,7 @@ def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | No
     return make_plan(gguf, profile, backend=engine_cls.backend_name,
                      gpu_offload_supported=offload, context_length=context_length,
                      device=device, threads=threads, batch_size=batch_size or DEFAULT_BATCH,
-                     gpu_layers=gpu_layers,
+                     gpu_layers=gpu_layers, kv_type=kv_type,
                      allow_fallback=allow_fallback,
                      runtime_loaded="llama_cpp" in sys.modules)
 
@@ -184,6 +185,7 @@ def load(
     threads: int | None = None,
     batch_size: int | None = None,
     gpu_layers: int | None = None,
+    kv_type: str = "f16",
     allow_fallback: bool = False,
     chat_template: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
@@ -197,16 +199,18 @@ def load(
     ``device`` is "auto", "cpu" or "gpu"; a GPU that cannot be used is an error unless
     ``allow_fallback=True``. ``chat_template`` overrides the file's template (a name such
     as ``"chatml"`` or a Jinja string) and is required for files that have none.
-    ``backend_options`` are the chosen backend's own settings (unknown ones are errors).
+    ``kv_type`` ("f16", "q8_0", "q4_0", "f32") sets the KV cache precision: q8_0 halves its
+    memory. ``backend_options`` are the chosen backend's own settings (unknown ones are errors).
     """
     started = time.perf_counter()
     path, file_format, engine_cls, gguf = _resolve(source, backend, store)
     template = resolve_template(chat_template, gguf.chat_template) \
         if chat_template is not None or gguf.chat_template is not None else None
     the_plan = _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
-                         gpu_layers, allow_fallback, None)
+                         gpu_layers, allow_fallback, None, kv_type)
     options = EngineOptions(context_length=the_plan.context_length, threads=the_plan.threads,
                             batch_size=the_plan.batch_size, gpu_layers=the_plan.gpu_layers,
+                            kv_type=the_plan.kv_type,
                             backend_options=dict(backend_options or {}))
     for reason in the_plan.reasons:
         if "CPU-only build" in reason:  # a GPU is here but will not be used: say it loudly

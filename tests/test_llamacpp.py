@@ -209,3 +209,31 @@ def test_import_is_light_and_loads_no_runtime() -> None:
         assert heavy.strip() == "[]"
         times.append(float(elapsed))
     assert min(times) < 0.3, times
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+def test_kv_cache_estimate_equals_what_llama_cpp_allocates(default_model_path: Path,
+                                                           kv_type: str) -> None:
+    import logging
+    import re
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep()
+    logger = logging.getLogger("localllm.llama_cpp")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with localllm.load(default_model_path, context_length=2048, kv_type=kv_type) as m:
+            planned = m.info.plan.memory.host.kv_cache
+            assert "Paris" in m.complete("The capital of France is", max_tokens=4,
+                                         temperature=0).text
+    finally:
+        logger.removeHandler(handler)
+    reported = next(float(x.group(1)) for x in (re.search(r"KV buffer size =\s+([\d.]+) MiB", ln)
+                                                for ln in lines) if x)
+    assert planned / 2**20 == pytest.approx(reported, abs=0.01)

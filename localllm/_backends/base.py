@@ -27,6 +27,7 @@ class EngineOptions:
     threads: int
     batch_size: int
     gpu_layers: int = 0
+    kv_type: str = "f16"
     backend_options: Mapping[str, Any] = field(default_factory=dict)
 
 

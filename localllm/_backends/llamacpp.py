@@ -119,6 +119,9 @@ class LlamaCppEngine(Engine):
         cparams.n_threads = options.threads
         cparams.n_threads_batch = options.threads
         cparams.no_perf = True
+        if options.kv_type != "f16":  # ggml type ids of the KV cache
+            kv = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}[options.kv_type]
+            cparams.type_k = cparams.type_v = kv
         fa = options.backend_options.get("flash_attention")
         if fa is not None:  # default: llama.cpp decides (on for the CPU)
             cparams.flash_attn_type = 1 if fa else 0
