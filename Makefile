@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.localllm-installed
 
-.PHONY: demo test lint typecheck unit bench setup model clean
+.PHONY: demo test lint typecheck unit docs bench setup model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,10 @@ typecheck: setup
 unit: model
 	$(BIN)/python -m pytest
 
-test: lint typecheck unit
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d build/site
+
+test: lint typecheck docs unit
 
 bench: model
 	$(BIN)/python benchmarks/bench_llamacpp.py
