@@ -67,7 +67,12 @@ def resolve_source(source: Source, store: ModelStore | None = None) -> Path:
 
 def detect_format(path: Path) -> str:
     if path.is_dir():
-        raise ModelFormatError(f"{path} is a folder; pass the model file itself (.gguf)")
+        if any(path.glob("*.onnx")):
+            return "onnx"
+        raise ModelFormatError(f"{path} is a folder without an .onnx model; pass a model "
+                               "file (.gguf) or an ONNX model folder")
+    if path.suffix == ".onnx":
+        return "onnx"
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic == b"GGUF":
@@ -118,7 +123,12 @@ def _resolve(source: Source, backend: str, store: ModelStore | None
     path = resolve_source(source, store)
     file_format = detect_format(path)
     engine_cls = choose_backend(backend, file_format)
-    gguf = read_ggml(path) if file_format == "ggml" else read_gguf(path)
+    if file_format == "onnx":
+        from ._backends.onnx import describe_folder
+
+        gguf = describe_folder(path if path.is_dir() else path.parent)
+    else:
+        gguf = read_ggml(path) if file_format == "ggml" else read_gguf(path)
     return path, file_format, engine_cls, gguf
 
 

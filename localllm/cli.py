@@ -196,6 +196,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ._convert import convert_gguf_to_onnx
+    from ._loader import resolve_source
+    from ._progress import ProgressBar
+
+    bar = ProgressBar("dequantizing tensors", 0)
+    out = convert_gguf_to_onnx(resolve_source(args.model), args.out_dir, dtype=args.dtype,
+                               progress=lambda done, total: bar(done, total))
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="localllm",
                                      description="Run local LLMs with one API.")
@@ -232,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--context", type=int, default=4096,
                         help="context length for --fits (default 4096)")
     models.set_defaults(func=cmd_models)
+
+    convert = sub.add_parser("convert", help="convert a llama-family GGUF to an ONNX folder")
+    convert.add_argument("model", help="catalog name or .gguf path")
+    convert.add_argument("out_dir")
+    convert.add_argument("--dtype", default="fp32", choices=["fp32"])
+    convert.set_defaults(func=cmd_convert)
 
     doctor = sub.add_parser("doctor", help="this machine's hardware, runtimes and health "
                                            "checks with remedies")

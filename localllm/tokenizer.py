@@ -289,13 +289,17 @@ def tokenizer_from_folder(folder: str | Path) -> LocalTokenizer:
             value = value.get("content")
         return backend.token_to_id(value) if isinstance(value, str) else None
 
-    model_type = json.loads(backend.to_str())["model"].get("type", "BPE")
-    byte_level = "ByteLevel" in backend.to_str()[:20000] or model_type != "BPE"
+    spec = json.loads(backend.to_str())
+    byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer")) or \
+        "ByteLevel" in json.dumps(spec.get("decoder"))
+    # SentencePiece-style: a "▁" is prepended on encoding, so decoding drops one space
+    prepends = "Prepend" in json.dumps(spec.get("normalizer")) or \
+        '"prepend_scheme": "first"' in json.dumps(spec.get("pre_tokenizer"))
     template = config.get("chat_template")
     return LocalTokenizer(
         backend, bos_id=token_id("bos_token"), eos_id=token_id("eos_token"),
         add_bos=bool(config.get("add_bos_token", False)),
         add_eos=bool(config.get("add_eos_token", False)),
-        kind="bpe" if byte_level else "spm", chat_template=template
-        if isinstance(template, str) else None,
+        kind="bpe" if byte_level else "spm", strip_leading_space=not byte_level and prepends,
+        chat_template=template if isinstance(template, str) else None,
         eog_ids=[i for i in (token_id("eos_token"),) if i is not None])

@@ -14,8 +14,10 @@ import numpy as np
 
 def load_weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     reader = gguf.GGUFReader(str(path))
-    weights = {t.name: np.asarray(t.data, dtype=np.float32).reshape(
-        [int(d) for d in reversed(t.shape)]) for t in reader.tensors}
+    weights = {t.name: np.asarray(gguf.quants.dequantize(t.data, t.tensor_type),
+                                  dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
+               for t in reader.tensors}
+    weights.setdefault("output.weight", weights["token_embd.weight"])  # tied embeddings
     fields = reader.fields
 
     def scalar(key: str) -> float:

@@ -19,6 +19,7 @@ _REGISTRY: dict[str, str] = {
     "llama.cpp": "localllm._backends.llamacpp:LlamaCppEngine",
     "gpt4all": "localllm._backends.gpt4all:GPT4AllEngine",
     "ctransformers": "localllm._backends.ctransformers:CTransformersEngine",  # legacy
+    "onnxruntime": "localllm._backends.onnx:OnnxEngine",
     "fake": "localllm._backends.fake:FakeEngine",
 }
 _AUTO_EXCLUDED = {"fake"}  # never chosen unless named

@@ -1,0 +1,238 @@
+"""The ONNX Runtime backend for decoder-only models in the Optimum / onnxruntime-genai
+layout (``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.N.*`` →
+``logits``, ``present.N.*``), with names and KV shapes read from the session.
+
+The KV cache is carried between steps (the prompt runs once). Text goes through localllm's
+tokenizer (``tokenizer.json``) and tokens are picked by localllm's sampling layer, so
+results agree with the other backends. External-data paths that leave the model folder
+are refused before onnxruntime opens anything (CVE-2024-27318 class).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .._errors import BackendError, ConfigError, ModelFormatError, UnsupportedFeatureError
+from .._gguf import GGUFFile, TensorInfo
+from .._types import Capabilities, DevicePlacement, SamplingParams
+from .base import EngineOptions, LocalTokenizerEngine, distribution_version, import_runtime
+
+_KV = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+
+
+def model_file(folder: Path) -> Path:
+    candidates = sorted(folder.glob("*.onnx"))
+    if not candidates:
+        raise ModelFormatError(f"{folder} holds no .onnx model")
+    return next((c for c in candidates if c.name == "model.onnx"), candidates[0])
+
+
+def check_external_data(model_path: Path) -> int:
+    """Refuse external-data locations outside the model's folder; return their total size."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    folder = model_path.parent.resolve()
+    proto = onnx.load(str(model_path), load_external_data=False)
+    files: set[Path] = set()
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or ".." in Path(location).parts or \
+                not target.is_relative_to(folder):
+            raise ModelFormatError(
+                f"{model_path} refers to external data {location!r} outside its folder; "
+                "refusing to open it (path traversal)")
+        files.add(target)
+    return sum(f.stat().st_size for f in files if f.exists())
+
+
+def describe_folder(folder: Path) -> GGUFFile:
+    """The facts planning needs, from config.json and the weight files."""
+    model = model_file(folder)
+    weights = check_external_data(model) + model.stat().st_size
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{folder} has no readable config.json: {exc}") from None
+    arch = "llama"
+    n_head = int(cfg.get("num_attention_heads", 1))
+    md: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.name": cfg.get("localllm_source", {}).get("name", folder.name),
+        f"{arch}.context_length": int(cfg.get("max_position_embeddings", 4096)),
+        f"{arch}.block_count": int(cfg.get("num_hidden_layers", 0)),
+        f"{arch}.embedding_length": int(cfg.get("hidden_size", 0)),
+        f"{arch}.attention.head_count": n_head,
+        f"{arch}.attention.head_count_kv": int(cfg.get("num_key_value_heads", n_head)),
+        f"{arch}.feed_forward_length": int(cfg.get("intermediate_size", 0)),
+        "tokenizer.ggml.tokens": _vocabulary(folder, int(cfg.get("vocab_size", 0))),
+    }
+    tok_cfg = _read_json(folder / "tokenizer_config.json")
+    if isinstance(tok_cfg.get("chat_template"), str):
+        md["tokenizer.chat_template"] = tok_cfg["chat_template"]
+    tokens = md["tokenizer.ggml.tokens"]
+    for key in ("bos", "eos"):
+        value = tok_cfg.get(f"{key}_token")
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and value in tokens:
+            md[f"tokenizer.ggml.{key}_token_id"] = tokens.index(value)
+    tensors = (TensorInfo("onnx weights", (max(1, weights // 4),), 0, 0),)
+    return GGUFFile(model, 0, md, tensors, 0, weights, container="onnx")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _vocabulary(folder: Path, size: int) -> list[str]:
+    """Token strings by id from tokenizer.json (model vocabulary + added tokens)."""
+    data = _read_json(folder / "tokenizer.json")
+    vocab = dict(data.get("model", {}).get("vocab", {}))
+    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
+    tokens = [""] * max(size, len(vocab))
+    for text, i in vocab.items():
+        if 0 <= int(i) < len(tokens):
+            tokens[int(i)] = text
+    return tokens
+
+
+class OnnxEngine(LocalTokenizerEngine):
+    backend_name: ClassVar[str] = "onnxruntime"
+    extra: ClassVar[str] = "onnx"
+    formats: ClassVar[tuple[str, ...]] = ("onnx",)
+    runtime_module: ClassVar[str] = "onnxruntime"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, sampling_params=frozenset(SamplingParams.model_fields), logits=True)
+    options_accepted: ClassVar[dict[str, str]] = {
+        "provider": "execution provider name, e.g. 'CUDAExecutionProvider' (default: CPU)"}
+
+    @classmethod
+    def open(cls, gguf: GGUFFile, options: EngineOptions) -> OnnxEngine:
+        cls.check_options(options)
+        return cls(gguf, options)
+
+    def __init__(self, gguf: GGUFFile, options: EngineOptions) -> None:
+        from ..tokenizer import tokenizer_from_folder
+
+        ort = import_runtime("onnxruntime", "onnxruntime", "onnx")
+        np = import_runtime("onnxruntime", "numpy", "onnx")
+        self._np = np
+        self._options = options
+        folder = gguf.path.parent
+        check_external_data(gguf.path)  # again: the folder may have changed since planning
+        provider = str(options.backend_options.get(
+            "provider", "CUDAExecutionProvider" if options.gpu_layers else
+            "CPUExecutionProvider"))
+        available = ort.get_available_providers()
+        if provider not in available:
+            raise UnsupportedFeatureError(
+                "onnxruntime", f"the execution provider {provider!r}",
+                f"this onnxruntime build has {', '.join(available)}")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.threads
+        so.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(gguf.path), sess_options=so,
+                                                 providers=[provider])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BackendError(f"onnxruntime could not open {gguf.path}: {exc}") from exc
+        self._provider = provider
+        self._tokenizer = tokenizer_from_folder(folder)
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        if cfg.get("localllm_eog_ids"):
+            self._tokenizer.eog_ids = frozenset(int(i) for i in cfg["localllm_eog_ids"])
+        self._inputs = {i.name: i for i in self._session.get_inputs()}
+        self._past = sorted((n for n in self._inputs if _KV.fullmatch(n)),
+                            key=lambda n: (int(_KV.fullmatch(n).group(1)),  # type: ignore[union-attr]
+                                           n.endswith("value")))
+        for name in ("input_ids", "attention_mask"):
+            if name not in self._inputs:
+                raise ModelFormatError(f"{gguf.path} has no {name!r} input; not a decoder in "
+                                       "the Optimum / onnxruntime-genai layout")
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        self._present = {n: n.replace("past_key_values", "present") for n in self._past}
+        self._version = distribution_version("onnxruntime")
+        self._cache: dict[str, Any] = {}
+        self._n_past = 0
+
+    @property
+    def backend_version(self) -> str:
+        return self._version
+
+    @property
+    def placement(self) -> DevicePlacement:
+        gpu = self._provider != "CPUExecutionProvider"
+        return DevicePlacement(device=self._provider if gpu else "cpu",
+                               gpu_layers=self._options.gpu_layers if gpu else 0,
+                               total_layers=0)
+
+    @property
+    def context_length(self) -> int:
+        return self._options.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tokenizer.vocab_size)
+
+    def _empty_past(self, name: str) -> Any:
+        shape = self._inputs[name].shape  # [batch, kv_heads, past, head_dim]
+        return self._np.zeros((1, int(shape[1]), 0, int(shape[3])), dtype=self._np.float32)
+
+    def _run(self, tokens: list[int]) -> Any:
+        np = self._np
+        n = len(tokens)
+        feeds: dict[str, Any] = {
+            "input_ids": np.array([tokens], dtype=np.int64),
+            "attention_mask": np.ones((1, self._n_past + n), dtype=np.int64)}
+        if "position_ids" in self._inputs:
+            feeds["position_ids"] = np.arange(self._n_past, self._n_past + n,
+                                              dtype=np.int64)[None]
+        for name in self._past:
+            feeds[name] = self._cache.get(name)
+            if feeds[name] is None:
+                feeds[name] = self._empty_past(name)
+        try:
+            results = dict(zip(self._outputs, self._session.run(self._outputs, feeds),
+                               strict=True))
+        except Exception as exc:
+            raise BackendError(f"onnxruntime failed: {exc}") from exc
+        self._cache = {name: results[present] for name, present in self._present.items()}
+        self._n_past += n
+        return results["logits"][0, -1].astype(np.float32)
+
+    def start(self, prompt: list[int]) -> Any:
+        if not prompt:
+            raise ConfigError("the prompt is empty")
+        self._cache, self._n_past = {}, 0
+        return self._run(list(prompt))
+
+    def push(self, token: int) -> Any:
+        return self._run([token])
+
+    def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
+        from ..sampling import Sampler
+
+        sampler = Sampler(params, seed)
+        history = list(prompt)
+        logits = self.start(prompt)
+        while True:
+            token = sampler.sample(history, logits)
+            yield token
+            history.append(token)
+            logits = self.push(token)
+
+    def close(self) -> None:
+        self._cache = {}
+        self._session = None

@@ -1,0 +1,229 @@
+"""GGUF → ONNX conversion of llama-family decoders, with no torch: the ``gguf`` package
+dequantizes the weights and the ``onnx`` package builds the graph.
+
+The graph follows the Hugging Face Optimum / onnxruntime-genai decoder convention:
+inputs ``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.N.key/value``
+(empty on the first step); outputs ``logits`` and ``present.N.key/value``. Rotary
+embeddings rotate adjacent pairs, the layout llama GGUF files store Q and K in, so the
+weights are used exactly as llama.cpp uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ._errors import BackendUnavailableError, UnsupportedModelError
+from ._gguf import GGUFFile, read_gguf
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "smollm")
+OPSET = 17
+
+
+def _modules() -> tuple[Any, Any, Any]:
+    try:
+        import gguf
+        import numpy as np
+        import onnx
+    except ImportError as exc:
+        raise BackendUnavailableError("convert", exc.name or "onnx", "onnx") from exc
+    return gguf, np, onnx
+
+
+def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                         *, dtype: str = "fp32", progress: Any = None) -> Path:
+    """Write ``model.onnx`` (+ external weights), tokenizer and config files to ``out_dir``."""
+    gguf_mod, np, onnx = _modules()
+    from onnx import TensorProto, helper, numpy_helper
+
+    if dtype != "fp32":
+        raise UnsupportedModelError(f"dtype={dtype!r} is not supported yet; use 'fp32'")
+    info = read_gguf(source)
+    if info.architecture not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"cannot convert architecture {info.architecture!r}; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    arch = info.architecture
+    n_layer, n_embd = info.block_count, int(info.arch_value("embedding_length"))
+    n_head = int(info.arch_value("attention.head_count"))
+    n_kv = int(info.arch_value("attention.head_count_kv", n_head))
+    hd = n_embd // n_head
+    eps = float(info.arch_value("attention.layer_norm_rms_epsilon", 1e-5))
+    base = float(info.arch_value("rope.freq_base", 10000.0))
+    max_pos = info.context_length or 4096
+
+    reader = gguf_mod.GGUFReader(str(info.path))
+    weights: dict[str, Any] = {}
+    for i, t in enumerate(reader.tensors):
+        data = gguf_mod.quants.dequantize(t.data, t.tensor_type)
+        weights[t.name] = np.asarray(data, dtype=np.float32).reshape(
+            [int(d) for d in reversed(t.shape)])
+        if progress:
+            progress(i + 1, len(reader.tensors))
+    vocab = weights["token_embd.weight"].shape[0]
+    out_w = weights.get("output.weight", weights["token_embd.weight"])
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+
+    def init(name: str, array: Any) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    init("axes_last", np.array([-1], dtype=np.int64))
+    init("eps", np.array(eps, dtype=np.float32))
+    init("one", np.array(1, dtype=np.int64))
+    init("zero_f", np.array(0.0, dtype=np.float32))
+    init("neg_big", np.array(-1e9, dtype=np.float32))
+    inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    ang = np.arange(max_pos, dtype=np.float64)[:, None] * inv[None, :]
+    init("cos_table", np.cos(ang).astype(np.float32))
+    init("sin_table", np.sin(ang).astype(np.float32))
+    for shape_name, shape in {"shape_q": [0, 0, n_head, hd], "shape_kv": [0, 0, n_kv, hd],
+                              "shape_pairs_q": [0, 0, 0, hd // 2, 2],
+                              "shape_heads": [0, 0, 0, hd], "shape_merge": [0, 0, n_head * hd],
+                              "shape_rep": [0, n_head, -1, hd]}.items():
+        init(shape_name, np.array(shape, dtype=np.int64))
+
+    def rms(x: str, w: str, tag: str) -> str:
+        sq = node("Mul", [x, x], f"{tag}_sq")
+        ms = node("ReduceMean", [sq], f"{tag}_ms", axes=[-1], keepdims=1)
+        den = node("Sqrt", [node("Add", [ms, "eps"], f"{tag}_mse")], f"{tag}_den")
+        return node("Mul", [node("Div", [x, den], f"{tag}_n"), w], f"{tag}_out")
+
+    def linear(x: str, w: str, tag: str) -> str:
+        return node("MatMul", [x, init(f"{w}.T", weights[w].T)], tag)
+
+    # rotary tables for these positions: [B, 1, S, hd/2]
+    cos = node("Unsqueeze", [node("Gather", ["cos_table", "position_ids"], "cos_g"), "one"],
+               "cos")
+    sin = node("Unsqueeze", [node("Gather", ["sin_table", "position_ids"], "sin_g"), "one"],
+               "sin")
+
+    def rope(x: str, tag: str) -> str:  # x: [B, heads, S, hd], adjacent pairs rotated
+        pairs = node("Reshape", [x, "shape_pairs_q"], f"{tag}_pairs")
+        nodes.append(helper.make_node("Split", [pairs], [f"{tag}_x0", f"{tag}_x1"],
+                                      name=f"{tag}_split", axis=-1, num_outputs=2)
+                     if OPSET >= 18 else
+                     helper.make_node("Split", [pairs], [f"{tag}_x0", f"{tag}_x1"],
+                                      name=f"{tag}_split", axis=-1))
+        x0 = node("Squeeze", [f"{tag}_x0", "axes_last"], f"{tag}_s0")
+        x1 = node("Squeeze", [f"{tag}_x1", "axes_last"], f"{tag}_s1")
+        r0 = node("Sub", [node("Mul", [x0, cos], f"{tag}_a"),
+                          node("Mul", [x1, sin], f"{tag}_b")], f"{tag}_r0")
+        r1 = node("Add", [node("Mul", [x0, sin], f"{tag}_c"),
+                          node("Mul", [x1, cos], f"{tag}_d")], f"{tag}_r1")
+        both = node("Concat", [node("Unsqueeze", [r0, "axes_last"], f"{tag}_u0"),
+                               node("Unsqueeze", [r1, "axes_last"], f"{tag}_u1")],
+                    f"{tag}_cat", axis=-1)
+        return node("Reshape", [both, "shape_heads"], f"{tag}_rot")
+
+    # additive mask [B, 1, S, T]: causal by absolute position, and the padding mask
+    total = node("Gather", [node("Shape", ["attention_mask"], "am_shape"), "one"], "total",
+                 axis=0)
+    init("zero_i", np.array(0, dtype=np.int64))
+    keys = node("Range", ["zero_i", total, "one"], "key_idx")
+    causal = node("LessOrEqual", [keys, node("Unsqueeze", ["position_ids", "axes_last"],
+                                             "pos_u")], "causal")
+    init("axis1", np.array([1], dtype=np.int64))
+    padding = node("Equal", [node("Unsqueeze", ["attention_mask", "axis1"], "am_u"), "one"],
+                   "padding")
+    allowed = node("And", [causal, padding], "allowed")
+    mask = node("Unsqueeze", [node("Where", [allowed, "zero_f", "neg_big"], "mask_f"), "axis1"],
+                "mask")
+    init("scale", np.array(1.0 / np.sqrt(hd), dtype=np.float32))
+
+    x = node("Gather", [init("token_embd", weights["token_embd.weight"]), "input_ids"], "embed")
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                            ["batch", "total"]),
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                             ["batch", "seq", vocab])]
+    rep = n_head // n_kv
+    for i in range(n_layer):
+        p, t = f"blk.{i}.", f"l{i}"
+        h = rms(x, init(f"{p}attn_norm", weights[p + "attn_norm.weight"]), f"{t}_n1")
+        q = node("Transpose", [node("Reshape", [linear(h, p + "attn_q.weight", f"{t}_q"),
+                                                "shape_q"], f"{t}_qr")], f"{t}_qt",
+                 perm=[0, 2, 1, 3])
+        k = node("Transpose", [node("Reshape", [linear(h, p + "attn_k.weight", f"{t}_k"),
+                                                "shape_kv"], f"{t}_kr")], f"{t}_kt",
+                 perm=[0, 2, 1, 3])
+        v = node("Transpose", [node("Reshape", [linear(h, p + "attn_v.weight", f"{t}_v"),
+                                                "shape_kv"], f"{t}_vr")], f"{t}_vt",
+                 perm=[0, 2, 1, 3])
+        q, k = rope(q, f"{t}_rq"), rope(k, f"{t}_rk")
+        pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        for name in (pk, pv):
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                        ["batch", n_kv, "past", hd]))
+        k_all = node("Concat", [pk, k], f"present.{i}.key", axis=2)
+        v_all = node("Concat", [pv, v], f"present.{i}.value", axis=2)
+        for name in (k_all, v_all):
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                         ["batch", n_kv, "total", hd]))
+        if rep > 1:
+            k_all = node("Reshape", [node("Concat", [node("Unsqueeze", [k_all, "axis2"],
+                                                           f"{t}_ku")] * rep, f"{t}_kc",
+                                          axis=2), "shape_rep"], f"{t}_krep")
+            v_all = node("Reshape", [node("Concat", [node("Unsqueeze", [v_all, "axis2"],
+                                                           f"{t}_vu")] * rep, f"{t}_vc",
+                                          axis=2), "shape_rep"], f"{t}_vrep")
+        scores = node("Add", [node("Mul", [node("MatMul", [q, node(
+            "Transpose", [k_all], f"{t}_kT", perm=[0, 1, 3, 2])], f"{t}_qk"), "scale"],
+            f"{t}_qks"), mask], f"{t}_scores")
+        att = node("MatMul", [node("Softmax", [scores], f"{t}_probs", axis=-1), v_all],
+                   f"{t}_att")
+        merged = node("Reshape", [node("Transpose", [att], f"{t}_at", perm=[0, 2, 1, 3]),
+                                  "shape_merge"], f"{t}_merged")
+        x = node("Add", [x, linear(merged, p + "attn_output.weight", f"{t}_o")], f"{t}_x1")
+        h = rms(x, init(f"{p}ffn_norm", weights[p + "ffn_norm.weight"]), f"{t}_n2")
+        gate = linear(h, p + "ffn_gate.weight", f"{t}_g")
+        act = node("Mul", [node("Mul", [gate, node("Sigmoid", [gate], f"{t}_sg")], f"{t}_silu"),
+                           linear(h, p + "ffn_up.weight", f"{t}_u")], f"{t}_act")
+        x = node("Add", [x, linear(act, p + "ffn_down.weight", f"{t}_d")], f"{t}_x2")
+    init("axis2", np.array([2], dtype=np.int64))
+    h = rms(x, init("output_norm", weights["output_norm.weight"]), "final")
+    node("MatMul", [h, init("output.T", out_w.T)], "logits")
+
+    graph = helper.make_graph(nodes, "decoder", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="localllm")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(out / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data")
+    _write_side_files(info, out, arch, n_layer, n_embd, n_head, n_kv, hd, vocab, eps, base)
+    return out
+
+
+def _write_side_files(info: GGUFFile, out: Path, arch: str, n_layer: int, n_embd: int,
+                      n_head: int, n_kv: int, hd: int, vocab: int, eps: float,
+                      base: float) -> None:
+    from .tokenizer import tokenizer_from_gguf
+
+    tok = tokenizer_from_gguf(info)
+    (out / "tokenizer.json").write_text(tok.to_json(), encoding="utf-8")
+    text = info.token_text
+    config = {"bos_token": text(tok.bos_id), "eos_token": text(tok.eos_id),
+              "add_bos_token": tok.add_bos, "add_eos_token": tok.add_eos,
+              "chat_template": info.chat_template,
+              "localllm_eog_ids": sorted(tok.eog_ids)}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": n_embd,
+          "num_hidden_layers": n_layer, "num_attention_heads": n_head,
+          "num_key_value_heads": n_kv, "head_dim": hd,
+          "intermediate_size": int(info.arch_value("feed_forward_length", 4 * n_embd)),
+          "vocab_size": vocab, "rms_norm_eps": eps, "rope_theta": base,
+          "max_position_embeddings": info.context_length,
+          "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+          "localllm_source": {"name": info.name, "quantization": info.quantization,
+                              "architecture": arch}}
+    (out / "config.json").write_text(json.dumps(hf, indent=2))
