@@ -408,21 +408,10 @@ class _Decoding:
 
 def _sample_with_localllm(engine: Engine, prompt: list[int], sampling: SamplingParams,
                           seed: int, decoding: _Decoding) -> Iterator[int]:
-    from .sampling import Sampler
+    from ._backends.base import sample_from_logits
 
-    processors = list(decoding.processors)
-    if decoding.grammar is not None:
-        processors.append(decoding.grammar)
-    sampler = Sampler(sampling, seed, processors)
-    history = list(prompt)
-    logits = engine.start(prompt)
-    while True:
-        token = sampler.sample(history, logits)
-        if decoding.grammar is not None:
-            decoding.grammar.consume(token)
-        yield token
-        history.append(token)
-        logits = engine.push(token)
+    return sample_from_logits(engine, prompt, sampling, seed, decoding.processors,
+                              decoding.grammar)
 
 
 def _timings(load_s: float, n_prompt: int, n_gen: int, t_start: float, t_first: float,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar
@@ -133,11 +133,42 @@ class Engine(ABC):
         """Free the runtime's memory; called once."""
 
 
+def sample_from_logits(engine: Engine, prompt: list[int], params: SamplingParams, seed: int,
+                       processors: Sequence[Any] = (), grammar: Any = None) -> Iterator[int]:
+    """Generation through localllm's sampler on an engine's logits (start, then push)."""
+    from ..sampling import Sampler
+
+    sampler = Sampler(params, seed, [*processors, *([grammar] if grammar is not None else [])])
+    history = list(prompt)
+    logits = engine.start(prompt)
+    while True:
+        token = sampler.sample(history, logits)
+        if grammar is not None:
+            grammar.consume(token)
+        yield token
+        history.append(token)
+        logits = engine.push(token)
+
+
 class LocalTokenizerEngine(Engine):
     """An engine whose text side is localllm's own tokenizer (``self._tokenizer``), for
     runtimes that take token ids or whose tokenizer cannot read the model."""
 
     _tokenizer: Any  # LocalTokenizer, set by the subclass before use
+    _options: EngineOptions
+    _version: str
+
+    @property
+    def backend_version(self) -> str:
+        return self._version
+
+    @property
+    def context_length(self) -> int:
+        return self._options.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tokenizer.vocab_size)
 
     @property
     def add_bos(self) -> bool:

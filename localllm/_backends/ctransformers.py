@@ -19,7 +19,13 @@ from typing import Any, ClassVar
 from .._errors import BackendError, UnsupportedModelError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from .base import EngineOptions, LocalTokenizerEngine, distribution_version, import_runtime
+from .base import (
+    EngineOptions,
+    LocalTokenizerEngine,
+    distribution_version,
+    import_runtime,
+    sample_from_logits,
+)
 
 GGUF_ARCHITECTURES = frozenset({"llama", "falcon"})  # what its GGUF reader handles (#105)
 LEGACY_ARCHITECTURES = frozenset({"gpt2", "starcoder"})  # legacy GGML files localllm reads
@@ -119,16 +125,8 @@ class CTransformersEngine(LocalTokenizerEngine):
         self._closed = False
 
     @property
-    def backend_version(self) -> str:
-        return self._version
-
-    @property
     def placement(self) -> DevicePlacement:
         return DevicePlacement(device="cpu", gpu_layers=0, total_layers=0)
-
-    @property
-    def context_length(self) -> int:
-        return self._options.context_length
 
     @property
     def vocab_size(self) -> int:
@@ -162,16 +160,7 @@ class CTransformersEngine(LocalTokenizerEngine):
         return self._logits()
 
     def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
-        from ..sampling import Sampler
-
-        sampler = Sampler(params, seed)
-        history = list(prompt)
-        logits = self.start(prompt)
-        while True:
-            token = sampler.sample(history, logits)
-            yield token
-            history.append(token)
-            logits = self.push(token)
+        return sample_from_logits(self, prompt, params, seed)
 
     def close(self) -> None:
         if not self._closed:

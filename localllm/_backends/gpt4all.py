@@ -24,7 +24,12 @@ from typing import Any, ClassVar
 from .._errors import BackendError, UnsupportedModelError
 from .._gguf import GGUFFile, copy_with_metadata
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from .base import EngineOptions, LocalTokenizerEngine, distribution_version, import_runtime
+from .base import (
+    EngineOptions,
+    LocalTokenizerEngine,
+    distribution_version,
+    import_runtime,
+)
 
 log = logging.getLogger("localllm.gpt4all")
 
@@ -168,23 +173,11 @@ class GPT4AllEngine(LocalTokenizerEngine):
         self._closed = False
 
     @property
-    def backend_version(self) -> str:
-        return self._version
-
-    @property
     def placement(self) -> DevicePlacement:
         name = self._model.backend
         return DevicePlacement(device="cpu" if name == "cpu" else f"gpu ({name})",
                                gpu_layers=0 if name == "cpu" else self._options.gpu_layers,
                                total_layers=0)
-
-    @property
-    def context_length(self) -> int:
-        return self._options.context_length
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self._tokenizer.vocab_size)
 
 
     def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:

@@ -19,7 +19,13 @@ from typing import Any, ClassVar
 from .._errors import BackendError, ConfigError, ModelFormatError, UnsupportedFeatureError
 from .._gguf import GGUFFile, TensorInfo
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from .base import EngineOptions, LocalTokenizerEngine, distribution_version, import_runtime
+from .base import (
+    EngineOptions,
+    LocalTokenizerEngine,
+    distribution_version,
+    import_runtime,
+    sample_from_logits,
+)
 
 _KV = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 
@@ -168,23 +174,11 @@ class OnnxEngine(LocalTokenizerEngine):
         self._n_past = 0
 
     @property
-    def backend_version(self) -> str:
-        return self._version
-
-    @property
     def placement(self) -> DevicePlacement:
         gpu = self._provider != "CPUExecutionProvider"
         return DevicePlacement(device=self._provider if gpu else "cpu",
                                gpu_layers=self._options.gpu_layers if gpu else 0,
                                total_layers=0)
-
-    @property
-    def context_length(self) -> int:
-        return self._options.context_length
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self._tokenizer.vocab_size)
 
     def _empty_past(self, name: str) -> Any:
         shape = self._inputs[name].shape  # [batch, kv_heads, past, head_dim]
@@ -222,16 +216,7 @@ class OnnxEngine(LocalTokenizerEngine):
         return self._run([token])
 
     def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
-        from ..sampling import Sampler
-
-        sampler = Sampler(params, seed)
-        history = list(prompt)
-        logits = self.start(prompt)
-        while True:
-            token = sampler.sample(history, logits)
-            yield token
-            history.append(token)
-            logits = self.push(token)
+        return sample_from_logits(self, prompt, params, seed)
 
     def close(self) -> None:
         self._cache = {}
