@@ -45,6 +45,7 @@ bench: model
 	$(BIN)/python benchmarks/bench_tokenizer_sampling.py
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_legacy_backends.py
+	$(BIN)/python benchmarks/bench_onnx.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""The ONNX backend (fp32 conversion of the default model) vs llama.cpp on the original Q4_1
+GGUF: decode tokens/s, prompt tokens/s and time to first token, same threads, one run.
+
+The physical limit for decode is memory bandwidth ÷ bytes read per token: the fp32 folder
+reads ~650 MB of weights per token, the Q4_1 file ~98 MB, which bounds the ratio.
+
+Usage: python benchmarks/bench_onnx.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import localllm
+from localllm._convert import convert_gguf_to_onnx
+
+PROMPT = "Note {i}: " + "The history of the city is long and full of change. " * 20
+
+
+def measure(model: localllm.Model, reps: int = 3) -> dict[str, float]:
+    rows = [model.complete(PROMPT.format(i=i), max_tokens=48, temperature=0,
+                           logit_bias={2: float("-inf"), 0: float("-inf")}).timings
+            for i in range(reps)]
+    return {"decode_tokens_per_s": statistics.median(t.generation_tokens_per_s for t in rows),
+            "prompt_tokens_per_s": statistics.median(t.prompt_tokens_per_s for t in rows),
+            "ttft_s": statistics.median(t.time_to_first_token_s for t in rows)}
+
+
+def main() -> None:
+    source = localllm.ModelStore().ensure(localllm.DEFAULT_MODEL)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = convert_gguf_to_onnx(source, Path(tmp) / "onnx")
+        with localllm.load(folder, context_length=1024, threads=2) as onnx_model, \
+                localllm.load(source, context_length=1024, threads=2) as llama:
+            result = {"onnx_fp32": measure(onnx_model), "llama.cpp_q4_1": measure(llama)}
+    ratio = {k: result["onnx_fp32"][k] / result["llama.cpp_q4_1"][k]
+             for k in ("decode_tokens_per_s", "prompt_tokens_per_s")}
+    print("| measure | ONNX fp32 | llama.cpp Q4_1 | ratio |\n|---|---|---|---|")
+    for key in ("decode_tokens_per_s", "prompt_tokens_per_s", "ttft_s"):
+        a, b = result["onnx_fp32"][key], result["llama.cpp_q4_1"][key]
+        print(f"| {key} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
+    out = Path(__file__).parent / "results" / f"{date.today().isoformat()}-onnx.json"
+    out.write_text(json.dumps({**result, "ratio": ratio}, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
