@@ -1,5 +1,6 @@
-"""The ONNX backend (fp32 conversion of the default model) vs llama.cpp on the original Q4_1
-GGUF: decode tokens/s, prompt tokens/s and time to first token, same threads, one run.
+"""The ONNX backend (fp32 conversion of the default model) vs raw onnxruntime-genai on the
+same folder, and vs llama.cpp on the original Q4_1 GGUF: decode tokens/s, prompt tokens/s
+and time to first token, same threads (2), one run, greedy, 48 tokens, medians of 3.
 
 The physical limit for decode is memory bandwidth ÷ bytes read per token: the fp32 folder
 reads ~650 MB of weights per token, the Q4_1 file ~98 MB, which bounds the ratio.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+import time
 from datetime import date
 from pathlib import Path
 
@@ -30,6 +32,33 @@ def measure(model: localllm.Model, reps: int = 3) -> dict[str, float]:
             "ttft_s": statistics.median(t.time_to_first_token_s for t in rows)}
 
 
+def measure_genai(folder: Path, n_prompt_text: str, reps: int = 3) -> dict[str, float]:
+    """onnxruntime-genai's own loop: append the prompt, then generate_next_token."""
+    import onnxruntime_genai as og
+
+    from localllm.tokenizer import tokenizer_from_folder
+
+    model = og.Model(str(folder))
+    tok = tokenizer_from_folder(folder)
+    rows = []
+    for i in range(reps):
+        ids = tok.encode(PROMPT.format(i=i))
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=1024, do_sample=False)
+        t0 = time.perf_counter()
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        gen.generate_next_token()
+        t_first = time.perf_counter()
+        for _ in range(47):
+            gen.generate_next_token()
+        t_end = time.perf_counter()
+        rows.append((t_first - t0, 47 / (t_end - t_first), len(ids) / (t_first - t0)))
+    return {"decode_tokens_per_s": statistics.median(r[1] for r in rows),
+            "prompt_tokens_per_s": statistics.median(r[2] for r in rows),
+            "ttft_s": statistics.median(r[0] for r in rows)}
+
+
 def main() -> None:
     source = localllm.ModelStore().ensure(localllm.DEFAULT_MODEL)
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,12 +66,16 @@ def main() -> None:
         with localllm.load(folder, context_length=1024, threads=2) as onnx_model, \
                 localllm.load(source, context_length=1024, threads=2) as llama:
             result = {"onnx_fp32": measure(onnx_model), "llama.cpp_q4_1": measure(llama)}
-    ratio = {k: result["onnx_fp32"][k] / result["llama.cpp_q4_1"][k]
+        result["onnxruntime_genai_raw"] = measure_genai(folder, PROMPT)
+    ratio = {f"vs_{other}_{k}": result["onnx_fp32"][k] / result[other][k]
+             for other in ("llama.cpp_q4_1", "onnxruntime_genai_raw")
              for k in ("decode_tokens_per_s", "prompt_tokens_per_s")}
-    print("| measure | ONNX fp32 | llama.cpp Q4_1 | ratio |\n|---|---|---|---|")
+    print("| measure | localllm ONNX fp32 | raw onnxruntime-genai | ratio | llama.cpp Q4_1 | "
+          "ratio |\n|---|---|---|---|---|---|")
     for key in ("decode_tokens_per_s", "prompt_tokens_per_s", "ttft_s"):
-        a, b = result["onnx_fp32"][key], result["llama.cpp_q4_1"][key]
-        print(f"| {key} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
+        a, g, b = (result[s][key] for s in ("onnx_fp32", "onnxruntime_genai_raw",
+                                             "llama.cpp_q4_1"))
+        print(f"| {key} | {a:.2f} | {g:.2f} | {a / g:.2f} | {b:.2f} | {a / b:.2f} |")
     out = Path(__file__).parent / "results" / f"{date.today().isoformat()}-onnx.json"
     out.write_text(json.dumps({**result, "ratio": ratio}, indent=2) + "\n")
     print(f"written to {out}")

@@ -227,3 +227,22 @@ def _write_side_files(info: GGUFFile, out: Path, arch: str, n_layer: int, n_embd
           "localllm_source": {"name": info.name, "quantization": info.quantization,
                               "architecture": arch}}
     (out / "config.json").write_text(json.dumps(hf, indent=2))
+    genai = {  # onnxruntime-genai's description of the same decoder
+        "model": {
+            "type": "llama", "vocab_size": vocab, "context_length": info.context_length,
+            "bos_token_id": tok.bos_id, "eos_token_id": sorted(tok.eog_ids) or tok.eos_id,
+            "pad_token_id": tok.eos_id,
+            "decoder": {
+                "filename": "model.onnx", "session_options": {"provider_options": []},
+                "head_size": hd, "hidden_size": n_embd, "num_attention_heads": n_head,
+                "num_hidden_layers": n_layer, "num_key_value_heads": n_kv,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids",
+                           "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"}}},
+        "search": {"do_sample": False, "num_beams": 1, "max_length": info.context_length,
+                   "past_present_share_buffer": False, "top_k": 1, "top_p": 1.0,
+                   "temperature": 1.0, "repetition_penalty": 1.0}}
+    (out / "genai_config.json").write_text(json.dumps(genai, indent=2))

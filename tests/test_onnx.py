@@ -100,6 +100,19 @@ def test_default_model_conversion_is_exact_and_close_to_llama_cpp(
         assert "Paris" in chat.text
 
 
+def test_symlinked_weights_leaving_the_folder_are_refused(tiny_onnx: Path,
+                                                         tmp_path: Path) -> None:
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for item in tiny_onnx.iterdir():
+        if item.name == "model.onnx.data":
+            (linked / item.name).symlink_to(item)
+        else:
+            (linked / item.name).write_bytes(item.read_bytes())
+    with pytest.raises(localllm.ModelFormatError, match="outside its folder"):
+        localllm.load(linked, chat_template="chatml")
+
+
 def test_external_data_outside_the_folder_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
     model = onnx.load(str(tiny_onnx / "model.onnx"), load_external_data=False)
     for tensor in model.graph.initializer:
@@ -124,3 +137,34 @@ def test_unsupported_architecture_and_provider(tiny_gguf: Path, tiny_onnx: Path,
     with pytest.raises(localllm.UnsupportedFeatureError, match="CUDAExecutionProvider"):
         localllm.load(tiny_onnx, chat_template="chatml",
                       backend_options={"provider": "CUDAExecutionProvider"})
+
+
+class TestGenAIContract(BackendContract):
+    prompt = "the quick brown fox"
+
+    @pytest.fixture
+    def model(self, tiny_onnx: Path) -> Iterator[localllm.Model]:
+        with localllm.load(tiny_onnx, backend="onnxruntime-genai", context_length=256,
+                           threads=2, chat_template="chatml") as m:
+            yield m
+
+
+def test_genai_engine_matches_the_onnxruntime_engine(default_onnx: Path) -> None:
+    assert (default_onnx / "genai_config.json").is_file()
+    with localllm.load(default_onnx, backend="onnxruntime-genai", context_length=512) as g, \
+            localllm.load(default_onnx, context_length=512) as o:
+        for prompt in PROMPTS[:3]:
+            a = g.complete(prompt, max_tokens=12, temperature=0)
+            b = o.complete(prompt, max_tokens=12, temperature=0)
+            assert a.token_ids == b.token_ids
+        assert g.info.backend == "onnxruntime-genai"
+
+
+def test_genai_needs_its_config(tiny_onnx: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for item in tiny_onnx.iterdir():
+        if item.name != "genai_config.json":
+            (bare / item.name).write_bytes(item.read_bytes())
+    with pytest.raises(localllm.UnsupportedModelError, match=r"genai_config\.json"):
+        localllm.load(bare, backend="onnxruntime-genai", chat_template="chatml")

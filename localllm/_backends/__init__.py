@@ -20,9 +20,10 @@ _REGISTRY: dict[str, str] = {
     "gpt4all": "localllm._backends.gpt4all:GPT4AllEngine",
     "ctransformers": "localllm._backends.ctransformers:CTransformersEngine",  # legacy
     "onnxruntime": "localllm._backends.onnx:OnnxEngine",
+    "onnxruntime-genai": "localllm._backends.onnx_genai:GenAIEngine",
     "fake": "localllm._backends.fake:FakeEngine",
 }
-_AUTO_EXCLUDED = {"fake"}  # never chosen unless named
+_AUTO_EXCLUDED = {"fake", "onnxruntime-genai"}  # never chosen unless named
 
 
 def backend_names() -> list[str]:
