@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="convert a llama-family GGUF to an ONNX folder")
     convert.add_argument("model", help="catalog name or .gguf path")
     convert.add_argument("out_dir")
-    convert.add_argument("--dtype", default="fp32", choices=["fp32"])
+    convert.add_argument("--dtype", default="fp32", choices=["fp32", "int4"])
     convert.set_defaults(func=cmd_convert)
 
     doctor = sub.add_parser("doctor", help="this machine's hardware, runtimes and health "

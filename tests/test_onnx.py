@@ -168,3 +168,19 @@ def test_genai_needs_its_config(tiny_onnx: Path, tmp_path: Path) -> None:
             (bare / item.name).write_bytes(item.read_bytes())
     with pytest.raises(localllm.UnsupportedModelError, match=r"genai_config\.json"):
         localllm.load(bare, backend="onnxruntime-genai", chat_template="chatml")
+
+
+def test_int4_conversion_stays_close_to_fp32(tiny_gguf: Path, tiny_onnx: Path,
+                                              tmp_path: Path) -> None:
+    int4 = convert_gguf_to_onnx(tiny_gguf, tmp_path / "int4", dtype="int4")
+    graph = onnx.load(str(int4 / "model.onnx"), load_external_data=False).graph
+    assert any(n.op_type == "MatMulNBits" for n in graph.node)
+    ids = [1, 300, 301, 302, 450, 17, 599, 260]
+    with localllm.load(int4, context_length=256, chat_template="chatml") as q, \
+            localllm.load(tiny_onnx, context_length=256, chat_template="chatml") as f:
+        assert q._engine is not None and f._engine is not None
+        a, b = q._engine.start(ids), f._engine.start(ids)
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
+        assert q.complete("the quick brown fox", max_tokens=8).usage.completion_tokens == 8
+    with pytest.raises(localllm.UnsupportedModelError, match="fp32"):
+        convert_gguf_to_onnx(tiny_gguf, tmp_path / "x", dtype="int8")
