@@ -40,3 +40,13 @@ def test_sampling_params_are_frozen_and_validated() -> None:
         assert "frozen" in str(exc)
     else:
         raise AssertionError("SamplingParams must be frozen")
+
+
+def test_feature_matrix_page_is_generated_from_the_code() -> None:
+    from pathlib import Path
+
+    from localllm._docs import feature_matrix
+
+    page = Path(__file__).parent.parent / "docs" / "feature-matrix.md"
+    assert page.read_text() == feature_matrix(), \
+        "regenerate: python -m localllm._docs > docs/feature-matrix.md"

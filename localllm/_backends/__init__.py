@@ -23,6 +23,7 @@ _REGISTRY: dict[str, str] = {
     "onnxruntime-genai": "localllm._backends.onnx_genai:GenAIEngine",
     "fake": "localllm._backends.fake:FakeEngine",
 }
+BUILTIN_BACKENDS = tuple(_REGISTRY)  # before any third-party registration
 _AUTO_EXCLUDED = {"fake", "onnxruntime-genai"}  # never chosen unless named
 
 

@@ -1,0 +1,37 @@
+"""Documentation generated from the code, so it cannot drift: the feature matrix comes from
+the capabilities each backend declares."""
+
+from __future__ import annotations
+
+from ._backends import BUILTIN_BACKENDS, get_backend
+from ._types import SamplingParams
+
+_PARAMS = [p for p in SamplingParams.model_fields if p not in ("max_tokens", "stop")]
+
+
+def feature_matrix() -> str:
+    """Markdown table: backends × features, from ``Engine.capabilities`` and class data."""
+    header = ["backend", "reads", "streaming", "logits (structured output)", "GPU offload",
+              *_PARAMS]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in BUILTIN_BACKENDS:
+        cls = get_backend(name)
+        caps = cls.capabilities
+        cells = [name, ", ".join(cls.formats), _mark(caps.streaming), _mark(caps.logits),
+                 _mark(caps.gpu_offload)]
+        cells += [_mark(p in caps.sampling_params) for p in _PARAMS]
+        rows.append("| " + " | ".join(cells) + " |")
+    intro = ("# Feature matrix\n\nGenerated from the capabilities each backend declares "
+             "(`python -m localllm._docs > docs/feature-matrix.md`; a test keeps this page "
+             "equal to the code). Every backend also takes `max_tokens` and `stop`, which "
+             "localllm enforces itself. A parameter marked no raises "
+             "`UnsupportedFeatureError` when set.\n\n")
+    return intro + "\n".join(rows) + "\n"
+
+
+def _mark(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+if __name__ == "__main__":
+    print(feature_matrix(), end="")
