@@ -11,7 +11,7 @@ import mmap
 import os
 import struct
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,6 @@ class GGUFFile:
     data_offset: int
     file_size: int
     container: str = "gguf"  # "ggml" for legacy files described by read_ggml
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def architecture(self) -> str:

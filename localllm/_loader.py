@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._backends import auto_candidates, backend_names, get_backend
-from ._backends.base import Engine, EngineOptions
+from ._backends.base import Engine, EngineOptions, LocalTokenizerEngine
 from ._chat import resolve_template
 from ._errors import (
     BackendError,
@@ -37,14 +37,6 @@ if TYPE_CHECKING:
     from .hardware import HardwareProfile
 
 Source = str | os.PathLike[str] | None
-
-
-def default_threads() -> int:
-    """CPUs this process may use (respects affinity masks and container CPU sets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def resolve_source(source: Source, store: ModelStore | None = None) -> Path:
@@ -242,10 +234,18 @@ def load(
     except BaseException:
         engine.close()
         raise
+    return Model(engine, info, template, bos, eos, load_s=time.perf_counter() - started,
+                 tokenizer_factory=lambda: _local_tokenizer(engine, gguf))
+
+
+def _local_tokenizer(engine: Engine, gguf: GGUFFile) -> Any:
+    """The engine's own localllm tokenizer when it has one (ONNX folders have no GGUF
+    vocabulary to rebuild it from); else one built from the file header."""
+    if isinstance(engine, LocalTokenizerEngine):
+        return engine._tokenizer
     from .tokenizer import tokenizer_from_gguf
 
-    return Model(engine, info, template, bos, eos, load_s=time.perf_counter() - started,
-                 tokenizer_factory=lambda: tokenizer_from_gguf(gguf))
+    return tokenizer_from_gguf(gguf)
 
 
 def _verify_placement(engine: Engine, the_plan: LoadPlan, allow_fallback: bool) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._backends.base import Engine
+from ._backends.base import Engine, sample_from_logits
 from ._chat import normalize_messages, render_chat
 from ._errors import (
     BackendError,
@@ -26,6 +26,7 @@ from ._errors import (
 from ._text import IncrementalDetokenizer, StopMatcher
 from ._types import (
     Completion,
+    FinishReason,
     Message,
     ModelInfo,
     OverflowPolicy,
@@ -341,11 +342,12 @@ class Model:
             stops = StopMatcher(sampling.stop)
             generated: list[int] = []
             emitted: list[str] = []
-            finish: str = "length"
+            finish: FinishReason = "length"
             t_start = time.perf_counter()
             t_first = t_start
             tokens = (engine.generate(prompt, sampling, seed) if decoding.native
-                      else _sample_with_localllm(engine, prompt, sampling, seed, decoding))
+                      else sample_from_logits(engine, prompt, sampling, seed,
+                                              decoding.processors, decoding.grammar))
             try:
                 for token in tokens:
                     if not generated:
@@ -355,15 +357,12 @@ class Model:
                         finish = "stop"
                         break
                     text = stops.feed(detok.feed(engine.token_bytes(token)))
-                    if stops.matched is not None:
-                        finish = "stop"
-                        if text:
-                            emitted.append(text)
-                            yield StreamChunk(text=text, token_ids=(token,))
-                        break
                     if text:
                         emitted.append(text)
                         yield StreamChunk(text=text, token_ids=(token,))
+                    if stops.matched is not None:
+                        finish = "stop"
+                        break
                     if len(generated) >= budget:
                         break
             except LocalLLMError:
@@ -381,7 +380,7 @@ class Model:
             completion = Completion(
                 text="".join(emitted) + tail,
                 token_ids=tuple(generated),
-                finish_reason="stop" if finish == "stop" else "length",
+                finish_reason=finish,
                 stop_sequence=stops.matched,
                 seed=seed,
                 usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(generated),
@@ -404,14 +403,6 @@ class _Decoding:
         self.native = native
         self.processors = list(processors)
         self.grammar = grammar
-
-
-def _sample_with_localllm(engine: Engine, prompt: list[int], sampling: SamplingParams,
-                          seed: int, decoding: _Decoding) -> Iterator[int]:
-    from ._backends.base import sample_from_logits
-
-    return sample_from_logits(engine, prompt, sampling, seed, decoding.processors,
-                              decoding.grammar)
 
 
 def _timings(load_s: float, n_prompt: int, n_gen: int, t_start: float, t_first: float,

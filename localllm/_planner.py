@@ -252,7 +252,7 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
                 reasons.append(msg + "; planning for the CPU")
         else:
             use_gpu = True
-    vram = gpus[0].memory_free - 0 if use_gpu else 0
+    vram = gpus[0].memory_free if use_gpu else 0
     budget = _Budget(ram=max(0, ram - base), vram=vram)
     threads = threads or max(1, int(profile.cpu.usable_cores))
 

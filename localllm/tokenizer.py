@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,6 @@ class LocalTokenizer:
         self.eog_ids = frozenset(eog_ids)
         self._strip_leading_space = strip_leading_space
         self._bytes_cache: dict[int, bytes] = {}
-        self._plain = backend  # parse_special=False flips encode_special_tokens per call
 
     @property
     def vocab_size(self) -> int:
@@ -107,15 +107,10 @@ class LocalTokenizer:
             return bytes([int(piece[3:5], 16)])
         return piece.replace("\u2581", " ").encode("utf-8")
 
-    @property
+    @cached_property
     def _added(self) -> dict[int, bool]:
         """id -> special? for added tokens (special ones render as nothing)."""
-        cache: dict[int, bool] | None = getattr(self, "_added_cache", None)
-        if cache is None:
-            decoder = self.backend.get_added_tokens_decoder()
-            cache = {i: bool(t.special) for i, t in decoder.items()}
-            self._added_cache = cache
-        return cache
+        return {i: bool(t.special) for i, t in self.backend.get_added_tokens_decoder().items()}
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``: the bytes of every token, UTF-8 decoded as a whole."""
@@ -302,4 +297,6 @@ def tokenizer_from_folder(folder: str | Path) -> LocalTokenizer:
         add_eos=bool(config.get("add_eos_token", False)),
         kind="bpe" if byte_level else "spm", strip_leading_space=not byte_level and prepends,
         chat_template=template if isinstance(template, str) else None,
-        eog_ids=[i for i in (token_id("eos_token"),) if i is not None])
+        # localllm's converter records every end-of-generation id; else the EOS token
+        eog_ids=config.get("localllm_eog_ids") or
+        [i for i in (token_id("eos_token"),) if i is not None])

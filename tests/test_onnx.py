@@ -184,3 +184,11 @@ def test_int4_conversion_stays_close_to_fp32(tiny_gguf: Path, tiny_onnx: Path,
         assert q.complete("the quick brown fox", max_tokens=8).usage.completion_tokens == 8
     with pytest.raises(localllm.UnsupportedModelError, match="fp32"):
         convert_gguf_to_onnx(tiny_gguf, tmp_path / "x", dtype="int8")
+
+
+def test_structured_output_on_an_onnx_folder(tiny_onnx: Path) -> None:
+    """The ONNX backend's own tokenizer drives the constraint (its folder has no GGUF)."""
+    with localllm.load(tiny_onnx, context_length=256, chat_template="chatml") as model:
+        result = model.complete("the fox", max_tokens=10, temperature=0,
+                                response_format={"type": "regex", "pattern": "[a-f]{3}"})
+    assert len(result.text) == 3 and set(result.text) <= set("abcdef")

@@ -8,13 +8,13 @@ test (fixed seeds, so the outcome never changes between runs).
 from __future__ import annotations
 
 import ctypes
-from typing import Any
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from localllm import SamplingParams
+from localllm._backends.llamacpp import build_sampler_chain
 from localllm.sampling import (
     LogitBias,
     LogitsProcessor,
@@ -29,25 +29,11 @@ from localllm.sampling import (
 )
 
 
-def llama_chain(lib: Any, p: SamplingParams, seed: int) -> Any:
-    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    add = lib.llama_sampler_chain_add
-    if p.temperature == 0:
-        add(chain, lib.llama_sampler_init_greedy())
-        return chain
-    add(chain, lib.llama_sampler_init_top_k(p.top_k))
-    add(chain, lib.llama_sampler_init_typical(p.typical_p, 1))
-    add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
-    add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
-    add(chain, lib.llama_sampler_init_temp(p.temperature))
-    add(chain, lib.llama_sampler_init_dist(seed))
-    return chain
-
-
 def llama_draws(row: np.ndarray, p: SamplingParams, n: int, seed: int = 1) -> np.ndarray:
+    """Draws from llama.cpp's own samplers, chained exactly as the llama.cpp backend does."""
     import llama_cpp as lib
 
-    chain = llama_chain(lib, p, seed)
+    chain = build_sampler_chain(lib, p, seed, row.size)
     size = row.size
     data = (lib.llama_token_data * size)()
     template = np.zeros(size, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])

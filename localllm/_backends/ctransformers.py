@@ -16,6 +16,8 @@ import ctypes
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .._errors import BackendError, UnsupportedModelError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
@@ -134,8 +136,6 @@ class CTransformersEngine(LocalTokenizerEngine):
 
 
     def _logits(self) -> Any:
-        import numpy as np
-
         llm = self._llm
         ptr = llm.ctransformers_llm_logits_data()
         size = llm.ctransformers_llm_logits_size()

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .._errors import BackendError, UnsupportedFeatureError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
@@ -36,6 +38,32 @@ _LOG_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WA
 def _penalties_active(p: SamplingParams) -> bool:
     return bool(p.repeat_last_n) and (
         p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0)
+
+
+def build_sampler_chain(lib: Any, p: SamplingParams, seed: int, n_vocab: int) -> Any:
+    """llama.cpp's sampler chain for ``p``, in llama.cpp's (and llama-cpp-python's) default
+    order so a seed gives the same text. The caller frees it (``llama_sampler_free``)."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    add = lib.llama_sampler_chain_add
+    if p.logit_bias:
+        biases = (lib.llama_logit_bias * len(p.logit_bias))()
+        for i, (token, bias) in enumerate(p.logit_bias.items()):
+            biases[i].token = token
+            biases[i].bias = max(min(bias, 3.0e38), -3.0e38)  # -inf bans → lowest float
+        add(chain, lib.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), biases))
+    if _penalties_active(p):
+        add(chain, lib.llama_sampler_init_penalties(p.repeat_last_n, p.repeat_penalty,
+                                                    p.frequency_penalty, p.presence_penalty))
+    if p.temperature == 0.0:
+        add(chain, lib.llama_sampler_init_greedy())
+        return chain
+    add(chain, lib.llama_sampler_init_top_k(p.top_k))
+    add(chain, lib.llama_sampler_init_typical(p.typical_p, 1))
+    add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
+    add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
+    add(chain, lib.llama_sampler_init_temp(p.temperature))
+    add(chain, lib.llama_sampler_init_dist(seed))
+    return chain
 
 
 class _Runtime:
@@ -139,6 +167,7 @@ class LlamaCppEngine(Engine):
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._cached: list[int] = []  # tokens whose KV entries are in the context
+        self.reused_tokens = 0  # prompt tokens the last request took from the KV cache
         self._one = (lib.llama_token * 1)()
         self._closed = False
 
@@ -219,44 +248,23 @@ class LlamaCppEngine(Engine):
         return eog
 
     # ---------------------------------------------------------------- generation
-    def _sampler(self, p: SamplingParams, seed: int) -> Any:
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        add = lib.llama_sampler_chain_add
-        if p.logit_bias:
-            biases = (lib.llama_logit_bias * len(p.logit_bias))()
-            for i, (token, bias) in enumerate(p.logit_bias.items()):
-                biases[i].token = token
-                biases[i].bias = max(min(bias, 3.0e38), -3.0e38)  # -inf bans → lowest float
-            add(chain, lib.llama_sampler_init_logit_bias(self._n_vocab, len(p.logit_bias),
-                                                         biases))
-        if _penalties_active(p):
-            add(chain, lib.llama_sampler_init_penalties(p.repeat_last_n, p.repeat_penalty,
-                                                        p.frequency_penalty,
-                                                        p.presence_penalty))
-        if p.temperature == 0.0:
-            add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        # llama.cpp's (and llama-cpp-python's) default order, so seeds give the same text
-        add(chain, lib.llama_sampler_init_top_k(p.top_k))
-        add(chain, lib.llama_sampler_init_typical(p.typical_p, 1))
-        add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
-        add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
-        add(chain, lib.llama_sampler_init_temp(p.temperature))
-        add(chain, lib.llama_sampler_init_dist(seed))
-        return chain
+    def _check_decode(self, rc: int) -> None:
+        if rc != 0:
+            self._forget_cache()
+            raise BackendError(f"llama_decode failed with code {rc} ({self._last_log()})")
 
-    def _decode(self, tokens: list[int], start: int) -> None:
+    def _eval_prompt(self, prompt: list[int]) -> None:
+        """Evaluate ``prompt`` in batches, keeping the KV entries of a shared prefix."""
         lib = self._lib
+        start = self.reused_tokens = self._reuse_prefix(prompt)
+        self._cached = list(prompt[:start])
         n_batch = self._options.batch_size
-        for at in range(start, len(tokens), n_batch):
-            part = tokens[at:at + n_batch]
+        for at in range(start, len(prompt), n_batch):
+            part = prompt[at:at + n_batch]
             arr = (lib.llama_token * len(part))(*part)
-            rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, len(part)))
-            if rc != 0:
-                self._forget_cache()
-                raise BackendError(f"llama_decode failed with code {rc} "
-                                   f"({self._last_log()})")
+            self._check_decode(lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr,
+                                                                                   len(part))))
+        self._cached = list(prompt)
 
     def _forget_cache(self) -> None:
         self._lib.llama_memory_clear(self._memory, True)
@@ -275,52 +283,36 @@ class LlamaCppEngine(Engine):
         return keep
 
     def _logits(self) -> Any:
-        import numpy as np
-
         row = self._lib.llama_get_logits_ith(self._ctx, -1)
         return np.ctypeslib.as_array(row, shape=(self._n_vocab,)).copy()
 
+    def _eval_one(self, token: int) -> None:
+        self._one[0] = token
+        self._check_decode(self._lib.llama_decode(self._ctx,
+                                                  self._lib.llama_batch_get_one(self._one, 1)))
+        self._cached.append(token)
+
     def start(self, prompt: list[int]) -> Any:
-        start = self._reuse_prefix(prompt)
-        self._cached = list(prompt[:start])
-        self._decode(prompt, start)
-        self._cached = list(prompt)
+        self._eval_prompt(prompt)
         return self._logits()
 
     def push(self, token: int) -> Any:
-        self._one[0] = token
-        rc = self._lib.llama_decode(self._ctx, self._lib.llama_batch_get_one(self._one, 1))
-        if rc != 0:
-            self._forget_cache()
-            raise BackendError(f"llama_decode failed with code {rc} ({self._last_log()})")
-        self._cached.append(token)
+        self._eval_one(token)
         return self._logits()
 
     def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
         lib = self._lib
-        chain = self._sampler(params, seed)
+        chain = build_sampler_chain(lib, params, seed, self._n_vocab)
         try:
-            start = self._reuse_prefix(prompt)
-            self._cached = list(prompt[:start])
-            self._decode(prompt, start)
-            self._cached = list(prompt)
+            self._eval_prompt(prompt)
             if _penalties_active(params):  # the prompt counts as history, as in llama-server
                 for token in prompt[-params.repeat_last_n:]:
                     lib.llama_sampler_accept(chain, token)
-            one = self._one
-            ctx, sample, decode = self._ctx, lib.llama_sampler_sample, lib.llama_decode
-            batch_of_one = lib.llama_batch_get_one
-            cached = self._cached
+            sample, ctx, eval_one = lib.llama_sampler_sample, self._ctx, self._eval_one
             while True:
                 token = sample(chain, ctx, -1)  # also accepts the token into the chain
                 yield token
-                one[0] = token
-                rc = decode(ctx, batch_of_one(one, 1))
-                if rc != 0:
-                    self._forget_cache()
-                    raise BackendError(f"llama_decode failed with code {rc} "
-                                       f"({self._last_log()})")
-                cached.append(token)
+                eval_one(token)
         finally:
             lib.llama_sampler_free(chain)
 

@@ -156,9 +156,6 @@ class OnnxEngine(LocalTokenizerEngine):
             raise BackendError(f"onnxruntime could not open {gguf.path}: {exc}") from exc
         self._provider = provider
         self._tokenizer = tokenizer_from_folder(folder)
-        cfg = json.loads((folder / "tokenizer_config.json").read_text())
-        if cfg.get("localllm_eog_ids"):
-            self._tokenizer.eog_ids = frozenset(int(i) for i in cfg["localllm_eog_ids"])
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         self._past = sorted((n for n in self._inputs if _KV.fullmatch(n)),
                             key=lambda n: (int(_KV.fullmatch(n).group(1)),  # type: ignore[union-attr]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .._errors import BackendError, UnsupportedModelError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
@@ -55,11 +57,6 @@ class GenAIEngine(LocalTokenizerEngine):
         except Exception as exc:  # genai raises plain RuntimeErrors with its message
             raise BackendError(f"onnxruntime-genai could not load {folder}: {exc}") from exc
         self._tokenizer = tokenizer_from_folder(folder)
-        import json
-
-        extra = json.loads((folder / "tokenizer_config.json").read_text())
-        if extra.get("localllm_eog_ids"):
-            self._tokenizer.eog_ids = frozenset(int(i) for i in extra["localllm_eog_ids"])
         self._version = distribution_version("onnxruntime-genai")
         self._generator: Any = None
 
@@ -73,8 +70,6 @@ class GenAIEngine(LocalTokenizerEngine):
         return self._og.Generator(self._model, params)
 
     def _last_logits(self) -> Any:
-        import numpy as np
-
         logits = np.asarray(self._generator.get_logits(), dtype=np.float32)
         return logits.reshape(-1, logits.shape[-1])[-1]
 
