@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from synthetic_models import write_f32_copy
 
 import localllm
 from localllm import ModelStore
@@ -22,3 +23,12 @@ def shared_model(default_model_path: Path) -> Iterator[localllm.Model]:
     """One real model for read-only tests (loading per test would dominate the run)."""
     with localllm.load(default_model_path, context_length=1024, threads=2) as model:
         yield model
+
+
+@pytest.fixture(scope="session")
+def default_model_f32(default_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+                      ) -> Path:
+    """The default model's own Q4_1 weights, dequantized into an F32 GGUF (540 MB):
+    the common ground on which runtimes must agree token for token."""
+    return write_f32_copy(default_model_path, tmp_path_factory.mktemp("f32") /
+                          "SmolLM2-135M-Instruct.F32.gguf")

@@ -68,6 +68,24 @@ def test_greedy_output_matches_the_llama_cpp_backend(default_model_path: Path) -
     assert sum(same) >= 6, same
 
 
+def test_greedy_output_equals_llama_cpp_on_f32_weights(
+        default_model_f32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the F32 copy of the default model's weights the two llama.cpp generations do the
+    same arithmetic: all 8 prompts give the same 32 greedy tokens (through the compat copy).
+    """
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path))  # the 540 MB compat copy stays here
+    gpt = localllm.load(default_model_f32, backend="gpt4all", context_length=512,
+                        threads=2, backend_options=COMPAT)
+    ref = localllm.load(default_model_f32, context_length=512, threads=2)
+    try:
+        for prompt in PROMPTS:
+            assert gpt.complete(prompt, max_tokens=32, temperature=0).token_ids == \
+                ref.complete(prompt, max_tokens=32, temperature=0).token_ids, prompt
+    finally:
+        gpt.close()
+        ref.close()
+
+
 def test_failed_native_load_raises_instead_of_a_silent_broken_model(
         default_model_path: Path) -> None:
     with pytest.raises(localllm.BackendError, match="gpt4all failed to load") as info:
