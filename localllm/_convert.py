@@ -19,6 +19,9 @@ from ._errors import BackendUnavailableError, UnsupportedModelError
 from ._gguf import GGUFFile, read_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "smollm")
+#: fp32: exact; fp16: half-size weights, matrix products in fp16 (norms, attention and the
+#: residual stream stay fp32); int4: 4-bit blocks of 32 (MatMulNBits), output head fp32
+DTYPES = ("fp32", "fp16", "int4")
 OPSET = 17
 
 
@@ -38,8 +41,9 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
     gguf_mod, np, onnx = _modules()
     from onnx import TensorProto, helper, numpy_helper
 
-    if dtype not in ("fp32", "int4"):
-        raise UnsupportedModelError(f"dtype={dtype!r} is not supported; use 'fp32' or 'int4'")
+    if dtype not in DTYPES:
+        raise UnsupportedModelError(f"dtype={dtype!r} is not supported; use one of "
+                                    f"{', '.join(DTYPES)}")
     info = read_gguf(source)
     if info.architecture not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
@@ -100,7 +104,15 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
     def linear(x: str, w: str, tag: str) -> str:
         if dtype == "int4":
             return int4_matmul(x, weights[w], w, tag)
+        if dtype == "fp16":
+            return half_matmul(x, weights[w].T, w, tag)
         return node("MatMul", [x, init(f"{w}.T", weights[w].T)], tag)
+
+    def half_matmul(x: str, matrix_t: Any, name: str, tag: str) -> str:
+        x16 = node("Cast", [x], f"{tag}_x16", to=TensorProto.FLOAT16)
+        y16 = node("MatMul", [x16, init(f"{name}.T16", matrix_t.astype(np.float16))],
+                   f"{tag}_y16")
+        return node("Cast", [y16], tag, to=TensorProto.FLOAT)
 
     def int4_matmul(x: str, matrix: Any, name: str, tag: str) -> str:
         """``x @ matrix.T`` with 4-bit block-quantized weights (com.microsoft MatMulNBits).
@@ -163,7 +175,13 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
                 "mask")
     init("scale", np.array(1.0 / np.sqrt(hd), dtype=np.float32))
 
-    x = node("Gather", [init("token_embd", weights["token_embd.weight"]), "input_ids"], "embed")
+    if dtype == "fp16":
+        x = node("Cast", [node("Gather", [init("token_embd", weights["token_embd.weight"]
+                                               .astype(np.float16)), "input_ids"],
+                               "embed16")], "embed", to=TensorProto.FLOAT)
+    else:
+        x = node("Gather", [init("token_embd", weights["token_embd.weight"]), "input_ids"],
+                 "embed")
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
                                             ["batch", "total"]),
@@ -215,8 +233,10 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
         x = node("Add", [x, linear(act, p + "ffn_down.weight", f"{t}_d")], f"{t}_x2")
     init("axis2", np.array([2], dtype=np.int64))
     h = rms(x, init("output_norm", weights["output_norm.weight"]), "final")
-    # the output head stays fp32: it is what picks tokens, and 4 bits cost too much there
-    node("MatMul", [h, init("output.T", out_w.T)], "logits")
+    if dtype == "fp16":
+        half_matmul(h, out_w.T, "output", "logits")
+    else:  # int4 keeps an fp32 head: it picks the tokens, and 4 bits cost too much there
+        node("MatMul", [h, init("output.T", out_w.T)], "logits")
 
     graph = helper.make_graph(nodes, "decoder", inputs, outputs, inits)
     opsets = [helper.make_opsetid("", OPSET)]

@@ -158,6 +158,10 @@ def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | No
                    "it cannot exceed context_length")
     if gpu_layers is not None:
         _check_int("gpu_layers", gpu_layers, 0, None, "0 keeps the model on the CPU")
+        if not engine_cls.partial_offload and 0 < gpu_layers <= gguf.block_count:
+            raise ConfigError(
+                f"gpu_layers={gpu_layers}: {engine_cls.backend_name} places the whole model "
+                "on one device; use gpu_layers=0 (CPU) or device='gpu' (all layers)")
     if context_length is not None:
         _check_int("context_length", context_length, 16, gguf.context_length or 1 << 30,
                    f"the model was trained on {gguf.context_length} tokens; longer contexts "
@@ -175,7 +179,8 @@ def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | No
                      device=device, threads=threads, batch_size=batch_size or DEFAULT_BATCH,
                      gpu_layers=gpu_layers, kv_type=kv_type,
                      allow_fallback=allow_fallback,
-                     runtime_loaded="llama_cpp" in sys.modules)
+                     runtime_loaded="llama_cpp" in sys.modules,
+                     partial_offload=engine_cls.partial_offload)
 
 
 def load(

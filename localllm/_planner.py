@@ -221,7 +221,8 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
               gpu_offload_supported: bool, context_length: int | None = None,
               device: str = "auto", kv_type: str = "f16", threads: int | None = None,
               batch_size: int = 512, gpu_layers: int | None = None,
-              allow_fallback: bool = False, runtime_loaded: bool = True) -> LoadPlan:
+              allow_fallback: bool = False, runtime_loaded: bool = True,
+              partial_offload: bool = True) -> LoadPlan:
     """Choose device placement and context length for ``gguf`` on ``profile``."""
     if device not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"device={device!r} is invalid; use 'auto', 'cpu' or 'gpu'")
@@ -261,7 +262,9 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
             return 0
         if gpu_layers is not None:
             return gpu_layers
-        for n in range(shape.n_layer + 1, -1, -1):
+        # a runtime without per-layer placement gets all layers or none
+        for n in range(shape.n_layer + 1, -1, -1) if partial_offload else \
+                (shape.n_layer + 1, 0):
             est = estimate_memory(shape, ctx, kv_type=kv_type, gpu_layers=n,
                                   batch_size=batch_size)
             if est.gpu is None or est.gpu.total <= budget.vram:

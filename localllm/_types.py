@@ -166,6 +166,8 @@ class DevicePlacement(_Frozen):
     device: str = "cpu"
     gpu_layers: int = 0
     total_layers: int = 0
+    #: what the runtime reports it actually runs on, e.g. "CUDAExecutionProvider"
+    provider: str = ""
 
 
 class ModelInfo(_Frozen):

@@ -245,10 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="context length for --fits (default 4096)")
     models.set_defaults(func=cmd_models)
 
+    from ._convert import DTYPES
+
     convert = sub.add_parser("convert", help="convert a llama-family GGUF to an ONNX folder")
     convert.add_argument("model", help="catalog name or .gguf path")
     convert.add_argument("out_dir")
-    convert.add_argument("--dtype", default="fp32", choices=["fp32", "int4"])
+    convert.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     convert.set_defaults(func=cmd_convert)
 
     doctor = sub.add_parser("doctor", help="this machine's hardware, runtimes and health "

@@ -184,6 +184,20 @@ def test_plan_partial_offload_when_vram_is_short() -> None:
     assert any(f"{plan.gpu_layers} of {OPENCHAT.n_layer} layers" in r for r in plan.reasons)
 
 
+def test_whole_model_runtimes_get_all_layers_or_none() -> None:
+    """onnxruntime cannot split layers: short VRAM means the CPU, enough means all."""
+    small = probe(MACHINES / "rtx4090", nvml=RecordedNVML(free=3 * GIB), system="Linux",
+                  machine="x86_64", runtimes=False)
+    plan = make_plan(fake_gguf(OPENCHAT), small, backend="onnxruntime",
+                     gpu_offload_supported=True, context_length=4096, partial_offload=False)
+    assert plan.gpu_layers == 0 and plan.device == "cpu"
+    roomy = probe(MACHINES / "rtx4090", nvml=RecordedNVML(free=20 * GIB), system="Linux",
+                  machine="x86_64", runtimes=False)
+    plan = make_plan(fake_gguf(OPENCHAT), roomy, backend="onnxruntime",
+                     gpu_offload_supported=True, context_length=4096, partial_offload=False)
+    assert plan.gpu_layers == OPENCHAT.n_layer + 1 and plan.device == "gpu"
+
+
 def test_cpu_only_build_with_a_gpu_is_never_silent(rtx: HardwareProfile) -> None:
     auto = make_plan(fake_gguf(OPENCHAT), rtx, backend="llama.cpp",
                      gpu_offload_supported=False)

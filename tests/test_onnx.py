@@ -15,6 +15,7 @@ from llama_reference import forward
 from synthetic_models import Shape, write_model
 
 import localllm
+from localllm._backends.onnx import choose_provider
 from localllm._convert import convert_gguf_to_onnx
 from localllm._gguf import copy_with_metadata
 from localllm.testing import BackendContract
@@ -156,6 +157,32 @@ def test_unsupported_architecture_and_provider(tiny_gguf: Path, tiny_onnx: Path,
                       backend_options={"provider": "CUDAExecutionProvider"})
 
 
+def test_provider_follows_the_plan() -> None:
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_provider(cuda, gpu=True) == "CUDAExecutionProvider"
+    assert choose_provider(cuda, gpu=False) == "CPUExecutionProvider"
+    assert choose_provider(["DmlExecutionProvider", "CPUExecutionProvider"], gpu=True) == \
+        "DmlExecutionProvider"
+    assert choose_provider(["CoreMLExecutionProvider", "CPUExecutionProvider"], gpu=True) == \
+        "CoreMLExecutionProvider"
+    assert choose_provider(["OpenVINOExecutionProvider", "CPUExecutionProvider"],
+                           gpu=False) == "OpenVINOExecutionProvider"
+    with pytest.raises(localllm.UnsupportedFeatureError, match="onnxruntime-gpu"):
+        choose_provider(["CPUExecutionProvider"], gpu=True)
+    with pytest.raises(localllm.UnsupportedFeatureError, match="has CPUExecutionProvider"):
+        choose_provider(["CPUExecutionProvider"], gpu=False, requested="DmlExecutionProvider")
+
+
+def test_placement_reports_the_provider_and_refuses_a_layer_split(tiny_onnx: Path) -> None:
+    with localllm.load(tiny_onnx, chat_template="chatml", context_length=256) as model:
+        placement = model.info.placement
+        assert placement.provider == "CPUExecutionProvider" and placement.device == "cpu"
+        assert placement.total_layers == TINY.n_layer + 1 and placement.gpu_layers == 0
+        assert model.info.plan is not None and model.info.plan.gpu_layers == 0
+    with pytest.raises(localllm.ConfigError, match="whole model on one device"):
+        localllm.load(tiny_onnx, chat_template="chatml", gpu_layers=1)
+
+
 class TestGenAIContract(BackendContract):
     prompt = "the quick brown fox"
 
@@ -187,19 +214,29 @@ def test_genai_needs_its_config(tiny_onnx: Path, tmp_path: Path) -> None:
         localllm.load(bare, backend="onnxruntime-genai", chat_template="chatml")
 
 
-def test_int4_conversion_stays_close_to_fp32(tiny_gguf: Path, tiny_onnx: Path,
-                                              tmp_path: Path) -> None:
-    int4 = convert_gguf_to_onnx(tiny_gguf, tmp_path / "int4", dtype="int4")
-    graph = onnx.load(str(int4 / "model.onnx"), load_external_data=False).graph
-    assert any(n.op_type == "MatMulNBits" for n in graph.node)
+@pytest.mark.parametrize(("dtype", "op", "weight_type", "min_cosine"), [
+    ("int4", "MatMulNBits", onnx.TensorProto.UINT8, 0.99),
+    ("fp16", "MatMul", onnx.TensorProto.FLOAT16, 0.9999)])
+def test_smaller_conversions_stay_close_to_fp32(tiny_gguf: Path, tiny_onnx: Path,
+                                                tmp_path: Path, dtype: str, op: str,
+                                                weight_type: int, min_cosine: float) -> None:
+    small = convert_gguf_to_onnx(tiny_gguf, tmp_path / dtype, dtype=dtype)
+    graph = onnx.load(str(small / "model.onnx"), load_external_data=False).graph
+    weights = {i.name: i.data_type for i in graph.initializer}
+    assert any(n.op_type == op and weights.get(n.input[1]) == weight_type for n in graph.node)
+    size = sum(f.stat().st_size for f in small.glob("model.onnx*"))
+    assert size < 0.6 * sum(f.stat().st_size for f in tiny_onnx.glob("model.onnx*"))
     ids = [1, 300, 301, 302, 450, 17, 599, 260]
-    with localllm.load(int4, context_length=256, chat_template="chatml") as q, \
+    with localllm.load(small, context_length=256, chat_template="chatml") as q, \
             localllm.load(tiny_onnx, context_length=256, chat_template="chatml") as f:
         assert q._engine is not None and f._engine is not None
         a, b = q._engine.start(ids), f._engine.start(ids)
-        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > min_cosine
         assert q.complete("the quick brown fox", max_tokens=8).usage.completion_tokens == 8
-    with pytest.raises(localllm.UnsupportedModelError, match="fp32"):
+
+
+def test_unknown_dtype_is_refused_with_the_choices(tiny_gguf: Path, tmp_path: Path) -> None:
+    with pytest.raises(localllm.UnsupportedModelError, match="fp32, fp16, int4"):
         convert_gguf_to_onnx(tiny_gguf, tmp_path / "x", dtype="int8")
 
 

@@ -61,6 +61,9 @@ class Engine(ABC):
 
         return not cls.runtime_module or importlib.util.find_spec(cls.runtime_module) is not None
 
+    #: False when the runtime puts the whole model on one device (no per-layer split)
+    partial_offload: ClassVar[bool] = True
+
     @classmethod
     def gpu_offload_supported(cls) -> bool:
         """Whether the installed runtime build can place layers on a GPU."""

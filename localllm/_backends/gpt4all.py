@@ -177,7 +177,7 @@ class GPT4AllEngine(LocalTokenizerEngine):
         name = self._model.backend
         return DevicePlacement(device="cpu" if name == "cpu" else f"gpu ({name})",
                                gpu_layers=0 if name == "cpu" else self._options.gpu_layers,
-                               total_layers=0)
+                               total_layers=0, provider=str(name))
 
 
     def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:

@@ -29,6 +29,32 @@ from .base import (
 
 _KV = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 
+#: GPU execution providers, most preferred first (an onnxruntime build ships one family)
+GPU_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider",
+                 "MIGraphXExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
+#: CPU-side providers: OpenVINO accelerates x86 CPUs when its build is installed
+CPU_PROVIDERS = ("OpenVINOExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_provider(available: list[str], *, gpu: bool, requested: str | None = None) -> str:
+    """The execution provider for a plan: the GPU provider this onnxruntime build has when
+    the plan puts the model on a GPU, else the best CPU one; a request is honoured or refused.
+    """
+    if requested is not None:
+        if requested not in available:
+            raise UnsupportedFeatureError(
+                "onnxruntime", f"the execution provider {requested!r}",
+                f"this onnxruntime build has {', '.join(available)}")
+        return requested
+    wanted = GPU_PROVIDERS if gpu else CPU_PROVIDERS
+    found = next((p for p in wanted if p in available), None)
+    if found is None:
+        raise UnsupportedFeatureError(
+            "onnxruntime", "GPU placement" if gpu else "CPU execution",
+            f"this onnxruntime build has {', '.join(available)}; install onnxruntime-gpu, "
+            "onnxruntime-directml or onnxruntime-openvino for an accelerator")
+    return found
+
 
 def model_file(folder: Path) -> Path:
     candidates = sorted(folder.glob("*.onnx"))
@@ -122,7 +148,14 @@ class OnnxEngine(LocalTokenizerEngine):
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, sampling_params=frozenset(SamplingParams.model_fields), logits=True)
     options_accepted: ClassVar[dict[str, str]] = {
-        "provider": "execution provider name, e.g. 'CUDAExecutionProvider' (default: CPU)"}
+        "provider": "execution provider name, e.g. 'CUDAExecutionProvider' (default: the "
+                    "plan's device: a GPU provider this build has, else OpenVINO or CPU)"}
+    partial_offload: ClassVar[bool] = False
+
+    @classmethod
+    def gpu_offload_supported(cls) -> bool:
+        ort = import_runtime("onnxruntime", "onnxruntime", "onnx")
+        return any(p in GPU_PROVIDERS for p in ort.get_available_providers())
 
     @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> OnnxEngine:
@@ -138,23 +171,27 @@ class OnnxEngine(LocalTokenizerEngine):
         self._options = options
         folder = gguf.path.parent
         check_external_data(gguf.path)  # again: the folder may have changed since planning
-        provider = str(options.backend_options.get(
-            "provider", "CUDAExecutionProvider" if options.gpu_layers else
-            "CPUExecutionProvider"))
-        available = ort.get_available_providers()
-        if provider not in available:
-            raise UnsupportedFeatureError(
-                "onnxruntime", f"the execution provider {provider!r}",
-                f"this onnxruntime build has {', '.join(available)}")
+        requested = options.backend_options.get("provider")
+        provider = choose_provider(ort.get_available_providers(), gpu=options.gpu_layers > 0,
+                                   requested=None if requested is None else str(requested))
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.threads
         so.log_severity_level = 3
         try:
+            # nodes the accelerator lacks kernels for run on the CPU provider, as usual
+            providers = [provider] + ["CPUExecutionProvider"] * (
+                provider != "CPUExecutionProvider")
             self._session = ort.InferenceSession(str(gguf.path), sess_options=so,
-                                                 providers=[provider])
+                                                 providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"onnxruntime could not open {gguf.path}: {exc}") from exc
+        if self._session.get_providers()[0] != provider:  # never a silent CPU run
+            raise BackendError(f"onnxruntime did not enable {provider} (it runs on "
+                               f"{', '.join(self._session.get_providers())})")
         self._provider = provider
+        self._ort = ort
+        self._binding = self._session.io_binding()
+        self._device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self._tokenizer = tokenizer_from_folder(folder)
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         self._past = sorted((n for n in self._inputs if _KV.fullmatch(n)),
@@ -172,36 +209,45 @@ class OnnxEngine(LocalTokenizerEngine):
 
     @property
     def placement(self) -> DevicePlacement:
-        gpu = self._provider != "CPUExecutionProvider"
-        return DevicePlacement(device=self._provider if gpu else "cpu",
-                               gpu_layers=self._options.gpu_layers if gpu else 0,
-                               total_layers=0)
+        gpu = self._provider in GPU_PROVIDERS
+        layers = len(self._past) // 2 + 1  # the output layer counts, as in llama.cpp
+        return DevicePlacement(device="gpu" if gpu else "cpu", gpu_layers=layers if gpu else 0,
+                               total_layers=layers, provider=self._provider)
 
     def _empty_past(self, name: str) -> Any:
-        shape = self._inputs[name].shape  # [batch, kv_heads, past, head_dim]
-        return self._np.zeros((1, int(shape[1]), 0, int(shape[3])), dtype=self._np.float32)
+        meta = self._inputs[name]  # [batch, kv_heads, past, head_dim]
+        dtype = self._np.float16 if meta.type == "tensor(float16)" else self._np.float32
+        return self._ort.OrtValue.ortvalue_from_numpy(
+            self._np.zeros((1, int(meta.shape[1]), 0, int(meta.shape[3])), dtype=dtype))
 
     def _run(self, tokens: list[int]) -> Any:
+        """One forward pass through IO binding: the KV cache stays in onnxruntime's own
+        buffers (on the GPU under CUDA) and goes back in as the next step's past, so only
+        the logits are copied out."""
         np = self._np
         n = len(tokens)
-        feeds: dict[str, Any] = {
-            "input_ids": np.array([tokens], dtype=np.int64),
-            "attention_mask": np.ones((1, self._n_past + n), dtype=np.int64)}
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input("input_ids", np.array([tokens], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ones((1, self._n_past + n), dtype=np.int64))
         if "position_ids" in self._inputs:
-            feeds["position_ids"] = np.arange(self._n_past, self._n_past + n,
-                                              dtype=np.int64)[None]
+            binding.bind_cpu_input("position_ids", np.arange(
+                self._n_past, self._n_past + n, dtype=np.int64)[None])
         for name in self._past:
-            feeds[name] = self._cache.get(name)
-            if feeds[name] is None:
-                feeds[name] = self._empty_past(name)
+            value = self._cache.get(name)
+            binding.bind_ortvalue_input(name, value if value is not None
+                                        else self._empty_past(name))
+        for name in self._outputs:
+            binding.bind_output(name, self._device)
         try:
-            results = dict(zip(self._outputs, self._session.run(self._outputs, feeds),
-                               strict=True))
+            self._session.run_with_iobinding(binding)
         except Exception as exc:
             raise BackendError(f"onnxruntime failed: {exc}") from exc
+        results = dict(zip(self._outputs, binding.get_outputs(), strict=True))
         self._cache = {name: results[present] for name, present in self._present.items()}
         self._n_past += n
-        return results["logits"][0, -1].astype(np.float32)
+        return results["logits"].numpy()[0, -1].astype(np.float32)
 
     def start(self, prompt: list[int]) -> Any:
         if not prompt:
