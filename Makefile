@@ -41,11 +41,7 @@ docs: setup
 test: lint typecheck docs unit
 
 bench: model
-	$(BIN)/python benchmarks/bench_llamacpp.py
-	$(BIN)/python benchmarks/bench_tokenizer_sampling.py
-	$(BIN)/python benchmarks/bench_memory.py
-	$(BIN)/python benchmarks/bench_legacy_backends.py
-	$(BIN)/python benchmarks/bench_onnx.py
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

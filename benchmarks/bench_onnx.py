@@ -1,11 +1,12 @@
-"""The ONNX backend (fp32 conversion of the default model) vs raw onnxruntime-genai on the
-same folder, and vs llama.cpp on the original Q4_1 GGUF: decode tokens/s, prompt tokens/s
-and time to first token, same threads (2), one run, greedy, 48 tokens, medians of 3.
+"""The ONNX conversions of the default model: conformance and speed per dtype.
 
-The physical limit for decode is memory bandwidth ÷ bytes read per token: the fp32 folder
-reads ~650 MB of weights per token, the Q4_1 file ~98 MB, which bounds the ratio; the int4
-conversion (MatMulNBits with float zero points: exact for Q4_1, but onnxruntime runs
-that form on its slow reference path) is far from that limit.
+Conformance: for 8 fixed prompts, greedy 32-token continuations of the fp32 folder vs the
+llama.cpp backend on (a) the original Q4_1 file, where llama.cpp multiplies with 8-bit
+quantized activations, and (b) an F32 GGUF holding the very same weights; the first
+differing token is reported per prompt. Per dtype (fp32, fp16, int8, int4): folder size,
+first-step logits cosine vs fp32, greedy agreement with fp32, and decode / prompt tokens/s
+vs llama.cpp on the Q4_1 file (same threads, one run, medians of 3, 48 tokens).
+ONNX vs its raw runtime (onnxruntime-genai) is in bench_backends.py.
 
 Usage: python benchmarks/bench_onnx.py
 """
@@ -14,80 +15,107 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
-import localllm
-from localllm._convert import convert_gguf_to_onnx
+import numpy as np
 
-PROMPT = "Note {i}: " + "The history of the city is long and full of change. " * 20
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import localllm  # noqa: E402
+from localllm._convert import DTYPES, convert_gguf_to_onnx  # noqa: E402
+
+PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "1, 1, 2, 3, 5,",
+           "The three primary colors are", "Water boils at", "My favourite food is",
+           "import numpy as np\n"]
+SPEED_PROMPT = "Note {i}: " + "The history of the city is long and full of change. " * 20
 
 
-def measure(model: localllm.Model, reps: int = 3) -> dict[str, float]:
-    rows = [model.complete(PROMPT.format(i=i), max_tokens=48, temperature=0,
+def speed(model: localllm.Model, reps: int = 3) -> dict[str, float]:
+    rows = [model.complete(SPEED_PROMPT.format(i=i), max_tokens=48, temperature=0,
                            logit_bias={2: float("-inf"), 0: float("-inf")}).timings
             for i in range(reps)]
     return {"decode_tokens_per_s": statistics.median(t.generation_tokens_per_s for t in rows),
-            "prompt_tokens_per_s": statistics.median(t.prompt_tokens_per_s for t in rows),
-            "ttft_s": statistics.median(t.time_to_first_token_s for t in rows)}
+            "prompt_tokens_per_s": statistics.median(t.prompt_tokens_per_s for t in rows)}
 
 
-def measure_genai(folder: Path, n_prompt_text: str, reps: int = 3) -> dict[str, float]:
-    """onnxruntime-genai's own loop: append the prompt, then generate_next_token."""
-    import onnxruntime_genai as og
+def greedy(model: localllm.Model) -> list[list[int]]:
+    return [list(model.complete(p, max_tokens=32, temperature=0).token_ids) for p in PROMPTS]
 
-    from localllm.tokenizer import tokenizer_from_folder
 
-    model = og.Model(str(folder))
-    tok = tokenizer_from_folder(folder)
-    rows = []
-    for i in range(reps):
-        ids = tok.encode(PROMPT.format(i=i))
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=1024, do_sample=False)
-        t0 = time.perf_counter()
-        gen = og.Generator(model, params)
-        gen.append_tokens(ids)
-        gen.generate_next_token()
-        t_first = time.perf_counter()
-        for _ in range(47):
-            gen.generate_next_token()
-        t_end = time.perf_counter()
-        rows.append((t_first - t0, 47 / (t_end - t_first), len(ids) / (t_first - t0)))
-    return {"decode_tokens_per_s": statistics.median(r[1] for r in rows),
-            "prompt_tokens_per_s": statistics.median(r[2] for r in rows),
-            "ttft_s": statistics.median(r[0] for r in rows)}
+def first_differences(a: list[list[int]], b: list[list[int]]) -> list[int | None]:
+    out: list[int | None] = []
+    for x, y in zip(a, b, strict=True):
+        diff = next((i for i, (s, t) in enumerate(zip(x, y, strict=False)) if s != t), None)
+        out.append(diff if diff is not None or len(x) == len(y) else min(len(x), len(y)))
+    return out
+
+
+def first_step(model: localllm.Model) -> list[Any]:
+    assert model._engine is not None
+    return [model._engine.start(model.tokenizer.encode(p)) for p in PROMPTS]
 
 
 def main() -> None:
+    from synthetic_models import write_f32_copy
+
     source = localllm.ModelStore().ensure(localllm.DEFAULT_MODEL)
+    result: dict[str, Any] = {"prompts": PROMPTS}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = convert_gguf_to_onnx(source, Path(tmp) / "onnx")
-        with localllm.load(folder, context_length=1024, threads=2) as onnx_model, \
-                localllm.load(source, context_length=1024, threads=2) as llama:
-            result = {"onnx_fp32": measure(onnx_model), "llama.cpp_q4_1": measure(llama)}
-        result["onnxruntime_genai_raw"] = measure_genai(folder, PROMPT)
-        int4 = convert_gguf_to_onnx(source, Path(tmp) / "onnx-int4", dtype="int4")
-        with localllm.load(int4, context_length=1024, threads=2) as int4_model:
-            result["onnx_int4"] = measure(int4_model)
-    ratio = {f"vs_{other}_{k}": result["onnx_fp32"][k] / result[other][k]
-             for other in ("llama.cpp_q4_1", "onnxruntime_genai_raw")
-             for k in ("decode_tokens_per_s", "prompt_tokens_per_s")}
-    ratio["int4_vs_llama.cpp_decode"] = (result["onnx_int4"]["decode_tokens_per_s"]
-                                         / result["llama.cpp_q4_1"]["decode_tokens_per_s"])
-    print("| measure | localllm ONNX fp32 | raw onnxruntime-genai | ratio | llama.cpp Q4_1 | "
-          "ratio |\n|---|---|---|---|---|---|")
-    for key in ("decode_tokens_per_s", "prompt_tokens_per_s", "ttft_s"):
-        a, g, b = (result[s][key] for s in ("onnx_fp32", "onnxruntime_genai_raw",
-                                             "llama.cpp_q4_1"))
-        print(f"| {key} | {a:.2f} | {g:.2f} | {a / g:.2f} | {b:.2f} | {a / b:.2f} |")
-    i4, lc = result["onnx_int4"]["decode_tokens_per_s"], result["llama.cpp_q4_1"][
-        "decode_tokens_per_s"]
-    print(f"int4 ONNX decode {i4:.2f} tokens/s vs llama.cpp Q4_1 {lc:.2f}: {i4 / lc:.2f}")
-    out = Path(__file__).parent / "results" / f"{date.today().isoformat()}-onnx.json"
-    out.write_text(json.dumps({**result, "ratio": ratio}, indent=2) + "\n")
+        f32 = write_f32_copy(source, Path(tmp) / "f32.gguf")
+        with localllm.load(source, context_length=1024, threads=2) as q41:
+            reference = {"llama.cpp Q4_1": greedy(q41)}
+            llama_speed = speed(q41)
+        with localllm.load(f32, context_length=1024, threads=2) as lf32:
+            reference["llama.cpp F32 (same weights)"] = greedy(lf32)
+        base_logits: list[Any] = []
+        base_tokens: list[list[int]] = []
+        for dtype in DTYPES:
+            folder = convert_gguf_to_onnx(source, Path(tmp) / dtype, dtype=dtype)
+            size = sum(f.stat().st_size for f in folder.glob("model.onnx*"))
+            with localllm.load(folder, context_length=1024, threads=2) as model:
+                tokens, logits = greedy(model), first_step(model)
+                row: dict[str, Any] = {"folder_mib": size / 2**20, **speed(model)}
+            if dtype == "fp32":
+                base_logits, base_tokens = logits, tokens
+                for name, ref in reference.items():
+                    diffs = first_differences(tokens, ref)
+                    result[f"conformance vs {name}"] = {
+                        "identical_32": sum(d is None for d in diffs),
+                        "first_8_identical": sum(d is None or d >= 8 for d in diffs),
+                        "first_difference": diffs}
+            row["cosine_vs_fp32_min"] = min(
+                float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+                for a, b in zip(logits, base_logits, strict=True))
+            diffs = first_differences(tokens, base_tokens)
+            row["greedy_identical_to_fp32"] = sum(d is None for d in diffs)
+            diffs = first_differences(tokens, reference["llama.cpp Q4_1"])
+            row["greedy_identical_to_llama.cpp_q4_1"] = sum(d is None for d in diffs)
+            row["decode_vs_llama.cpp_q4_1"] = (row["decode_tokens_per_s"]
+                                               / llama_speed["decode_tokens_per_s"])
+            result[dtype] = row
+    result["llama.cpp_q4_1"] = llama_speed
+    for key, value in result.items():
+        if key.startswith("conformance"):
+            print(f"{key}: {value['identical_32']}/8 identical over 32 tokens, "
+                  f"first 8 identical {value['first_8_identical']}/8, "
+                  f"first differences {value['first_difference']}")
+    print("| dtype | MiB | decode tok/s | vs llama.cpp Q4_1 | prompt tok/s | min cosine vs fp32 "
+          "| greedy = fp32 | greedy = llama.cpp Q4_1 |\n|---|---|---|---|---|---|---|---|")
+    for dtype in DTYPES:
+        r = result[dtype]
+        print(f"| {dtype} | {r['folder_mib']:.0f} | {r['decode_tokens_per_s']:.1f} | "
+              f"{r['decode_vs_llama.cpp_q4_1']:.2f} | {r['prompt_tokens_per_s']:.1f} | "
+              f"{r['cosine_vs_fp32_min']:.4f} | {r['greedy_identical_to_fp32']}/8 | "
+              f"{r['greedy_identical_to_llama.cpp_q4_1']}/8 |")
+    print(f"llama.cpp Q4_1: decode {llama_speed['decode_tokens_per_s']:.1f}, prompt "
+          f"{llama_speed['prompt_tokens_per_s']:.1f} tok/s")
+    out = HERE / "results" / f"{date.today().isoformat()}-onnx.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")
 
 

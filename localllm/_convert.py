@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from ._errors import BackendUnavailableError, UnsupportedModelError
+from ._errors import BackendUnavailableError, ConfigError, UnsupportedModelError
 from ._gguf import GGUFFile, read_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "smollm")
-#: fp32: exact; fp16: half-size weights, matrix products in fp16 (norms, attention and the
-#: residual stream stay fp32); int4: 4-bit blocks of 32 (MatMulNBits), output head fp32
-DTYPES = ("fp32", "fp16", "int4")
+#: fp32: exact. fp16: half-size weights, matrix products in fp16 (norms, attention and the
+#: residual stream stay fp32). int8: 8-bit blocks of 32 with integer zero points and int8
+#: activations (MatMulNBits accuracy level 4): onnxruntime's fast CPU path, the same kind of
+#: arithmetic as llama.cpp's. int4: 4-bit blocks of 32 with float zero points, which hold
+#: Q4_1 weights exactly but run on onnxruntime's slow reference path; output head fp32.
+DTYPES = ("fp32", "fp16", "int8", "int4")
 OPSET = 17
 
 
@@ -44,6 +48,11 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
     if dtype not in DTYPES:
         raise UnsupportedModelError(f"dtype={dtype!r} is not supported; use one of "
                                     f"{', '.join(DTYPES)}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (
+            any(out.iterdir()) and not (out / "model.onnx").is_file())):
+        raise ConfigError(f"{out} exists and is not an earlier conversion; choose a new or "
+                          "empty folder (an earlier conversion there is replaced)")
     info = read_gguf(source)
     if info.architecture not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
@@ -104,6 +113,8 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
     def linear(x: str, w: str, tag: str) -> str:
         if dtype == "int4":
             return int4_matmul(x, weights[w], w, tag)
+        if dtype == "int8":
+            return int8_matmul(x, weights[w], w, tag)
         if dtype == "fp16":
             return half_matmul(x, weights[w].T, w, tag)
         return node("MatMul", [x, init(f"{w}.T", weights[w].T)], tag)
@@ -113,6 +124,23 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
         y16 = node("MatMul", [x16, init(f"{name}.T16", matrix_t.astype(np.float16))],
                    f"{tag}_y16")
         return node("Cast", [y16], tag, to=TensorProto.FLOAT)
+
+    def int8_matmul(x: str, matrix: Any, name: str, tag: str) -> str:
+        n, k = matrix.shape
+        blocks = matrix.reshape(n, k // 32, 32)
+        low, high = blocks.min(axis=2), blocks.max(axis=2)
+        scale = (high - low) / 254.0
+        scale[scale == 0] = 1.0
+        zero = np.clip(np.round(-low / scale), 0, 255)
+        q = np.clip(np.round(blocks / scale[..., None] + zero[..., None]), 0, 255
+                    ).astype(np.uint8)
+        nodes.append(helper.make_node(
+            "MatMulNBits", [x, init(f"{name}.q8", q),
+                            init(f"{name}.scales", scale.astype(np.float32).reshape(-1)),
+                            init(f"{name}.zero", zero.astype(np.uint8).reshape(-1))],
+            [tag], name=tag, domain="com.microsoft", K=k, N=n, bits=8, block_size=32,
+            accuracy_level=4))
+        return tag
 
     def int4_matmul(x: str, matrix: Any, name: str, tag: str) -> str:
         """``x @ matrix.T`` with 4-bit block-quantized weights (com.microsoft MatMulNBits).
@@ -175,7 +203,7 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
                 "mask")
     init("scale", np.array(1.0 / np.sqrt(hd), dtype=np.float32))
 
-    if dtype == "fp16":
+    if dtype in ("fp16", "int8"):  # rows are gathered, never multiplied: fp16 is plenty
         x = node("Cast", [node("Gather", [init("token_embd", weights["token_embd.weight"]
                                                .astype(np.float16)), "input_ids"],
                                "embed16")], "embed", to=TensorProto.FLOAT)
@@ -235,19 +263,29 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
     h = rms(x, init("output_norm", weights["output_norm.weight"]), "final")
     if dtype == "fp16":
         half_matmul(h, out_w.T, "output", "logits")
+    elif dtype == "int8":
+        int8_matmul(h, out_w, "output", "logits")
     else:  # int4 keeps an fp32 head: it picks the tokens, and 4 bits cost too much there
         node("MatMul", [h, init("output.T", out_w.T)], "logits")
 
     graph = helper.make_graph(nodes, "decoder", inputs, outputs, inits)
     opsets = [helper.make_opsetid("", OPSET)]
-    if dtype == "int4":
+    if dtype in ("int4", "int8"):
         opsets.append(helper.make_opsetid("com.microsoft", 1))
     model = helper.make_model(graph, opset_imports=opsets, producer_name="localllm")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(out / "model.onnx"), save_as_external_data=True,
+    # written next to the target, then moved in: onnx appends to an existing weights file,
+    # and an interrupted run must not leave a folder that looks complete
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    onnx.save_model(model, str(staging / "model.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="model.onnx.data")
-    _write_side_files(info, out, arch, n_layer, n_embd, n_head, n_kv, hd, vocab, eps, base)
+    _write_side_files(info, staging, arch, n_layer, n_embd, n_head, n_kv, hd, vocab, eps,
+                      base)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in staging.iterdir():
+        os.replace(item, out / item.name)
+    staging.rmdir()
     return out
 
 

@@ -129,6 +129,17 @@ def test_legacy_gpt2_generates_through_the_model_api(
     assert result.usage.completion_tokens == 6 and seeded[0] == seeded[1]
 
 
+def test_multibyte_text_gets_a_buffer_for_every_byte(
+        tiny_gpt2: tuple[Path, dict[str, np.ndarray]]) -> None:
+    """Byte-level vocabulary: 3 tokens per CJK character, more than ctransformers'
+    own tokenize() makes room for (one int per character)."""
+    path, _ = tiny_gpt2
+    text = "日本語のテキスト" * 40
+    with localllm.load(path, chat_template="chatml", context_length=128) as model:
+        ids = model.tokenizer.encode(text, add_special=False)
+        assert len(ids) == len(text.encode()) and model.tokenizer.decode(ids) == text
+
+
 def test_truncated_legacy_file_is_refused(tiny_gpt2: tuple[Path, dict[str, np.ndarray]],
                                           tmp_path: Path) -> None:
     broken = tmp_path / "broken.bin"

@@ -216,6 +216,7 @@ def test_genai_needs_its_config(tiny_onnx: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("dtype", "op", "weight_type", "min_cosine"), [
     ("int4", "MatMulNBits", onnx.TensorProto.UINT8, 0.99),
+    ("int8", "MatMulNBits", onnx.TensorProto.UINT8, 0.99),
     ("fp16", "MatMul", onnx.TensorProto.FLOAT16, 0.9999)])
 def test_smaller_conversions_stay_close_to_fp32(tiny_gguf: Path, tiny_onnx: Path,
                                                 tmp_path: Path, dtype: str, op: str,
@@ -236,8 +237,23 @@ def test_smaller_conversions_stay_close_to_fp32(tiny_gguf: Path, tiny_onnx: Path
 
 
 def test_unknown_dtype_is_refused_with_the_choices(tiny_gguf: Path, tmp_path: Path) -> None:
-    with pytest.raises(localllm.UnsupportedModelError, match="fp32, fp16, int4"):
-        convert_gguf_to_onnx(tiny_gguf, tmp_path / "x", dtype="int8")
+    with pytest.raises(localllm.UnsupportedModelError, match="fp32, fp16, int8, int4"):
+        convert_gguf_to_onnx(tiny_gguf, tmp_path / "x", dtype="q4_k")
+
+
+def test_converting_again_replaces_the_folder(tiny_gguf: Path, tiny_onnx: Path,
+                                              tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    convert_gguf_to_onnx(tiny_gguf, again)
+    convert_gguf_to_onnx(tiny_gguf, again)  # onnx alone would append to model.onnx.data
+    assert (again / "model.onnx.data").stat().st_size == \
+        (tiny_onnx / "model.onnx.data").stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]  # no staging left
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(localllm.ConfigError, match="not an earlier conversion"):
+        convert_gguf_to_onnx(tiny_gguf, tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
 
 
 def test_structured_output_on_an_onnx_folder(tiny_onnx: Path) -> None:

@@ -52,7 +52,13 @@ class _LegacyVocab:
 
     def encode(self, text: str, *, add_special: bool = True, parse_special: bool = True
                ) -> list[int]:
-        return [int(t) for t in self._llm.tokenize(text, add_bos_token=False)]
+        """ctransformers' own ``tokenize()`` sizes its buffer by characters, but a
+        byte-level vocabulary gives up to one token per UTF-8 byte: a heap overflow that
+        aborts the process later. The buffer here is sized by bytes."""
+        raw = text.encode("utf-8")
+        buffer = (ctypes.c_int * (len(raw) + 2))()
+        n = self._llm.ctransformers_llm_tokenize(raw, False, buffer)
+        return [int(t) for t in buffer[:n]]
 
     def token_bytes(self, token: int) -> bytes:
         return self._pieces[token]
