@@ -54,6 +54,9 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
         raise ConfigError(f"{out} exists and is not an earlier conversion; choose a new or "
                           "empty folder (an earlier conversion there is replaced)")
     info = read_gguf(source)
+    if info.version < 2:
+        raise UnsupportedModelError(f"{info.path.name} is GGUF version 1; convert reads "
+                                    "versions 2 and 3 (the gguf package dropped version 1)")
     if info.architecture not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
             f"cannot convert architecture {info.architecture!r}; supported: "

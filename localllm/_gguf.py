@@ -18,7 +18,7 @@ from typing import Any
 from ._errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_VERSIONS = (2, 3)
+SUPPORTED_VERSIONS = (1, 2, 3)  # 1: 32-bit counts and dimensions (2023)
 MAX_DIMS = 4
 MAX_STRING_BYTES = 64 * 1024 * 1024
 MAX_KV_COUNT = 1 << 20
@@ -149,6 +149,7 @@ class _Reader:
         self.pos = 0
         self.size = len(buf)
         self.path = path
+        self.length = "Q"  # counts, string lengths and dimensions; "I" in GGUF version 1
 
     def fail(self, what: str) -> ModelFormatError:
         return ModelFormatError(
@@ -165,7 +166,7 @@ class _Reader:
         return value[0] if len(value) == 1 else value
 
     def count(self, what: str, limit: int, min_item_bytes: int = 1) -> int:
-        n = int(self.unpack("Q"))
+        n = int(self.unpack(self.length))
         remaining = self.size - self.pos
         if n > limit:
             raise self.fail(f"absurd {what} {n}")
@@ -185,11 +186,12 @@ class _Reader:
     def strings(self, n: int) -> list[str]:
         """Read ``n`` strings in one tight loop (vocabularies hold ~100k of them)."""
         buf, pos, size, out = self.buf, self.pos, self.size, []
-        length_at = struct.Struct("<Q").unpack_from
+        length_of = struct.Struct("<" + self.length)
+        length_at, width = length_of.unpack_from, length_of.size
         try:
             for _ in range(n):
                 (length,) = length_at(buf, pos)
-                pos += 8
+                pos += width
                 if length > MAX_STRING_BYTES or pos + length > size:
                     self.pos = pos
                     raise self.fail(f"absurd string length {length}")
@@ -219,7 +221,8 @@ class _Reader:
                 self.pos += n * width
                 return list(items)
             if item_type == _STRING:
-                return self.strings(self.count("array length", self.size, 8))
+                return self.strings(self.count("array length", self.size,
+                                               struct.calcsize(self.length)))
             raise self.fail(f"unsupported array item type {item_type}")
         raise self.fail(f"unknown metadata value type {type_id}")
 
@@ -253,8 +256,10 @@ def _parse(r: _Reader, path: Path, file_size: int) -> GGUFFile:
     if version not in SUPPORTED_VERSIONS:
         raise ModelFormatError(
             f"{path} uses GGUF version {version}; supported versions are "
-            f"{', '.join(map(str, SUPPORTED_VERSIONS))} (version 1 files need an old runtime)"
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}"
         )
+    if version == 1:
+        r.length = "I"
     n_tensors = r.count("tensor count", MAX_TENSOR_COUNT, 24)
     n_kv = r.count("metadata count", MAX_KV_COUNT, 12)
     metadata: dict[str, Any] = {}
@@ -281,7 +286,7 @@ def _tensor_info(r: _Reader) -> TensorInfo:
     n_dims = int(r.unpack("I"))
     if not 1 <= n_dims <= MAX_DIMS:
         raise r.fail(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
-    shape = tuple(int(r.unpack("Q")) for _ in range(n_dims))
+    shape = tuple(int(r.unpack(r.length)) for _ in range(n_dims))
     type_id = int(r.unpack("I"))
     offset = int(r.unpack("Q"))
     if type_id not in GGML_TYPES:
@@ -386,10 +391,10 @@ def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
                 raise ModelFormatError(f"{path} is truncated: tensor {name!r} runs past the end")
             tensors.append(info)
             r.pos += info.n_bytes
-    c_attn = next((t for t in tensors if t.name.endswith("/attn/c_attn/w")), None)
-    arch = "gpt2"
-    if c_attn is not None and len(c_attn.shape) == 2 and c_attn.shape[1] != 3 * hp["n_embd"]:
-        arch = "starcoder"  # multi-query attention: E + 2·head_dim columns
+    # GGML StarCoder files share GPT-2's layout (their converter expands the multi-query
+    # K/V head to every head); they add an output matrix and fill-in-the-middle tokens
+    names = {t.name for t in tensors}
+    arch = "starcoder" if "model/lm_head" in names or "<fim_prefix>" in tokens else "gpt2"
     metadata: dict[str, Any] = {
         "general.architecture": arch, "general.name": path.stem,
         f"{arch}.context_length": hp["n_ctx"], f"{arch}.block_count": hp["n_layer"],

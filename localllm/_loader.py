@@ -121,6 +121,8 @@ def _resolve(source: Source, backend: str, store: ModelStore | None
         gguf = describe_folder(path if path.is_dir() else path.parent)
     else:
         gguf = read_ggml(path) if file_format == "ggml" else read_gguf(path)
+        if gguf.version == 1 and backend == "auto":  # the one runtime that still reads it
+            engine_cls = choose_backend("ctransformers", file_format)
     return path, file_format, engine_cls, gguf
 
 

@@ -17,9 +17,13 @@ def vocabulary() -> list[bytes]:
     return [*pieces, b"<|endoftext|>"]
 
 
-def make_weights(seed: int = 0) -> dict[str, np.ndarray]:
+def make_weights(seed: int = 0, *, starcoder: bool = False) -> dict[str, np.ndarray]:
+    """GPT-2 weights; ``starcoder``: plus a separate output matrix ``model/lm_head`` (the
+    GGML StarCoder layout: its converter expands the shared K/V head to every head, so
+    the attention weights are shaped as in GPT-2)."""
     rng = np.random.default_rng(seed)
     n_vocab = len(vocabulary())
+    qkv = 3 * E
 
     def rand(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
@@ -29,11 +33,13 @@ def make_weights(seed: int = 0) -> dict[str, np.ndarray]:
     for i in range(LAYERS):
         p = f"model/h{i}/"
         w |= {p + "ln_1/g": 1 + rand(E), p + "ln_1/b": rand(E), p + "ln_2/g": 1 + rand(E),
-              p + "ln_2/b": rand(E), p + "attn/c_attn/w": rand(3 * E, E),
-              p + "attn/c_attn/b": rand(3 * E), p + "attn/c_proj/w": rand(E, E),
+              p + "ln_2/b": rand(E), p + "attn/c_attn/w": rand(qkv, E),
+              p + "attn/c_attn/b": rand(qkv), p + "attn/c_proj/w": rand(E, E),
               p + "attn/c_proj/b": rand(E), p + "mlp/c_fc/w": rand(4 * E, E),
               p + "mlp/c_fc/b": rand(4 * E), p + "mlp/c_proj/w": rand(E, 4 * E),
               p + "mlp/c_proj/b": rand(E)}
+    if starcoder:
+        w["model/lm_head"] = rand(n_vocab, E)
     return w
 
 
@@ -66,7 +72,8 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 
 
 def gpt2_forward(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
-    """Logits of the last position (float64)."""
+    """Logits of the last position (float64); StarCoder weights (see make_weights) use
+    ``model/lm_head`` for the output."""
     w64 = {k: v.astype(np.float64) for k, v in w.items()}
     n, hd = len(ids), E // HEADS
     x = w64["model/wte"][ids] + w64["model/wpe"][:n]
@@ -84,4 +91,4 @@ def gpt2_forward(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
         h = _gelu(h @ w64[p + "mlp/c_fc/w"].T + w64[p + "mlp/c_fc/b"])
         x = x + h @ w64[p + "mlp/c_proj/w"].T + w64[p + "mlp/c_proj/b"]
     x = _layer_norm(x, w64["model/ln_f/g"], w64["model/ln_f/b"])
-    return np.asarray(x[-1] @ w64["model/wte"].T)
+    return np.asarray(x[-1] @ w64.get("model/lm_head", w64["model/wte"]).T)

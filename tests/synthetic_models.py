@@ -136,3 +136,50 @@ def write_f32_copy(source: Path, dest: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return dest
+
+
+def write_gguf_v1_copy(source: Path, dest: Path) -> Path:
+    """The same model in the GGUF version 1 layout (August 2023): 32-bit counts and string
+    lengths, 32-bit tensor dimensions; current llama.cpp no longer reads it."""
+    import struct
+
+    reader = gguf.GGUFReader(str(source))
+    scalar = {gguf.GGUFValueType.UINT8: "B", gguf.GGUFValueType.INT8: "b",
+              gguf.GGUFValueType.UINT16: "H", gguf.GGUFValueType.INT16: "h",
+              gguf.GGUFValueType.UINT32: "I", gguf.GGUFValueType.INT32: "i",
+              gguf.GGUFValueType.FLOAT32: "f", gguf.GGUFValueType.BOOL: "?",
+              gguf.GGUFValueType.UINT64: "Q", gguf.GGUFValueType.INT64: "q",
+              gguf.GGUFValueType.FLOAT64: "d"}
+
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack("<I", len(raw)) + raw
+
+    def item(kind: gguf.GGUFValueType, value: object) -> bytes:
+        return text(str(value)) if kind == gguf.GGUFValueType.STRING else \
+            struct.pack("<" + scalar[kind], value)
+
+    fields = [(n, f) for n, f in reader.fields.items() if not n.startswith("GGUF.")]
+    out = bytearray(b"GGUF" + struct.pack("<III", 1, len(reader.tensors), len(fields)))
+    for name, field in fields:
+        kind = field.types[0]
+        out += text(name) + struct.pack("<I", int(kind))
+        if kind == gguf.GGUFValueType.ARRAY:
+            sub = field.types[-1]
+            values = field.contents()
+            out += struct.pack("<II", int(sub), len(values))
+            out += b"".join(item(sub, v) for v in values)
+        else:
+            out += item(kind, field.contents())
+    data_start = min(int(t.data_offset) for t in reader.tensors)
+    for t in reader.tensors:
+        out += text(t.name) + struct.pack("<I", len(t.shape))
+        out += b"".join(struct.pack("<I", int(d)) for d in t.shape)
+        out += struct.pack("<IQ", int(t.tensor_type), int(t.data_offset) - data_start)
+    alignment = int(reader.fields["general.alignment"].contents()) \
+        if "general.alignment" in reader.fields else 32
+    out += b"\0" * (-len(out) % alignment)
+    with open(source, "rb") as handle:
+        handle.seek(data_start)
+        dest.write_bytes(bytes(out) + handle.read())
+    return dest

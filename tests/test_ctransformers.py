@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from legacy_ggml import gpt2_forward, make_weights, write_gpt2_ggml
 from llama_reference import forward
-from synthetic_models import Shape, write_model
+from synthetic_models import Shape, write_gguf_v1_copy, write_model
 
 import localllm
+from localllm._gguf import read_gguf
 from localllm.testing import BackendContract
 
 TINY = Shape("ct-tiny", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, n_ff=352,
@@ -38,6 +39,11 @@ def tiny_llama_v2(tiny_llama: Path) -> Path:
     return v2
 
 
+@pytest.fixture(scope="module")
+def tiny_llama_v1(tiny_llama: Path) -> Path:
+    return write_gguf_v1_copy(tiny_llama, tiny_llama.with_name("tiny-v1.gguf"))
+
+
 class TestCTransformersContract(BackendContract):
     prompt = "the quick brown fox"
 
@@ -48,11 +54,11 @@ class TestCTransformersContract(BackendContract):
             yield m
 
 
-@pytest.mark.parametrize("version", ["v3", "v2"])
-def test_logits_match_an_independent_numpy_forward_pass(tiny_llama: Path, tiny_llama_v2: Path,
-                                                        version: str) -> None:
-    path = tiny_llama if version == "v3" else tiny_llama_v2
-    reference = forward(path, IDS)
+@pytest.mark.parametrize("version", ["v3", "v2", "v1"])
+def test_logits_match_an_independent_numpy_forward_pass(
+        tiny_llama: Path, tiny_llama_v2: Path, tiny_llama_v1: Path, version: str) -> None:
+    path = {"v3": tiny_llama, "v2": tiny_llama_v2, "v1": tiny_llama_v1}[version]
+    reference = forward(tiny_llama, IDS)  # the same weights in every version
     with localllm.load(path, backend="ctransformers", context_length=256,
                        chat_template="chatml") as model:
         engine = model._engine
@@ -115,6 +121,38 @@ def test_legacy_gpt2_logits_match_numpy(tiny_gpt2: tuple[Path, dict[str, np.ndar
     error = float(np.abs(logits - reference).max())
     assert int(np.argmax(logits)) == int(np.argmax(reference))
     assert error < 2e-3 * float(np.abs(reference).max()), error  # ggml's f16 GELU table
+
+
+def test_gguf_v1_reads_like_v3_and_goes_to_the_runtime_that_still_reads_it(
+        tiny_llama: Path, tiny_llama_v1: Path) -> None:
+    old, new = read_gguf(tiny_llama_v1), read_gguf(tiny_llama)
+    assert old.version == 1 and old.metadata == new.metadata
+    assert [(t.name, t.shape, t.type_id) for t in old.tensors] == \
+        [(t.name, t.shape, t.type_id) for t in new.tensors]
+    with localllm.load(tiny_llama_v1, context_length=256, chat_template="chatml") as model:
+        assert model.info.backend == "ctransformers"
+        assert model.complete("the fox", max_tokens=4).usage.completion_tokens == 4
+    with pytest.raises(localllm.UnsupportedModelError, match="backend='ctransformers'"):
+        localllm.load(tiny_llama_v1, backend="llama.cpp", chat_template="chatml")
+    with pytest.raises(localllm.UnsupportedModelError, match="backend='ctransformers'"):
+        localllm.load(tiny_llama_v1, backend="gpt4all", chat_template="chatml")
+
+
+def test_legacy_starcoder_is_told_apart_from_gpt2_and_matches_numpy(tmp_path: Path) -> None:
+    """Same header and tensor layout as GPT-2; the separate output matrix (or FIM tokens
+    in the vocabulary) identifies StarCoder."""
+    weights = make_weights(seed=1, starcoder=True)
+    path = write_gpt2_ggml(tmp_path / "tiny-starcoder.bin", weights)
+    ids = [259, 260, 32, 97, 264, 100, 261, 10, 70]
+    with localllm.load(path, chat_template="chatml", context_length=128) as model:
+        assert model.info.architecture == "starcoder"
+        assert model._engine is not None
+        logits = model._engine.start(ids)
+        assert model.complete("the fox", max_tokens=4, temperature=0
+                              ).usage.completion_tokens == 4
+    reference = gpt2_forward(weights, ids)
+    assert int(np.argmax(logits)) == int(np.argmax(reference))
+    assert float(np.abs(logits - reference).max()) < 2e-3 * float(np.abs(reference).max())
 
 
 def test_legacy_gpt2_generates_through_the_model_api(

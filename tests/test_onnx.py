@@ -183,6 +183,56 @@ def test_placement_reports_the_provider_and_refuses_a_layer_split(tiny_onnx: Pat
         localllm.load(tiny_onnx, chat_template="chatml", gpu_layers=1)
 
 
+def test_optimum_merged_decoder_gets_its_cache_branch_flag(tiny_onnx: Path,
+                                                           tmp_path: Path) -> None:
+    """An Optimum-style folder: ``decoder_model_merged.onnx`` is chosen over the cache-less
+    ``decoder_model.onnx``, and ``use_cache_branch`` is False on the first step only
+    (the test graph adds 1e4 to token 5's logit when it is True)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(tiny_onnx / "model.onnx"), load_external_data=False)
+    graph = model.graph
+    last = next(n for n in graph.node if "logits" in n.output)
+    last.output[0] = "logits_raw"
+    bump = np.zeros(TINY.n_vocab, dtype=np.float32)
+    bump[5] = 1e4
+    graph.initializer.append(numpy_helper.from_array(bump, "bump"))
+    graph.input.append(helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1]))
+    graph.node.extend([
+        helper.make_node("Cast", ["use_cache_branch"], ["ucb_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["ucb_f", "bump"], ["ucb_bump"]),
+        helper.make_node("Add", ["logits_raw", "ucb_bump"], ["logits"])])
+    folder = tmp_path / "optimum"
+    folder.mkdir()
+    for item in tiny_onnx.iterdir():
+        if item.name != "model.onnx":
+            (folder / item.name).write_bytes(item.read_bytes())
+    onnx.save_model(model, str(folder / "decoder_model_merged.onnx"))
+    (folder / "decoder_model.onnx").write_bytes(b"not the decoder to pick")
+    with localllm.load(folder, chat_template="chatml", context_length=256) as m:
+        ids = m.complete("the quick brown fox", max_tokens=3, temperature=0).token_ids
+    assert ids[0] != 5 and list(ids[1:]) == [5, 5]
+
+
+def test_decoder_without_a_kv_cache_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.zeros((TINY.n_vocab, TINY.n_vocab), np.float32), "t")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["t", "input_ids"], ["logits"])], "nocache",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [table])
+    folder = tmp_path / "nocache"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        (folder / name).write_bytes((tiny_onnx / name).read_bytes())
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                    str(folder / "decoder_model.onnx"))
+    with pytest.raises(localllm.ModelFormatError, match="text-generation-with-past"):
+        localllm.load(folder, chat_template="chatml", context_length=256)
+
+
 class TestGenAIContract(BackendContract):
     prompt = "the quick brown fox"
 

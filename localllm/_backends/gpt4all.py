@@ -132,10 +132,11 @@ class GPT4AllEngine(LocalTokenizerEngine):
                 hint = (f"; its pre-tokenizer behaves like {EQUIVALENT_PRE.get(str(pre))!r}: "
                         "pass backend_options={'compat_copy': True} to run a rewritten copy"
                         if fixable else "")
+                other = "ctransformers" if gguf.version < 2 else "llama.cpp"
                 raise UnsupportedModelError(
                     f"gpt4all 2.8.2 cannot load {gguf.path.name}: unsupported "
-                    f"{'; '.join(problems)}. The llama.cpp backend can load it "
-                    f"(backend='llama.cpp'){hint}")
+                    f"{'; '.join(problems)}. The {other} backend can load it "
+                    f"(backend='{other}'){hint}")
         return cls(gguf, path, options)
 
     def __init__(self, gguf: GGUFFile, path: Path, options: EngineOptions) -> None:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._errors import BackendError, UnsupportedFeatureError
+from .._errors import BackendError, UnsupportedFeatureError, UnsupportedModelError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from .base import Engine, EngineOptions, import_runtime
@@ -116,6 +116,12 @@ class LlamaCppEngine(Engine):
     @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> LlamaCppEngine:
         cls.check_options(options)
+        if gguf.version < 2:
+            raise UnsupportedModelError(
+                f"{gguf.path.name} is GGUF version 1, which llama.cpp stopped reading in "
+                "2023; load it with backend='ctransformers' (pip install "
+                "'localllm[ctransformers]'), which still reads it, or convert it again with "
+                "a current llama.cpp")
         lib = _Runtime.get()
         if options.gpu_layers and not lib.llama_supports_gpu_offload():
             raise UnsupportedFeatureError(

@@ -56,11 +56,17 @@ def choose_provider(available: list[str], *, gpu: bool, requested: str | None = 
     return found
 
 
+#: decoder files by preference: ours / onnxruntime-genai's, then Optimum's exports with a
+#: KV cache (Optimum's ``decoder_model.onnx`` recomputes the whole sequence every step)
+PREFERRED_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx")
+
+
 def model_file(folder: Path) -> Path:
     candidates = sorted(folder.glob("*.onnx"))
     if not candidates:
         raise ModelFormatError(f"{folder} holds no .onnx model")
-    return next((c for c in candidates if c.name == "model.onnx"), candidates[0])
+    by_name = {c.name: c for c in candidates}
+    return next((by_name[n] for n in PREFERRED_FILES if n in by_name), candidates[0])
 
 
 def check_external_data(model_path: Path) -> int:
@@ -201,6 +207,11 @@ class OnnxEngine(LocalTokenizerEngine):
             if name not in self._inputs:
                 raise ModelFormatError(f"{gguf.path} has no {name!r} input; not a decoder in "
                                        "the Optimum / onnxruntime-genai layout")
+        if not self._past:
+            raise ModelFormatError(
+                f"{gguf.path} has no past_key_values inputs: it was exported without a KV "
+                "cache, so every token would recompute the whole text; export it with one "
+                "(optimum-cli export onnx --task text-generation-with-past)")
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._present = {n: n.replace("past_key_values", "present") for n in self._past}
         self._version = distribution_version("onnxruntime")
@@ -234,6 +245,8 @@ class OnnxEngine(LocalTokenizerEngine):
         if "position_ids" in self._inputs:
             binding.bind_cpu_input("position_ids", np.arange(
                 self._n_past, self._n_past + n, dtype=np.int64)[None])
+        if "use_cache_branch" in self._inputs:  # Optimum's merged decoder: past or not
+            binding.bind_cpu_input("use_cache_branch", np.array([self._n_past > 0]))
         for name in self._past:
             value = self._cache.get(name)
             binding.bind_ortvalue_input(name, value if value is not None
