@@ -102,11 +102,15 @@ def write_model(shape: Shape, path: Path, seed: int = 0) -> Path:
         _add(w, p + "ffn_down.weight", (shape.n_embd, shape.n_ff), shape.dtype, rng)
     _add(w, "output_norm.weight", (shape.n_embd,), shape.dtype, rng)
     _add(w, "output.weight", (shape.n_vocab, shape.n_embd), shape.dtype, rng)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
     return path
+
+
+def _finish(writer: gguf.GGUFWriter) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 def write_f32_copy(source: Path, dest: Path) -> Path:
@@ -131,10 +135,7 @@ def write_f32_copy(source: Path, dest: Path) -> Path:
         data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         writer.add_tensor(tensor.name, np.asarray(data, dtype=np.float32).reshape(
             [int(d) for d in reversed(tensor.shape)]))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _finish(writer)
     return dest
 
 
