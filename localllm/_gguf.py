@@ -351,50 +351,58 @@ def _kv_string(key: str, value: str) -> bytes:
 
 
 GGML_MAGIC = b"lmgg"  # uint32 0x67676d6c ('ggml') little-endian: the unversioned format
-_GPT2_HPARAMS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "ftype")
+@dataclass(frozen=True)
+class _GGMLLayout:
+    """How one family of unversioned GGML files lays out its header (they carry no
+    architecture name: the layout is recognised by parsing it and by its tensor names)."""
+
+    architecture: str
+    hparams: tuple[str, ...]
+    counted_vocab: bool  # the vocabulary is preceded by its size again
+    tensor_prefix: str  # every tensor name of the family starts with it
+
+
+_GGML_LAYOUTS = (
+    _GGMLLayout("gpt2", ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "ftype"), True,
+                "model/"),
+    _GGMLLayout("gptj", ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "n_rot", "ftype"),
+                True, "transformer."),
+    _GGMLLayout("gpt_neox", ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "n_rot",
+                             "par_res", "ftype"), False, "gpt_neox."),
+    # alibi_bias_max and clip_qkv are float32s, read here as their bit patterns
+    _GGMLLayout("mpt", ("n_embd", "n_ctx", "n_head", "n_layer", "n_vocab", "alibi_bias_max",
+                        "clip_qkv", "ftype"), False, "transformer."),
+)
+LEGACY_GGML_ARCHITECTURES = ("gpt2", "starcoder", "gptj", "gpt_neox", "mpt")
 
 
 def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
-    """Read a legacy GGML file of the GPT-2 family (gpt2, starcoder) into the same
+    """Read a legacy GGML file (GPT-2, StarCoder, GPT-J, GPT-NeoX/Dolly v2 layouts) into the
     description a GGUF header gives: hyper-parameters as ``<arch>.*`` metadata, the
     vocabulary, and the tensor table (walked header by header; data is skipped)."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        r = _Reader(mm, path)
         if bytes(mm[0:4]) != GGML_MAGIC:
             raise ModelFormatError(f"{path} is not an unversioned GGML file")
-        r.pos = 4
-        hp = dict(zip(_GPT2_HPARAMS, (int(r.unpack("i")) for _ in _GPT2_HPARAMS), strict=True))
-        n_vocab = int(r.unpack("i"))
-        if n_vocab != hp["n_vocab"] or not 0 < n_vocab < 10_000_000:
+        for layout in _GGML_LAYOUTS:
+            r = _Reader(mm, path)
+            parsed = _ggml_header(r, layout, size)
+            if parsed is not None:
+                hp, tokens = parsed
+                tensors = _ggml_tensors(r, path, size)
+                break
+        else:
             raise UnsupportedModelError(
-                f"{path} is a legacy GGML file whose header is not the GPT-2 layout "
-                "(gpt2, starcoder) localllm reads; convert it to GGUF")
-        tokens = []
-        for _ in range(n_vocab):
-            n = int(r.unpack("I"))
-            if r.pos + n > size:
-                raise r.fail("vocabulary runs past the end of the file")
-            tokens.append(bytes(mm[r.pos:r.pos + n]).decode("latin-1"))
-            r.pos += n
-        tensors = []
-        while r.pos < size:
-            n_dims, name_len, type_id = (int(r.unpack("i")) for _ in range(3))
-            if not 1 <= n_dims <= 2 or type_id not in GGML_TYPES or not 0 < name_len < 512:
-                raise r.fail(f"bad tensor header (dims {n_dims}, type {type_id})")
-            shape = tuple(int(r.unpack("i")) for _ in range(n_dims))
-            name = bytes(mm[r.pos:r.pos + name_len]).decode("utf-8", errors="replace")
-            r.pos += name_len
-            info = TensorInfo(name, shape, type_id, r.pos)
-            if r.pos + info.n_bytes > size:
-                raise ModelFormatError(f"{path} is truncated: tensor {name!r} runs past the end")
-            tensors.append(info)
-            r.pos += info.n_bytes
+                f"{path} is a legacy GGML file whose header matches none of the layouts "
+                f"localllm reads ({', '.join(LEGACY_GGML_ARCHITECTURES)}), or is truncated; "
+                "convert it to GGUF")
+    arch = layout.architecture
     # GGML StarCoder files share GPT-2's layout (their converter expands the multi-query
     # K/V head to every head); they add an output matrix and fill-in-the-middle tokens
-    names = {t.name for t in tensors}
-    arch = "starcoder" if "model/lm_head" in names or "<fim_prefix>" in tokens else "gpt2"
+    if arch == "gpt2" and ("model/lm_head" in {t.name for t in tensors}
+                           or "<fim_prefix>" in tokens):
+        arch = "starcoder"
     metadata: dict[str, Any] = {
         "general.architecture": arch, "general.name": path.stem,
         f"{arch}.context_length": hp["n_ctx"], f"{arch}.block_count": hp["n_layer"],
@@ -402,4 +410,54 @@ def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
         f"{arch}.feed_forward_length": 4 * hp["n_embd"], "general.file_type": hp["ftype"] % 1000,
         "tokenizer.ggml.model": "ggml-legacy", "tokenizer.ggml.tokens": tokens,
     }
+    if "n_rot" in hp:
+        metadata[f"{arch}.rope.dimension_count"] = hp["n_rot"]
     return GGUFFile(path, 0, metadata, tuple(tensors), 0, size, container="ggml")
+
+
+def _ggml_header(r: _Reader, layout: _GGMLLayout, size: int
+                 ) -> tuple[dict[str, int], list[str]] | None:
+    """Hyper-parameters and vocabulary if the file follows ``layout``, else None."""
+    r.pos = 4
+    try:
+        hp = {name: int(r.unpack("i")) for name in layout.hparams}
+        n_vocab = hp["n_vocab"]
+        if not 0 < n_vocab < 10_000_000 or min(hp["n_embd"], hp["n_head"], hp["n_layer"]) <= 0:
+            return None
+        if layout.counted_vocab and int(r.unpack("i")) != n_vocab:
+            return None
+        tokens = []
+        for _ in range(n_vocab):
+            n = int(r.unpack("I"))
+            if r.pos + n > size:
+                return None
+            tokens.append(bytes(r.buf[r.pos:r.pos + n]).decode("latin-1"))
+            r.pos += n
+        start = r.pos
+        n_dims, name_len = int(r.unpack("i")), int(r.unpack("i"))
+        r.unpack("i")
+        if not 1 <= n_dims <= 2 or not 0 < name_len < 512:
+            return None
+        r.pos += 4 * n_dims
+        name = bytes(r.buf[r.pos:r.pos + name_len]).decode("utf-8", errors="replace")
+    except ModelFormatError:
+        return None
+    r.pos = start
+    return (hp, tokens) if name.startswith(layout.tensor_prefix) else None
+
+
+def _ggml_tensors(r: _Reader, path: Path, size: int) -> list[TensorInfo]:
+    tensors = []
+    while r.pos < size:
+        n_dims, name_len, type_id = (int(r.unpack("i")) for _ in range(3))
+        if not 1 <= n_dims <= 2 or type_id not in GGML_TYPES or not 0 < name_len < 512:
+            raise r.fail(f"bad tensor header (dims {n_dims}, type {type_id})")
+        shape = tuple(int(r.unpack("i")) for _ in range(n_dims))
+        name = bytes(r.buf[r.pos:r.pos + name_len]).decode("utf-8", errors="replace")
+        r.pos += name_len
+        info = TensorInfo(name, shape, type_id, r.pos)
+        if r.pos + info.n_bytes > size:
+            raise ModelFormatError(f"{path} is truncated: tensor {name!r} runs past the end")
+        tensors.append(info)
+        r.pos += info.n_bytes
+    return tensors

@@ -73,8 +73,9 @@ def detect_format(path: Path) -> str:
         return "ggml"
     if magic in (b"fmgg", b"tjgg"):  # 'ggmf', 'ggjt': legacy llama files
         raise UnsupportedModelError(
-            f"{path} is a legacy llama GGML file (ggmf/ggjt); localllm reads legacy GGML "
-            "files of the GPT-2 family only — convert it to GGUF with llama.cpp's scripts")
+            f"{path} is a legacy llama GGML file (ggmf/ggjt), which no installed runtime "
+            "reads any more (ctransformers' llama reads GGUF); convert it to GGUF with "
+            "llama.cpp's convert_llama_ggml_to_gguf.py")
     raise ModelFormatError(
         f"{path} is not a model format localllm can load (first bytes {magic!r}); "
         "expected a GGUF file (magic b'GGUF')")

@@ -11,7 +11,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from legacy_ggml import gpt2_forward, make_weights, write_gpt2_ggml
+from legacy_ggml import (
+    CTX,
+    HEADS,
+    LAYERS,
+    E,
+    gpt2_forward,
+    gptj_forward,
+    make_gptj_weights,
+    make_mpt_weights,
+    make_neox_weights,
+    make_weights,
+    mpt_forward,
+    neox_forward,
+    vocabulary,
+    write_ggml,
+    write_gpt2_ggml,
+    write_gptj_ggml,
+    write_mpt_ggml,
+    write_neox_ggml,
+)
 from llama_reference import forward
 from synthetic_models import Shape, write_gguf_v1_copy, write_model
 
@@ -22,6 +41,7 @@ from localllm.testing import BackendContract
 TINY = Shape("ct-tiny", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, n_ff=352,
              n_vocab=600, dtype="f32", n_ctx_train=512)
 IDS = [1, 300, 301, 302, 450, 17, 599, 260, 261, 400]
+LEGACY_IDS = [259, 260, 32, 97, 264, 100, 261, 10, 70]
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +173,57 @@ def test_legacy_starcoder_is_told_apart_from_gpt2_and_matches_numpy(tmp_path: Pa
     reference = gpt2_forward(weights, ids)
     assert int(np.argmax(logits)) == int(np.argmax(reference))
     assert float(np.abs(logits - reference).max()) < 2e-3 * float(np.abs(reference).max())
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "gpt_neox-sequential", "gptj", "mpt"])
+def test_legacy_gptj_gpt_neox_and_mpt_match_numpy(kind: str, tmp_path: Path) -> None:
+    """GPT-J (GPT4All-J), GPT-NeoX (Pythia, Dolly v2) and MPT GGML files, recognised from
+    their header layout and tensor names whatever the file is called."""
+    if kind == "mpt":
+        weights = make_mpt_weights(seed=4)
+        path = write_mpt_ggml(tmp_path / "model.bin", weights)
+        reference = mpt_forward(weights, LEGACY_IDS)
+    elif kind == "gptj":
+        weights = make_gptj_weights(seed=2)
+        path = write_gptj_ggml(tmp_path / "model.bin", weights)
+        reference = gptj_forward(weights, LEGACY_IDS)
+    else:
+        par_res = int(kind == "gpt_neox")
+        weights = make_neox_weights(seed=3)
+        path = write_neox_ggml(tmp_path / "model.gguf", weights, par_res=par_res)
+        reference = neox_forward(weights, LEGACY_IDS, par_res=par_res)
+    with localllm.load(path, chat_template="chatml", context_length=128) as model:
+        assert (model.info.backend, model.info.architecture) == \
+            ("ctransformers", kind.split("-")[0])
+        assert model._engine is not None
+        logits = model._engine.start(LEGACY_IDS)
+        assert model.complete("the fox", max_tokens=4, temperature=0
+                              ).usage.completion_tokens == 4
+    assert int(np.argmax(logits)) == int(np.argmax(reference))
+    assert float(np.abs(logits - reference).max()) < 2e-3 * float(np.abs(reference).max())
+
+
+def test_mpt_vocabulary_that_would_abort_ctransformers_is_refused(tmp_path: Path) -> None:
+    """Raw high bytes as tokens: ctransformers' MPT loader would kill the interpreter."""
+    raw = struct.pack("<5i2fi", E, CTX, HEADS, LAYERS, len(vocabulary()), 8.0, 0.0, 0)
+    path = write_ggml(tmp_path / "mpt.bin", struct.unpack("<8i", raw), make_mpt_weights(),
+                      counted_vocab=False)
+    with pytest.raises(localllm.ModelFormatError, match="not valid UTF-8"):
+        localllm.load(path, chat_template="chatml")
+
+
+def test_legacy_ggml_of_another_layout_is_named_not_guessed(tmp_path: Path) -> None:
+    """A Replit-style file: six hyper-parameters, then tokens each followed by a score."""
+    odd = tmp_path / "replit.bin"
+    vocab = vocabulary()
+    body = b"".join(struct.pack("<I", len(p)) + p + struct.pack("<f", -1.0) for p in vocab)
+    name = b"transformer.wte.weight"
+    odd.write_bytes(struct.pack("<I6i", 0x67676D6C, E, CTX, HEADS, LAYERS, len(vocab), 0)
+                    + body + struct.pack("<5i", 2, len(name), 0, E, len(vocab)) + name
+                    + b"\0" * (4 * E * len(vocab)))
+    with pytest.raises(localllm.UnsupportedModelError,
+                       match="gpt2, starcoder, gptj, gpt_neox, mpt"):
+        localllm.load(odd, chat_template="chatml")
 
 
 def test_legacy_gpt2_generates_through_the_model_api(

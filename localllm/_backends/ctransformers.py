@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._errors import BackendError, UnsupportedModelError
-from .._gguf import GGUFFile
+from .._errors import BackendError, ModelFormatError, UnsupportedModelError
+from .._gguf import LEGACY_GGML_ARCHITECTURES, GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from .base import (
     EngineOptions,
@@ -30,7 +30,7 @@ from .base import (
 )
 
 GGUF_ARCHITECTURES = frozenset({"llama", "falcon"})  # what its GGUF reader handles (#105)
-LEGACY_ARCHITECTURES = frozenset({"gpt2", "starcoder"})  # legacy GGML files localllm reads
+LEGACY_ARCHITECTURES = frozenset(LEGACY_GGML_ARCHITECTURES)  # ctransformers' model_type names
 _ALL_PARAMS = frozenset(SamplingParams.model_fields)
 
 
@@ -70,6 +70,19 @@ class _LegacyVocab:
         return b"".join(self._pieces[t] for t in ids).decode("utf-8", errors="replace")
 
 
+def _check_utf8_vocabulary(gguf: GGUFFile) -> None:
+    """ctransformers' MPT loader converts every token to a wide string and aborts the whole
+    process (an uncaught std::range_error) on one that is not UTF-8: check first."""
+    for i, token in enumerate(gguf.metadata["tokenizer.ggml.tokens"]):
+        try:
+            str(token).encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelFormatError(
+                f"{gguf.path.name}: token {i} ({token!r}) is not valid UTF-8; ctransformers' "
+                "MPT loader would abort the process on it — the file is damaged or was "
+                "written by a different converter") from None
+
+
 def _cpu_library() -> str:
     """Pick ctransformers' prebuilt library for this CPU (never one it cannot execute)."""
     from ..hardware import probe_cpu
@@ -96,6 +109,8 @@ class CTransformersEngine(LocalTokenizerEngine):
             if gguf.architecture not in LEGACY_ARCHITECTURES:
                 raise UnsupportedModelError(f"legacy GGML {gguf.architecture!r} files are not "
                                             "supported; convert the model to GGUF")
+            if gguf.architecture == "mpt":
+                _check_utf8_vocabulary(gguf)
             return cls(gguf, options)
         if gguf.architecture not in GGUF_ARCHITECTURES:
             raise UnsupportedModelError(
