@@ -360,6 +360,7 @@ class _GGMLLayout:
     hparams: tuple[str, ...]
     counted_vocab: bool  # the vocabulary is preceded by its size again
     tensor_prefix: str  # every tensor name of the family starts with it
+    scored_vocab: bool = False  # each token is followed by a float32 score (SentencePiece)
 
 
 _GGML_LAYOUTS = (
@@ -372,8 +373,10 @@ _GGML_LAYOUTS = (
     # alibi_bias_max and clip_qkv are float32s, read here as their bit patterns
     _GGMLLayout("mpt", ("n_embd", "n_ctx", "n_head", "n_layer", "n_vocab", "alibi_bias_max",
                         "clip_qkv", "ftype"), False, "transformer."),
+    _GGMLLayout("replit", ("n_embd", "n_ctx", "n_head", "n_layer", "n_vocab", "ftype"), False,
+                "transformer.", scored_vocab=True),
 )
-LEGACY_GGML_ARCHITECTURES = ("gpt2", "starcoder", "gptj", "gpt_neox", "mpt")
+LEGACY_GGML_ARCHITECTURES = ("gpt2", "starcoder", "gptj", "gpt_neox", "mpt", "replit")
 
 
 def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
@@ -432,7 +435,7 @@ def _ggml_header(r: _Reader, layout: _GGMLLayout, size: int
             if r.pos + n > size:
                 return None
             tokens.append(bytes(r.buf[r.pos:r.pos + n]).decode("latin-1"))
-            r.pos += n
+            r.pos += n + 4 * layout.scored_vocab
         start = r.pos
         n_dims, name_len = int(r.unpack("i")), int(r.unpack("i"))
         r.unpack("i")

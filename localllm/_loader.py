@@ -76,6 +76,10 @@ def detect_format(path: Path) -> str:
             f"{path} is a legacy llama GGML file (ggmf/ggjt), which no installed runtime "
             "reads any more (ctransformers' llama reads GGUF); convert it to GGUF with "
             "llama.cpp's convert_llama_ggml_to_gguf.py")
+    if magic == b"ccgg":  # 'ggcc': ggllm.cpp's Falcon files
+        raise UnsupportedModelError(
+            f"{path} is a legacy Falcon GGCC file (ggllm.cpp); no runtime localllm drives "
+            "reads it reliably — convert the original model to GGUF (llama.cpp reads Falcon)")
     raise ModelFormatError(
         f"{path} is not a model format localllm can load (first bytes {magic!r}); "
         "expected a GGUF file (magic b'GGUF')")

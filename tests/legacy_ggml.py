@@ -18,40 +18,46 @@ def vocabulary() -> list[bytes]:
     return [*pieces, b"<|endoftext|>"]
 
 
-def _random(seed: int) -> tuple[int, Any]:
-    rng = np.random.default_rng(seed)
+V = -1  # stands for the vocabulary size in the weight tables below
 
-    def rand(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
-    return len(vocabulary()), rand
+
+def random_weights(seed: int, outer: dict[str, tuple[int, ...]], layer_prefix: str,
+                   layer: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Random f32 weights from a table of names and shapes (``{i}`` in ``layer_prefix`` is
+    the layer index). 1-D ``…weight`` / ``…/g`` tensors are norm gains, centred on 1."""
+    rng = np.random.default_rng(seed)
+    n_vocab = len(vocabulary())
+    w: dict[str, np.ndarray] = {}
+    tables = [(name, shape) for name, shape in outer.items()] + [
+        (layer_prefix.format(i=i) + name, shape) for i in range(LAYERS)
+        for name, shape in layer.items()]
+    for name, shape in tables:
+        dims = tuple(n_vocab if d == V else d for d in shape)
+        data = (rng.standard_normal(dims) * 0.1).astype(np.float32)
+        gain = len(dims) == 1 and (name.endswith("weight") or name.endswith("/g"))
+        w[name] = data + np.float32(gain)
+    return w
 
 
 def make_weights(seed: int = 0, *, starcoder: bool = False) -> dict[str, np.ndarray]:
     """GPT-2 weights; ``starcoder``: plus a separate output matrix ``model/lm_head`` (the
     GGML StarCoder layout: its converter expands the shared K/V head to every head, so
     the attention weights are shaped as in GPT-2)."""
-    n_vocab, rand = _random(seed)
-    qkv = 3 * E
-
-    w = {"model/ln_f/g": 1 + rand(E), "model/ln_f/b": rand(E), "model/wte": rand(n_vocab, E),
-         "model/wpe": rand(CTX, E)}
-    for i in range(LAYERS):
-        p = f"model/h{i}/"
-        w |= {p + "ln_1/g": 1 + rand(E), p + "ln_1/b": rand(E), p + "ln_2/g": 1 + rand(E),
-              p + "ln_2/b": rand(E), p + "attn/c_attn/w": rand(qkv, E),
-              p + "attn/c_attn/b": rand(qkv), p + "attn/c_proj/w": rand(E, E),
-              p + "attn/c_proj/b": rand(E), p + "mlp/c_fc/w": rand(4 * E, E),
-              p + "mlp/c_fc/b": rand(4 * E), p + "mlp/c_proj/w": rand(E, 4 * E),
-              p + "mlp/c_proj/b": rand(E)}
-    if starcoder:
-        w["model/lm_head"] = rand(n_vocab, E)
-    return w
+    outer = {"model/ln_f/g": (E,), "model/ln_f/b": (E,), "model/wte": (V, E),
+             "model/wpe": (CTX, E)} | ({"model/lm_head": (V, E)} if starcoder else {})
+    return random_weights(seed, outer, "model/h{i}/", {
+        "ln_1/g": (E,), "ln_1/b": (E,), "ln_2/g": (E,), "ln_2/b": (E,),
+        "attn/c_attn/w": (3 * E, E), "attn/c_attn/b": (3 * E,), "attn/c_proj/w": (E, E),
+        "attn/c_proj/b": (E,), "mlp/c_fc/w": (4 * E, E), "mlp/c_fc/b": (4 * E,),
+        "mlp/c_proj/w": (E, 4 * E), "mlp/c_proj/b": (E,)})
 
 
 def write_ggml(path: Path, hparams: tuple[int, ...], weights: dict[str, np.ndarray],
-               *, counted_vocab: bool, vocab: list[bytes] | None = None) -> Path:
+               *, counted_vocab: bool, vocab: list[bytes] | None = None,
+               scored: bool = False) -> Path:
     """Magic, int32 hyper-parameters, the vocabulary (preceded by its size again when
-    ``counted_vocab``), then each f32 tensor: dims, name length, type, shape, name, data."""
+    ``counted_vocab``; each token followed by a float32 score when ``scored``), then each
+    f32 tensor: dims, name length, type, shape, name, data."""
     vocab = vocab or vocabulary()
     with open(path, "wb") as f:
         f.write(struct.pack("<I", 0x67676D6C))
@@ -59,7 +65,7 @@ def write_ggml(path: Path, hparams: tuple[int, ...], weights: dict[str, np.ndarr
         if counted_vocab:
             f.write(struct.pack("<i", len(vocab)))
         for piece in vocab:
-            f.write(struct.pack("<I", len(piece)) + piece)
+            f.write(struct.pack("<I", len(piece)) + piece + struct.pack("<f", -1.0) * scored)
         for name, data in weights.items():
             encoded = name.encode()
             f.write(struct.pack("<3i", data.ndim, len(encoded), 0))
@@ -122,24 +128,17 @@ N_ROT = (E // HEADS) // 2  # partial rotary: the first half of each head's dimen
 
 
 def make_neox_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    n_vocab, rand = _random(seed)
-
-    w = {"gpt_neox.embed_in.weight": rand(n_vocab, E)}
-    for i in range(LAYERS):
-        p = f"gpt_neox.layers.{i}."
-        w |= {p + "input_layernorm.weight": 1 + rand(E), p + "input_layernorm.bias": rand(E),
-              p + "attention.query_key_value.weight": rand(3 * E, E),
-              p + "attention.query_key_value.bias": rand(3 * E),
-              p + "attention.dense.weight": rand(E, E), p + "attention.dense.bias": rand(E),
-              p + "post_attention_layernorm.weight": 1 + rand(E),
-              p + "post_attention_layernorm.bias": rand(E),
-              p + "mlp.dense_h_to_4h.weight": rand(4 * E, E),
-              p + "mlp.dense_h_to_4h.bias": rand(4 * E),
-              p + "mlp.dense_4h_to_h.weight": rand(E, 4 * E),
-              p + "mlp.dense_4h_to_h.bias": rand(E)}
-    w |= {"gpt_neox.final_layer_norm.weight": 1 + rand(E),
-          "gpt_neox.final_layer_norm.bias": rand(E), "embed_out.weight": rand(n_vocab, E)}
-    return w
+    return random_weights(seed, {
+        "gpt_neox.embed_in.weight": (V, E), "gpt_neox.final_layer_norm.weight": (E,),
+        "gpt_neox.final_layer_norm.bias": (E,), "embed_out.weight": (V, E)},
+        "gpt_neox.layers.{i}.", {
+        "input_layernorm.weight": (E,), "input_layernorm.bias": (E,),
+        "attention.query_key_value.weight": (3 * E, E),
+        "attention.query_key_value.bias": (3 * E,), "attention.dense.weight": (E, E),
+        "attention.dense.bias": (E,), "post_attention_layernorm.weight": (E,),
+        "post_attention_layernorm.bias": (E,), "mlp.dense_h_to_4h.weight": (4 * E, E),
+        "mlp.dense_h_to_4h.bias": (4 * E,), "mlp.dense_4h_to_h.weight": (E, 4 * E),
+        "mlp.dense_4h_to_h.bias": (E,)})
 
 
 def write_neox_ggml(path: Path, weights: dict[str, np.ndarray], par_res: int = 1) -> Path:
@@ -149,30 +148,38 @@ def write_neox_ggml(path: Path, weights: dict[str, np.ndarray], par_res: int = 1
                       weights, counted_vocab=False)
 
 
-def _rope_neox(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Rotate the first N_ROT dims of each head as halves (i, i + N_ROT/2)."""
-    half = N_ROT // 2
-    theta = positions[:, None] * 10000.0 ** (-np.arange(half) * 2 / N_ROT)
+def _rope(x: np.ndarray, positions: np.ndarray, *, adjacent: bool) -> np.ndarray:
+    """Rotate the first N_ROT dims of each head: GPT-J pairs adjacent dims (2i, 2i + 1),
+    GPT-NeoX pairs the halves (i, i + N_ROT/2)."""
+    theta = positions[:, None] * 10000.0 ** (-np.arange(N_ROT // 2) * 2 / N_ROT)
     cos, sin = np.cos(theta)[:, None], np.sin(theta)[:, None]
+    first, second = (slice(0, N_ROT, 2), slice(1, N_ROT, 2)) if adjacent else \
+        (slice(0, N_ROT // 2), slice(N_ROT // 2, N_ROT))
     out = x.copy()
-    a, b = x[..., :half], x[..., half:N_ROT]
-    out[..., :half] = a * cos - b * sin
-    out[..., half:N_ROT] = a * sin + b * cos
+    a, b = x[..., first], x[..., second]
+    out[..., first] = a * cos - b * sin
+    out[..., second] = a * sin + b * cos
     return out
+
+
+def _start(w: dict[str, np.ndarray], ids: list[int], embedding: str
+           ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """float64 weights, the embedded tokens and their positions."""
+    w64 = {k: v.astype(np.float64) for k, v in w.items()}
+    return w64, w64[embedding][ids], np.arange(len(ids), dtype=np.float64)
 
 
 def neox_forward(w: dict[str, np.ndarray], ids: list[int], par_res: int = 1) -> np.ndarray:
     """Logits of the last position (float64)."""
-    w64 = {k: v.astype(np.float64) for k, v in w.items()}
+    w64, x, pos = _start(w, ids, "gpt_neox.embed_in.weight")
     n, hd = len(ids), E // HEADS
-    x = w64["gpt_neox.embed_in.weight"][ids]
-    pos = np.arange(n, dtype=np.float64)
     for i in range(LAYERS):
         p = f"gpt_neox.layers.{i}."
         h = _layer_norm(x, w64[p + "input_layernorm.weight"], w64[p + "input_layernorm.bias"])
         qkv = (h @ w64[p + "attention.query_key_value.weight"].T
                + w64[p + "attention.query_key_value.bias"]).reshape(n, HEADS, 3, hd)
-        q, k, v = _rope_neox(qkv[:, :, 0], pos), _rope_neox(qkv[:, :, 1], pos), qkv[:, :, 2]
+        q, k, v = (_rope(qkv[:, :, 0], pos, adjacent=False),
+                   _rope(qkv[:, :, 1], pos, adjacent=False), qkv[:, :, 2])
         a = _attention(q, k, v)
         attn = a @ w64[p + "attention.dense.weight"].T + w64[p + "attention.dense.bias"]
 
@@ -191,19 +198,14 @@ def neox_forward(w: dict[str, np.ndarray], ids: list[int], par_res: int = 1) -> 
 # -- GPT-J (GPT4All-J) in ggml's gpt-j layout -----------------------------------------------
 
 def make_gptj_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    n_vocab, rand = _random(seed)
-
-    w = {"transformer.wte.weight": rand(n_vocab, E)}
-    for i in range(LAYERS):
-        p = f"transformer.h.{i}."
-        w |= {p + "ln_1.weight": 1 + rand(E), p + "ln_1.bias": rand(E),
-              p + "attn.q_proj.weight": rand(E, E), p + "attn.k_proj.weight": rand(E, E),
-              p + "attn.v_proj.weight": rand(E, E), p + "attn.out_proj.weight": rand(E, E),
-              p + "mlp.fc_in.weight": rand(4 * E, E), p + "mlp.fc_in.bias": rand(4 * E),
-              p + "mlp.fc_out.weight": rand(E, 4 * E), p + "mlp.fc_out.bias": rand(E)}
-    w |= {"transformer.ln_f.weight": 1 + rand(E), "transformer.ln_f.bias": rand(E),
-          "lm_head.weight": rand(n_vocab, E), "lm_head.bias": rand(n_vocab)}
-    return w
+    return random_weights(seed, {
+        "transformer.wte.weight": (V, E), "transformer.ln_f.weight": (E,),
+        "transformer.ln_f.bias": (E,), "lm_head.weight": (V, E), "lm_head.bias": (V,)},
+        "transformer.h.{i}.", {
+        "ln_1.weight": (E,), "ln_1.bias": (E,), "attn.q_proj.weight": (E, E),
+        "attn.k_proj.weight": (E, E), "attn.v_proj.weight": (E, E),
+        "attn.out_proj.weight": (E, E), "mlp.fc_in.weight": (4 * E, E),
+        "mlp.fc_in.bias": (4 * E,), "mlp.fc_out.weight": (E, 4 * E), "mlp.fc_out.bias": (E,)})
 
 
 def write_gptj_ggml(path: Path, weights: dict[str, np.ndarray]) -> Path:
@@ -213,29 +215,16 @@ def write_gptj_ggml(path: Path, weights: dict[str, np.ndarray]) -> Path:
                       counted_vocab=True)
 
 
-def _rope_gptj(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Rotate adjacent pairs (2i, 2i + 1) within the first N_ROT dims of each head."""
-    theta = positions[:, None] * 10000.0 ** (-np.arange(N_ROT // 2) * 2 / N_ROT)
-    cos, sin = np.cos(theta)[:, None], np.sin(theta)[:, None]
-    out = x.copy()
-    a, b = x[..., 0:N_ROT:2], x[..., 1:N_ROT:2]
-    out[..., 0:N_ROT:2] = a * cos - b * sin
-    out[..., 1:N_ROT:2] = a * sin + b * cos
-    return out
-
-
 def gptj_forward(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     """Logits of the last position (float64): attention and MLP in parallel off ln_1."""
-    w64 = {k: v.astype(np.float64) for k, v in w.items()}
+    w64, x, pos = _start(w, ids, "transformer.wte.weight")
     n, hd = len(ids), E // HEADS
-    x = w64["transformer.wte.weight"][ids]
-    pos = np.arange(n, dtype=np.float64)
     for i in range(LAYERS):
         p = f"transformer.h.{i}."
         h = _layer_norm(x, w64[p + "ln_1.weight"], w64[p + "ln_1.bias"])
         q, k, v = ((h @ w64[p + f"attn.{m}_proj.weight"].T).reshape(n, HEADS, hd)
                    for m in "qkv")
-        q, k = _rope_gptj(q, pos), _rope_gptj(k, pos)
+        q, k = _rope(q, pos, adjacent=True), _rope(k, pos, adjacent=True)
         a = _attention(q, k, v)
         ff = _gelu(h @ w64[p + "mlp.fc_in.weight"].T + w64[p + "mlp.fc_in.bias"])
         x = x + a @ w64[p + "attn.out_proj.weight"].T + ff @ w64[p + "mlp.fc_out.weight"].T \
@@ -250,15 +239,12 @@ ALIBI_BIAS_MAX = 8.0
 
 
 def make_mpt_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    n_vocab, rand = _random(seed)
-    w = {"transformer.wte.weight": rand(n_vocab, E)}
-    for i in range(LAYERS):
-        p = f"transformer.blocks.{i}."
-        w |= {p + "norm_1.weight": 1 + rand(E), p + "attn.Wqkv.weight": rand(3 * E, E),
-              p + "attn.out_proj.weight": rand(E, E), p + "norm_2.weight": 1 + rand(E),
-              p + "ffn.up_proj.weight": rand(4 * E, E), p + "ffn.down_proj.weight": rand(E, 4 * E)}
-    w["transformer.norm_f.weight"] = 1 + rand(E)
-    return w
+    return random_weights(seed, {
+        "transformer.wte.weight": (V, E), "transformer.norm_f.weight": (E,)},
+        "transformer.blocks.{i}.", {
+        "norm_1.weight": (E,), "attn.Wqkv.weight": (3 * E, E), "attn.out_proj.weight": (E, E),
+        "norm_2.weight": (E,), "ffn.up_proj.weight": (4 * E, E),
+        "ffn.down_proj.weight": (E, 4 * E)})
 
 
 def write_mpt_ggml(path: Path, weights: dict[str, np.ndarray]) -> Path:
@@ -272,6 +258,15 @@ def write_mpt_ggml(path: Path, weights: dict[str, np.ndarray]) -> Path:
              for p in vocabulary()]
     return write_ggml(path, struct.unpack("<8i", raw), weights, counted_vocab=False,
                       vocab=vocab)
+
+
+def write_replit_ggml(path: Path, weights: dict[str, np.ndarray]) -> Path:
+    """Replit's code model: MPT's architecture (ALiBi, bias max 8) and tensor names, hparams
+    d_model, max_seq_len, n_heads, n_layers, n_vocab, ftype, and a SentencePiece vocabulary
+    with scores (spaces spelled U+2581)."""
+    vocab = [p.replace(b" ", "\u2581".encode()) for p in vocabulary()]
+    return write_ggml(path, (E, CTX, HEADS, LAYERS, len(vocab), 0), weights,
+                      counted_vocab=False, vocab=vocab, scored=True)
 
 
 def mpt_forward(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:

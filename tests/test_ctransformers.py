@@ -30,6 +30,7 @@ from legacy_ggml import (
     write_gptj_ggml,
     write_mpt_ggml,
     write_neox_ggml,
+    write_replit_ggml,
 )
 from llama_reference import forward
 from synthetic_models import Shape, write_gguf_v1_copy, write_model
@@ -114,11 +115,15 @@ def test_bpe_llama_gguf_is_refused_before_ctransformers_sees_it(
     assert "BPE" in str(info.value)
 
 
-def test_legacy_llama_ggml_files_are_named_as_such(tmp_path: Path) -> None:
+def test_legacy_llama_and_falcon_files_are_named_as_such(tmp_path: Path) -> None:
     legacy = tmp_path / "old.bin"
     legacy.write_bytes(struct.pack("<I", 0x67676A74) + b"\0" * 64)  # 'ggjt'
     with pytest.raises(localllm.UnsupportedModelError, match="legacy llama GGML"):
         localllm.load(legacy)
+    falcon = tmp_path / "falcon.bin"
+    falcon.write_bytes(struct.pack("<II", 0x67676363, 1) + b"\0" * 64)  # 'ggcc' v1
+    with pytest.raises(localllm.UnsupportedModelError, match="Falcon GGCC"):
+        localllm.load(falcon)
 
 
 @pytest.fixture(scope="module")
@@ -175,13 +180,14 @@ def test_legacy_starcoder_is_told_apart_from_gpt2_and_matches_numpy(tmp_path: Pa
     assert float(np.abs(logits - reference).max()) < 2e-3 * float(np.abs(reference).max())
 
 
-@pytest.mark.parametrize("kind", ["gpt_neox", "gpt_neox-sequential", "gptj", "mpt"])
+@pytest.mark.parametrize("kind", ["gpt_neox", "gpt_neox-sequential", "gptj", "mpt", "replit"])
 def test_legacy_gptj_gpt_neox_and_mpt_match_numpy(kind: str, tmp_path: Path) -> None:
-    """GPT-J (GPT4All-J), GPT-NeoX (Pythia, Dolly v2) and MPT GGML files, recognised from
-    their header layout and tensor names whatever the file is called."""
-    if kind == "mpt":
+    """GPT-J (GPT4All-J), GPT-NeoX (Pythia, Dolly v2), MPT and Replit GGML files,
+    recognised from their header layout and tensor names whatever the file is called."""
+    if kind in ("mpt", "replit"):
         weights = make_mpt_weights(seed=4)
-        path = write_mpt_ggml(tmp_path / "model.bin", weights)
+        write = write_mpt_ggml if kind == "mpt" else write_replit_ggml
+        path = write(tmp_path / "model.bin", weights)
         reference = mpt_forward(weights, LEGACY_IDS)
     elif kind == "gptj":
         weights = make_gptj_weights(seed=2)
@@ -197,8 +203,10 @@ def test_legacy_gptj_gpt_neox_and_mpt_match_numpy(kind: str, tmp_path: Path) -> 
             ("ctransformers", kind.split("-")[0])
         assert model._engine is not None
         logits = model._engine.start(LEGACY_IDS)
-        assert model.complete("the fox", max_tokens=4, temperature=0
-                              ).usage.completion_tokens == 4
+        result = model.complete("the fox", max_tokens=4, temperature=0,
+                                logit_bias={t: 50.0 for t in (256, 257, 258)})  # " the" …
+        assert result.usage.completion_tokens == 4
+        assert " " in result.text and "\u2581" not in result.text  # SentencePiece spaces
     assert int(np.argmax(logits)) == int(np.argmax(reference))
     assert float(np.abs(logits - reference).max()) < 2e-3 * float(np.abs(reference).max())
 
@@ -213,16 +221,17 @@ def test_mpt_vocabulary_that_would_abort_ctransformers_is_refused(tmp_path: Path
 
 
 def test_legacy_ggml_of_another_layout_is_named_not_guessed(tmp_path: Path) -> None:
-    """A Replit-style file: six hyper-parameters, then tokens each followed by a score."""
-    odd = tmp_path / "replit.bin"
+    """A Falcon-style file (n_vocab, n_embd, n_head, n_head_kv, n_layer, ftype; scored
+    tokens; ``transformer.word_embeddings.weight``): not a layout localllm reads."""
+    odd = tmp_path / "falcon.bin"
     vocab = vocabulary()
     body = b"".join(struct.pack("<I", len(p)) + p + struct.pack("<f", -1.0) for p in vocab)
-    name = b"transformer.wte.weight"
-    odd.write_bytes(struct.pack("<I6i", 0x67676D6C, E, CTX, HEADS, LAYERS, len(vocab), 0)
+    name = b"transformer.word_embeddings.weight"
+    odd.write_bytes(struct.pack("<I6i", 0x67676D6C, len(vocab), E, HEADS, 1, LAYERS, 0)
                     + body + struct.pack("<5i", 2, len(name), 0, E, len(vocab)) + name
                     + b"\0" * (4 * E * len(vocab)))
     with pytest.raises(localllm.UnsupportedModelError,
-                       match="gpt2, starcoder, gptj, gpt_neox, mpt"):
+                       match="gpt2, starcoder, gptj, gpt_neox, mpt, replit"):
         localllm.load(odd, chat_template="chatml")
 
 

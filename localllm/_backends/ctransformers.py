@@ -45,6 +45,8 @@ class _LegacyVocab:
         self._llm = llm
         self._pieces: list[bytes] = [
             str(t).encode("latin-1") for t in gguf.metadata["tokenizer.ggml.tokens"]]
+        if gguf.architecture == "replit":  # SentencePiece pieces spell spaces as U+2581
+            self._pieces = [p.replace("\u2581".encode(), b" ") for p in self._pieces]
         self.eos_id = int(llm.eos_token_id)
         self.eog_ids = frozenset({self.eos_id})
         self.vocab_size = len(self._pieces)
