@@ -351,6 +351,7 @@ def _kv_string(key: str, value: str) -> bytes:
 
 
 GGML_MAGIC = b"lmgg"  # uint32 0x67676d6c ('ggml') little-endian: the unversioned format
+GGJT_MAGIC = b"tjgg"  # 'ggjt': llama.cpp's own format before GGUF (versions 1-3)
 @dataclass(frozen=True)
 class _GGMLLayout:
     """How one family of unversioned GGML files lays out its header (they carry no
@@ -376,16 +377,20 @@ _GGML_LAYOUTS = (
     _GGMLLayout("replit", ("n_embd", "n_ctx", "n_head", "n_layer", "n_vocab", "ftype"), False,
                 "transformer.", scored_vocab=True),
 )
-LEGACY_GGML_ARCHITECTURES = ("gpt2", "starcoder", "gptj", "gpt_neox", "mpt", "replit")
+LEGACY_GGML_ARCHITECTURES = ("gpt2", "starcoder", "gptj", "gpt_neox", "mpt", "replit", "llama")
+_GGJT_HPARAMS = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype")
 
 
 def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
-    """Read a legacy GGML file (GPT-2, StarCoder, GPT-J, GPT-NeoX/Dolly v2 layouts) into the
-    description a GGUF header gives: hyper-parameters as ``<arch>.*`` metadata, the
-    vocabulary, and the tensor table (walked header by header; data is skipped)."""
+    """Read a pre-GGUF file (unversioned GGML of GPT-2, StarCoder, GPT-J, GPT-NeoX, MPT or
+    Replit layout; llama.cpp's ggjt v3) into the description a GGUF header gives:
+    hyper-parameters as ``<arch>.*`` metadata, the vocabulary, and the tensor table
+    (walked header by header; data is skipped)."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if bytes(mm[0:4]) == GGJT_MAGIC:
+            return _read_ggjt(_Reader(mm, path), path, size)
         if bytes(mm[0:4]) != GGML_MAGIC:
             raise ModelFormatError(f"{path} is not an unversioned GGML file")
         for layout in _GGML_LAYOUTS:
@@ -449,7 +454,49 @@ def _ggml_header(r: _Reader, layout: _GGMLLayout, size: int
     return (hp, tokens) if name.startswith(layout.tensor_prefix) else None
 
 
-def _ggml_tensors(r: _Reader, path: Path, size: int) -> list[TensorInfo]:
+def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
+    """llama.cpp's ggjt v3 file (mid-2023): hyper-parameters, a SentencePiece vocabulary
+    with scores, tensors with 32-byte-aligned data. It stores no context length (LLaMA's
+    2048 is assumed) and no token types (inferred from the SentencePiece conventions)."""
+    r.pos = 4
+    version = int(r.unpack("I"))
+    if version != 3:
+        raise UnsupportedModelError(
+            f"{path} is a llama ggjt v{version} file; its quantization formats were dropped "
+            "before ggjt v3, the only version still read (by ctransformers): convert the "
+            "original model to GGUF")
+    hp = {name: int(r.unpack("i")) for name in _GGJT_HPARAMS}
+    n_vocab = hp["n_vocab"]
+    if not 0 < n_vocab < 10_000_000:
+        raise r.fail(f"absurd vocabulary size {n_vocab}")
+    tokens, scores = [], []
+    for _ in range(n_vocab):
+        n = int(r.unpack("I"))
+        if r.pos + n > size:
+            raise r.fail("vocabulary runs past the end of the file")
+        tokens.append(bytes(r.buf[r.pos:r.pos + n]).decode("utf-8", errors="replace"))
+        r.pos += n
+        scores.append(float(r.unpack("f")))
+    tensors = _ggml_tensors(r, path, size, align=32)
+    n_embd, n_mult = hp["n_embd"], max(1, hp["n_mult"])
+    types = [2 if i == 0 else 3 if i in (1, 2) else
+             6 if len(t) == 6 and t.startswith("<0x") and t.endswith(">") else 1
+             for i, t in enumerate(tokens)]
+    metadata: dict[str, Any] = {
+        "general.architecture": "llama", "general.name": path.stem,
+        "llama.context_length": 2048, "llama.block_count": hp["n_layer"],
+        "llama.embedding_length": n_embd, "llama.attention.head_count": hp["n_head"],
+        "llama.attention.head_count_kv": hp["n_head"], "llama.rope.dimension_count": hp["n_rot"],
+        "llama.feed_forward_length": (2 * 4 * n_embd // 3 + n_mult - 1) // n_mult * n_mult,
+        "general.file_type": hp["ftype"], "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types, "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
+    }
+    return GGUFFile(path, 0, metadata, tuple(tensors), 0, size, container="ggml")
+
+
+def _ggml_tensors(r: _Reader, path: Path, size: int, align: int = 1) -> list[TensorInfo]:
     tensors = []
     while r.pos < size:
         n_dims, name_len, type_id = (int(r.unpack("i")) for _ in range(3))
@@ -458,6 +505,7 @@ def _ggml_tensors(r: _Reader, path: Path, size: int) -> list[TensorInfo]:
         shape = tuple(int(r.unpack("i")) for _ in range(n_dims))
         name = bytes(r.buf[r.pos:r.pos + name_len]).decode("utf-8", errors="replace")
         r.pos += name_len
+        r.pos += -r.pos % align
         info = TensorInfo(name, shape, type_id, r.pos)
         if r.pos + info.n_bytes > size:
             raise ModelFormatError(f"{path} is truncated: tensor {name!r} runs past the end")

@@ -69,13 +69,12 @@ def detect_format(path: Path) -> str:
         magic = handle.read(4)
     if magic == b"GGUF":
         return "gguf"
-    if magic == b"lmgg":  # 'ggml' as a little-endian uint32: legacy, pre-GGUF
+    if magic in (b"lmgg", b"tjgg"):  # 'ggml', 'ggjt' as little-endian uint32s: pre-GGUF
         return "ggml"
-    if magic in (b"fmgg", b"tjgg"):  # 'ggmf', 'ggjt': legacy llama files
+    if magic == b"fmgg":  # 'ggmf': llama.cpp's format of spring 2023
         raise UnsupportedModelError(
-            f"{path} is a legacy llama GGML file (ggmf/ggjt), which no installed runtime "
-            "reads any more (ctransformers' llama reads GGUF); convert it to GGUF with "
-            "llama.cpp's convert_llama_ggml_to_gguf.py")
+            f"{path} is a legacy llama GGML file (ggmf), which no runtime reads any more; "
+            "convert it to GGUF with llama.cpp's convert_llama_ggml_to_gguf.py")
     if magic == b"ccgg":  # 'ggcc': ggllm.cpp's Falcon files
         raise UnsupportedModelError(
             f"{path} is a legacy Falcon GGCC file (ggllm.cpp); no runtime localllm drives "

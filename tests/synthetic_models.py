@@ -24,6 +24,7 @@ class Shape:
     n_vocab: int
     dtype: str = "f16"  # f32, f16 or q8_0
     n_ctx_train: int = 8192
+    rms_eps: float = 1e-5
 
 
 SHAPES = [
@@ -75,7 +76,7 @@ def write_model(shape: Shape, path: Path, seed: int = 0) -> Path:
     w.add_feed_forward_length(shape.n_ff)
     w.add_head_count(shape.n_head)
     w.add_head_count_kv(shape.n_head_kv)
-    w.add_layer_norm_rms_eps(1e-5)
+    w.add_layer_norm_rms_eps(shape.rms_eps)
     w.add_rope_dimension_count(head_dim)
     w.add_rope_freq_base(10000.0)
     w.add_file_type({"f32": 0, "f16": 1, "q8_0": 7}[shape.dtype])
@@ -183,4 +184,45 @@ def write_gguf_v1_copy(source: Path, dest: Path) -> Path:
     with open(source, "rb") as handle:
         handle.seek(data_start)
         dest.write_bytes(bytes(out) + handle.read())
+    return dest
+
+
+_GGJT_NAMES = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output",
+               "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
+               "attn_output": "attention.wo", "attn_norm": "attention_norm",
+               "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2",
+               "ffn_up": "feed_forward.w3", "ffn_norm": "ffn_norm"}
+
+
+def write_ggjt_copy(source: Path, dest: Path, n_mult: int = 32) -> Path:
+    """An f32 llama GGUF (no grouped-query attention) in llama.cpp's pre-GGUF ``ggjt`` v3
+    layout: hparams n_vocab, n_embd, n_mult, n_head, n_layer, n_rot, ftype; tokens with
+    scores; tensors with their data aligned to 32 bytes; llama.cpp's old tensor names."""
+    import struct
+
+    reader = gguf.GGUFReader(str(source))
+
+    def value(key: str) -> int:
+        return int(reader.fields[key].contents())
+
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    scores = reader.fields["tokenizer.ggml.scores"].contents()
+    n_embd, n_head = value("llama.embedding_length"), value("llama.attention.head_count")
+    out = bytearray(struct.pack("<II", 0x67676A74, 3))
+    out += struct.pack("<7i", len(tokens), n_embd, n_mult, n_head,
+                       value("llama.block_count"), n_embd // n_head, 0)
+    for token, score in zip(tokens, scores, strict=True):
+        raw = token.encode()
+        out += struct.pack("<I", len(raw)) + raw + struct.pack("<f", score)
+    for tensor in reader.tensors:
+        base, _, suffix = tensor.name.rpartition(".")
+        parts = base.split(".")
+        name = (f"layers.{parts[1]}.{_GGJT_NAMES[parts[2]]}" if parts[0] == "blk"
+                else _GGJT_NAMES[base]) + f".{suffix}"
+        encoded = name.encode()
+        out += struct.pack("<3i", len(tensor.shape), len(encoded), 0)
+        out += b"".join(struct.pack("<i", int(d)) for d in tensor.shape) + encoded
+        out += b"\0" * (-len(out) % 32)
+        out += np.asarray(tensor.data, dtype=np.float32).tobytes()
+    dest.write_bytes(bytes(out))
     return dest

@@ -33,11 +33,12 @@ from legacy_ggml import (
     write_replit_ggml,
 )
 from llama_reference import forward
-from synthetic_models import Shape, write_gguf_v1_copy, write_model
+from synthetic_models import Shape, write_ggjt_copy, write_gguf_v1_copy, write_model
 
 import localllm
 from localllm._gguf import read_gguf
 from localllm.testing import BackendContract
+from localllm.tokenizer import tokenizer_from_gguf
 
 TINY = Shape("ct-tiny", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, n_ff=352,
              n_vocab=600, dtype="f32", n_ctx_train=512)
@@ -117,7 +118,7 @@ def test_bpe_llama_gguf_is_refused_before_ctransformers_sees_it(
 
 def test_legacy_llama_and_falcon_files_are_named_as_such(tmp_path: Path) -> None:
     legacy = tmp_path / "old.bin"
-    legacy.write_bytes(struct.pack("<I", 0x67676A74) + b"\0" * 64)  # 'ggjt'
+    legacy.write_bytes(struct.pack("<I", 0x67676D66) + b"\0" * 64)  # 'ggmf'
     with pytest.raises(localllm.UnsupportedModelError, match="legacy llama GGML"):
         localllm.load(legacy)
     falcon = tmp_path / "falcon.bin"
@@ -161,6 +162,32 @@ def test_gguf_v1_reads_like_v3_and_goes_to_the_runtime_that_still_reads_it(
         localllm.load(tiny_llama_v1, backend="llama.cpp", chat_template="chatml")
     with pytest.raises(localllm.UnsupportedModelError, match="backend='ctransformers'"):
         localllm.load(tiny_llama_v1, backend="gpt4all", chat_template="chatml")
+
+
+def test_llama_ggjt_v3_runs_through_ctransformers(tmp_path: Path) -> None:
+    """llama.cpp's pre-GGUF format, read by ctransformers' old llama loader (whose RMSNorm
+    epsilon is fixed at 5e-6, so the source model uses it too). Text goes through localllm's
+    SentencePiece tokenizer: ctransformers' own aborts the process on this vocabulary."""
+    shape = Shape("jt", n_layer=2, n_embd=128, n_head=4, n_head_kv=4, n_ff=352, n_vocab=600,
+                  dtype="f32", n_ctx_train=512, rms_eps=5e-6)
+    source = write_model(shape, tmp_path / "source.gguf")
+    path = write_ggjt_copy(source, tmp_path / "llama-tiny.ggmlv3.f32.bin")
+    with localllm.load(path, chat_template="chatml", context_length=256) as model:
+        assert (model.info.backend, model.info.format, model.info.architecture) == (
+            "ctransformers", "ggml", "llama")
+        assert model._engine is not None
+        logits = model._engine.start(IDS)
+        assert model.tokenizer.encode("hello world") == \
+            tokenizer_from_gguf(read_gguf(source)).encode("hello world")
+        result = model.complete("hello world", max_tokens=5, temperature=0)
+        assert result.usage.completion_tokens == 5 and "\u2581" not in result.text
+    reference = forward(source, IDS)
+    assert int(np.argmax(logits)) == int(np.argmax(reference))
+    assert float(np.abs(logits - reference).max()) < 2e-3 * float(np.abs(reference).max())
+    old = tmp_path / "old.bin"
+    old.write_bytes(path.read_bytes()[:4] + struct.pack("<I", 2) + path.read_bytes()[8:])
+    with pytest.raises(localllm.UnsupportedModelError, match="ggjt v2"):
+        localllm.load(old, chat_template="chatml")
 
 
 def test_legacy_starcoder_is_told_apart_from_gpt2_and_matches_numpy(tmp_path: Path) -> None:

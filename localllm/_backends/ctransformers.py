@@ -1,11 +1,12 @@
 """The ctransformers backend (0.2.27) — legacy: ctransformers is unmaintained upstream.
 
-Its value today is running SentencePiece-vocabulary llama GGUF files of versions 1 to 3
-with its 2023 ggml. It cannot read BPE-vocabulary llama GGUFs (the default model) and
-says only "Failed to create LLM", so localllm refuses those before calling it and names
-the backend to use. ctransformers is driven with token ids from localllm's tokenizer and
-sampled by localllm's sampling layer on its logits, so every sampling parameter works
-and a seed gives the same text as on any other logits backend.
+Its value today is running files current llama.cpp no longer reads: SentencePiece llama
+GGUF files of versions 1 to 3, llama ggjt v3 files and unversioned GGML files of GPT-2,
+StarCoder, GPT-J, GPT-NeoX, MPT and Replit (recognised in ``_gguf.read_ggml``). It cannot
+read BPE-vocabulary llama GGUFs (the default model) and says only "Failed to create LLM",
+so localllm refuses those before calling it and names the backend to use. ctransformers is
+driven with token ids and sampled by localllm's sampling layer on its logits, so every
+sampling parameter works and a seed gives the same text as on any other logits backend.
 
 Everything ctransformers-specific lives in this module, so it can be dropped cleanly.
 """
@@ -143,8 +144,10 @@ class CTransformersEngine(LocalTokenizerEngine):
         except (RuntimeError, ValueError, OSError) as exc:
             raise BackendError(f"ctransformers could not load {gguf.path.name}: {exc}"
                                ) from exc
-        self._tokenizer = (_LegacyVocab(self._llm, gguf) if gguf.container == "ggml"
-                           else tokenizer_from_gguf(gguf))
+        # legacy vocabularies without merges use ctransformers' tokenizer; SentencePiece
+        # ones (GGUF, llama ggjt) localllm's own, which agrees with llama.cpp
+        legacy = gguf.metadata.get("tokenizer.ggml.model") == "ggml-legacy"
+        self._tokenizer = _LegacyVocab(self._llm, gguf) if legacy else tokenizer_from_gguf(gguf)
         self._n_vocab = int(self._llm.vocab_size)
         self._version = distribution_version("ctransformers")
         self._closed = False
