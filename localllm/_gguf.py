@@ -377,8 +377,10 @@ _GGML_LAYOUTS = (
     _GGMLLayout("replit", ("n_embd", "n_ctx", "n_head", "n_layer", "n_vocab", "ftype"), False,
                 "transformer.", scored_vocab=True),
 )
-LEGACY_GGML_ARCHITECTURES = ("gpt2", "starcoder", "gptj", "gpt_neox", "mpt", "replit", "llama")
+LEGACY_GGML_ARCHITECTURES = ("gpt2", "starcoder", "gptj", "gpt_neox", "mpt", "replit", "llama",
+                             "falcon")
 _GGJT_HPARAMS = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype")
+_FALCON_HPARAMS = ("n_vocab", "n_embd", "n_head", "n_head_kv", "n_layer", "version", "ftype")
 
 
 def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
@@ -455,29 +457,44 @@ def _ggml_header(r: _Reader, layout: _GGMLLayout, size: int
 
 
 def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
-    """llama.cpp's ggjt v3 file (mid-2023): hyper-parameters, a SentencePiece vocabulary
-    with scores, tensors with 32-byte-aligned data. It stores no context length (LLaMA's
-    2048 is assumed) and no token types (inferred from the SentencePiece conventions)."""
+    """A ggjt v3 file (mid-2023): llama.cpp's llama models, or ggllm.cpp's Falcon ones —
+    seven hyper-parameters, a vocabulary with scores, tensors with 32-byte-aligned data,
+    told apart by the first tensor's name. No context length is stored (2048, what both
+    families were trained on, is assumed) and no token types (llama's are inferred from
+    SentencePiece conventions)."""
     r.pos = 4
     version = int(r.unpack("I"))
     if version != 3:
         raise UnsupportedModelError(
-            f"{path} is a llama ggjt v{version} file; its quantization formats were dropped "
+            f"{path} is a ggjt v{version} file; its quantization formats were dropped "
             "before ggjt v3, the only version still read (by ctransformers): convert the "
             "original model to GGUF")
-    hp = {name: int(r.unpack("i")) for name in _GGJT_HPARAMS}
-    n_vocab = hp["n_vocab"]
+    values = [int(r.unpack("i")) for _ in range(7)]
+    n_vocab = values[0]
     if not 0 < n_vocab < 10_000_000:
         raise r.fail(f"absurd vocabulary size {n_vocab}")
-    tokens, scores = [], []
+    raw, scores = [], []
     for _ in range(n_vocab):
         n = int(r.unpack("I"))
         if r.pos + n > size:
             raise r.fail("vocabulary runs past the end of the file")
-        tokens.append(bytes(r.buf[r.pos:r.pos + n]).decode("utf-8", errors="replace"))
+        raw.append(bytes(r.buf[r.pos:r.pos + n]))
         r.pos += n
         scores.append(float(r.unpack("f")))
     tensors = _ggml_tensors(r, path, size, align=32)
+    if tensors and tensors[0].name.startswith("transformer.word_embeddings."):
+        hp = dict(zip(_FALCON_HPARAMS, values, strict=True))
+        return GGUFFile(path, 0, {
+            "general.architecture": "falcon", "general.name": path.stem,
+            "falcon.context_length": 2048, "falcon.block_count": hp["n_layer"],
+            "falcon.embedding_length": hp["n_embd"], "falcon.attention.head_count": hp["n_head"],
+            "falcon.attention.head_count_kv": hp["n_head_kv"],
+            "falcon.feed_forward_length": 4 * hp["n_embd"], "general.file_type": hp["ftype"],
+            "tokenizer.ggml.model": "ggml-legacy",
+            "tokenizer.ggml.tokens": [t.decode("latin-1") for t in raw],
+        }, tuple(tensors), 0, size, container="ggml")
+    hp = dict(zip(_GGJT_HPARAMS, values, strict=True))
+    tokens = [t.decode("utf-8", errors="replace") for t in raw]
     n_embd, n_mult = hp["n_embd"], max(1, hp["n_mult"])
     types = [2 if i == 0 else 3 if i in (1, 2) else
              6 if len(t) == 6 and t.startswith("<0x") and t.endswith(">") else 1

@@ -77,8 +77,9 @@ def detect_format(path: Path) -> str:
             "convert it to GGUF with llama.cpp's convert_llama_ggml_to_gguf.py")
     if magic == b"ccgg":  # 'ggcc': ggllm.cpp's Falcon files
         raise UnsupportedModelError(
-            f"{path} is a legacy Falcon GGCC file (ggllm.cpp); no runtime localllm drives "
-            "reads it reliably — convert the original model to GGUF (llama.cpp reads Falcon)")
+            f"{path} is a Falcon GGCC file (ggllm.cpp's later format), which no runtime "
+            "localllm drives reads (ctransformers reads Falcon ggjt v3 files); convert the "
+            "original model to GGUF — llama.cpp reads Falcon")
     raise ModelFormatError(
         f"{path} is not a model format localllm can load (first bytes {magic!r}); "
         "expected a GGUF file (magic b'GGUF')")

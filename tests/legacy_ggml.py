@@ -54,13 +54,14 @@ def make_weights(seed: int = 0, *, starcoder: bool = False) -> dict[str, np.ndar
 
 def write_ggml(path: Path, hparams: tuple[int, ...], weights: dict[str, np.ndarray],
                *, counted_vocab: bool, vocab: list[bytes] | None = None,
-               scored: bool = False) -> Path:
+               scored: bool = False, ggjt: bool = False) -> Path:
     """Magic, int32 hyper-parameters, the vocabulary (preceded by its size again when
     ``counted_vocab``; each token followed by a float32 score when ``scored``), then each
-    f32 tensor: dims, name length, type, shape, name, data."""
+    f32 tensor: dims, name length, type, shape, name, data. ``ggjt``: the versioned
+    ggjt v3 magic, and tensor data aligned to 32 bytes."""
     vocab = vocab or vocabulary()
     with open(path, "wb") as f:
-        f.write(struct.pack("<I", 0x67676D6C))
+        f.write(struct.pack("<II", 0x67676A74, 3) if ggjt else struct.pack("<I", 0x67676D6C))
         f.write(struct.pack(f"<{len(hparams)}i", *hparams))
         if counted_vocab:
             f.write(struct.pack("<i", len(vocab)))
@@ -72,6 +73,7 @@ def write_ggml(path: Path, hparams: tuple[int, ...], weights: dict[str, np.ndarr
             for dim in reversed(data.shape):  # ggml lists ne0 (the fastest dimension) first
                 f.write(struct.pack("<i", dim))
             f.write(encoded)
+            f.write(b"\0" * (-f.tell() % 32 if ggjt else 0))
             f.write(np.ascontiguousarray(data, dtype=np.float32).tobytes())
     return path
 
@@ -148,13 +150,14 @@ def write_neox_ggml(path: Path, weights: dict[str, np.ndarray], par_res: int = 1
                       weights, counted_vocab=False)
 
 
-def _rope(x: np.ndarray, positions: np.ndarray, *, adjacent: bool) -> np.ndarray:
-    """Rotate the first N_ROT dims of each head: GPT-J pairs adjacent dims (2i, 2i + 1),
-    GPT-NeoX pairs the halves (i, i + N_ROT/2)."""
-    theta = positions[:, None] * 10000.0 ** (-np.arange(N_ROT // 2) * 2 / N_ROT)
+def _rope(x: np.ndarray, positions: np.ndarray, *, adjacent: bool,
+          n_rot: int = N_ROT) -> np.ndarray:
+    """Rotate the first ``n_rot`` dims of each head: GPT-J pairs adjacent dims (2i, 2i + 1),
+    GPT-NeoX and Falcon pair the halves (i, i + n_rot/2)."""
+    theta = positions[:, None] * 10000.0 ** (-np.arange(n_rot // 2) * 2 / n_rot)
     cos, sin = np.cos(theta)[:, None], np.sin(theta)[:, None]
-    first, second = (slice(0, N_ROT, 2), slice(1, N_ROT, 2)) if adjacent else \
-        (slice(0, N_ROT // 2), slice(N_ROT // 2, N_ROT))
+    first, second = (slice(0, n_rot, 2), slice(1, n_rot, 2)) if adjacent else \
+        (slice(0, n_rot // 2), slice(n_rot // 2, n_rot))
     out = x.copy()
     a, b = x[..., first], x[..., second]
     out[..., first] = a * cos - b * sin
@@ -288,3 +291,42 @@ def mpt_forward(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
         x = x + _gelu(h @ w64[p + "ffn.up_proj.weight"].T) @ w64[p + "ffn.down_proj.weight"].T
     x = _layer_norm(x, w64["transformer.norm_f.weight"], zero)
     return np.asarray(x[-1] @ w64["transformer.wte.weight"].T)
+
+
+# -- Falcon 7B-style (multi-query attention) in ggllm.cpp's ggjt v3 layout -------------------
+
+def make_falcon_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    hd = E // HEADS
+    return random_weights(seed, {
+        "transformer.word_embeddings.weight": (V, E), "transformer.ln_f.weight": (E,),
+        "transformer.ln_f.bias": (E,), "lm_head.weight": (V, E)}, "transformer.h.{i}.", {
+        "input_layernorm.weight": (E,), "input_layernorm.bias": (E,),
+        "self_attention.query_key_value.weight": (E + 2 * hd, E),
+        "self_attention.dense.weight": (E, E), "mlp.dense_h_to_4h.weight": (4 * E, E),
+        "mlp.dense_4h_to_h.weight": (E, 4 * E)})
+
+
+def write_falcon_ggjt(path: Path, weights: dict[str, np.ndarray]) -> Path:
+    """hparams n_vocab, n_embd, n_head, n_head_kv (1), n_layer, version (7: the 7B
+    layout), ftype; scored vocabulary; 32-byte-aligned tensors."""
+    return write_ggml(path, (len(vocabulary()), E, HEADS, 1, LAYERS, 7, 0), weights,
+                      counted_vocab=False, scored=True, ggjt=True)
+
+
+def falcon_forward(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
+    """Logits of the last position (float64): one K/V head shared by all query heads,
+    rotary over the whole head, attention and MLP in parallel off one layer norm."""
+    w64, x, pos = _start(w, ids, "transformer.word_embeddings.weight")
+    n, hd = len(ids), E // HEADS
+    for i in range(LAYERS):
+        p = f"transformer.h.{i}."
+        h = _layer_norm(x, w64[p + "input_layernorm.weight"], w64[p + "input_layernorm.bias"])
+        qkv = h @ w64[p + "self_attention.query_key_value.weight"].T
+        q = _rope(qkv[:, :E].reshape(n, HEADS, hd), pos, adjacent=False, n_rot=hd)
+        k = _rope(qkv[:, E:E + hd].reshape(n, 1, hd), pos, adjacent=False, n_rot=hd)
+        v = qkv[:, E + hd:].reshape(n, 1, hd)
+        a = _attention(q, np.repeat(k, HEADS, 1), np.repeat(v, HEADS, 1))
+        m = _gelu(h @ w64[p + "mlp.dense_h_to_4h.weight"].T) @ w64[p + "mlp.dense_4h_to_h.weight"].T
+        x = x + a @ w64[p + "self_attention.dense.weight"].T + m
+    x = _layer_norm(x, w64["transformer.ln_f.weight"], w64["transformer.ln_f.bias"])
+    return np.asarray(x[-1] @ w64["lm_head.weight"].T)

@@ -4,6 +4,7 @@ Model API, and the files it cannot read refused before it is called."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 from collections.abc import Iterator
@@ -16,8 +17,10 @@ from legacy_ggml import (
     HEADS,
     LAYERS,
     E,
+    falcon_forward,
     gpt2_forward,
     gptj_forward,
+    make_falcon_weights,
     make_gptj_weights,
     make_mpt_weights,
     make_neox_weights,
@@ -25,6 +28,7 @@ from legacy_ggml import (
     mpt_forward,
     neox_forward,
     vocabulary,
+    write_falcon_ggjt,
     write_ggml,
     write_gpt2_ggml,
     write_gptj_ggml,
@@ -190,21 +194,29 @@ def test_llama_ggjt_v3_runs_through_ctransformers(tmp_path: Path) -> None:
         localllm.load(old, chat_template="chatml")
 
 
+def test_falcon_ggjt_needs_its_tokenizer_json_then_matches_numpy(tmp_path: Path) -> None:
+    """ctransformers' Falcon loader reads BPE merges from tokenizer.json beside the file and
+    exit(1)s the process without one (or with one laid out differently): localllm refuses
+    first, and the interpreter lives on."""
+    weights = make_falcon_weights(seed=6)
+    path = write_falcon_ggjt(tmp_path / "falcon-7b.ggmlv3.f32.bin", weights)
+    with pytest.raises(localllm.ModelFormatError, match=r"tokenizer\.json"):
+        localllm.load(path, chat_template="chatml")
+    tokenizer = {"version": "1.0", "added_tokens": [],
+                 "model": {"type": "BPE", "vocab": {}, "merges": ["t h", "th e"]}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))  # compact: not HF's
+    with pytest.raises(localllm.ModelFormatError, match=r"tokenizer\.json"):
+        localllm.load(path, chat_template="chatml")
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer, indent=2))
+    assert_matches(legacy_logits(path, "falcon"), falcon_forward(weights, LEGACY_IDS))
+
+
 def test_legacy_starcoder_is_told_apart_from_gpt2_and_matches_numpy(tmp_path: Path) -> None:
     """Same header and tensor layout as GPT-2; the separate output matrix (or FIM tokens
     in the vocabulary) identifies StarCoder."""
     weights = make_weights(seed=1, starcoder=True)
     path = write_gpt2_ggml(tmp_path / "tiny-starcoder.bin", weights)
-    ids = [259, 260, 32, 97, 264, 100, 261, 10, 70]
-    with localllm.load(path, chat_template="chatml", context_length=128) as model:
-        assert model.info.architecture == "starcoder"
-        assert model._engine is not None
-        logits = model._engine.start(ids)
-        assert model.complete("the fox", max_tokens=4, temperature=0
-                              ).usage.completion_tokens == 4
-    reference = gpt2_forward(weights, ids)
-    assert int(np.argmax(logits)) == int(np.argmax(reference))
-    assert float(np.abs(logits - reference).max()) < 2e-3 * float(np.abs(reference).max())
+    assert_matches(legacy_logits(path, "starcoder"), gpt2_forward(weights, LEGACY_IDS))
 
 
 @pytest.mark.parametrize("kind", ["gpt_neox", "gpt_neox-sequential", "gptj", "mpt", "replit"])
@@ -225,15 +237,25 @@ def test_legacy_gptj_gpt_neox_and_mpt_match_numpy(kind: str, tmp_path: Path) -> 
         weights = make_neox_weights(seed=3)
         path = write_neox_ggml(tmp_path / "model.gguf", weights, par_res=par_res)
         reference = neox_forward(weights, LEGACY_IDS, par_res=par_res)
+    assert_matches(legacy_logits(path, kind.split("-")[0]), reference)
+
+
+def legacy_logits(path: Path, architecture: str) -> np.ndarray:
+    """Load through the Model API (the architecture recognised from the header), generate
+    a few tokens, and return the logits after LEGACY_IDS."""
     with localllm.load(path, chat_template="chatml", context_length=128) as model:
-        assert (model.info.backend, model.info.architecture) == \
-            ("ctransformers", kind.split("-")[0])
+        assert (model.info.backend, model.info.architecture) == ("ctransformers", architecture)
         assert model._engine is not None
         logits = model._engine.start(LEGACY_IDS)
         result = model.complete("the fox", max_tokens=4, temperature=0,
                                 logit_bias={t: 50.0 for t in (256, 257, 258)})  # " the" …
         assert result.usage.completion_tokens == 4
         assert " " in result.text and "\u2581" not in result.text  # SentencePiece spaces
+    return np.asarray(logits)
+
+
+def assert_matches(logits: np.ndarray, reference: np.ndarray) -> None:
+    """Same argmax; max error within ggml's f16 GELU table's reach (0.2 % of the scale)."""
     assert int(np.argmax(logits)) == int(np.argmax(reference))
     assert float(np.abs(logits - reference).max()) < 2e-3 * float(np.abs(reference).max())
 

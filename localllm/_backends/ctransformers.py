@@ -1,7 +1,7 @@
 """The ctransformers backend (0.2.27) — legacy: ctransformers is unmaintained upstream.
 
 Its value today is running files current llama.cpp no longer reads: SentencePiece llama
-GGUF files of versions 1 to 3, llama ggjt v3 files and unversioned GGML files of GPT-2,
+GGUF files of versions 1 to 3, ggjt v3 llama and Falcon files and unversioned GGML files of GPT-2,
 StarCoder, GPT-J, GPT-NeoX, MPT and Replit (recognised in ``_gguf.read_ggml``). It cannot
 read BPE-vocabulary llama GGUFs (the default model) and says only "Failed to create LLM",
 so localllm refuses those before calling it and names the backend to use. ctransformers is
@@ -14,6 +14,7 @@ Everything ctransformers-specific lives in this module, so it can be dropped cle
 from __future__ import annotations
 
 import ctypes
+import re
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -86,6 +87,23 @@ def _check_utf8_vocabulary(gguf: GGUFFile) -> None:
                 "written by a different converter") from None
 
 
+def _check_falcon_merges(gguf: GGUFFile) -> None:
+    """ctransformers' Falcon loader (ggllm.cpp) reads the BPE merges of a ggjt file from the
+    ``tokenizer.json`` beside it and calls ``exit(1)`` — ending the whole process — when
+    that file is missing or not laid out as Hugging Face writes it: check first."""
+    source = gguf.path.parent / "tokenizer.json"
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    if not re.search(r'^\s*"merges": \[\s*$', text, flags=re.M):
+        raise ModelFormatError(
+            f"{gguf.path.name} is a Falcon ggjt file: ctransformers needs the model's "
+            f"tokenizer.json (as Hugging Face publishes it) at {source} and would end the "
+            "process without it; download it from the model's repository, or convert the "
+            "model to GGUF")
+
+
 def _cpu_library() -> str:
     """Pick ctransformers' prebuilt library for this CPU (never one it cannot execute)."""
     from ..hardware import probe_cpu
@@ -114,6 +132,8 @@ class CTransformersEngine(LocalTokenizerEngine):
                                             "supported; convert the model to GGUF")
             if gguf.architecture == "mpt":
                 _check_utf8_vocabulary(gguf)
+            if gguf.architecture == "falcon":
+                _check_falcon_merges(gguf)
             return cls(gguf, options)
         if gguf.architecture not in GGUF_ARCHITECTURES:
             raise UnsupportedModelError(
