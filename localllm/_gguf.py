@@ -144,7 +144,8 @@ class GGUFFile:
 class _Reader:
     """Bounds-checked little-endian reader over a memory map."""
 
-    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+    def __init__(self, buf: mmap.mmap | bytes, path: Path, kind: str = "GGUF") -> None:
+        self.kind = kind
         self.buf = buf
         self.pos = 0
         self.size = len(buf)
@@ -153,7 +154,7 @@ class _Reader:
 
     def fail(self, what: str) -> ModelFormatError:
         return ModelFormatError(
-            f"{self.path} is not a valid GGUF file: {what} (at byte {self.pos}); "
+            f"{self.path} is not a valid {self.kind} file: {what} (at byte {self.pos}); "
             "the file may be truncated or corrupt — download it again"
         )
 
@@ -392,11 +393,11 @@ def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
     size = path.stat().st_size
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if bytes(mm[0:4]) == GGJT_MAGIC:
-            return _read_ggjt(_Reader(mm, path), path, size)
+            return _read_ggjt(_Reader(mm, path, "ggjt"), path, size)
         if bytes(mm[0:4]) != GGML_MAGIC:
             raise ModelFormatError(f"{path} is not an unversioned GGML file")
         for layout in _GGML_LAYOUTS:
-            r = _Reader(mm, path)
+            r = _Reader(mm, path, "GGML")
             parsed = _ggml_header(r, layout, size)
             if parsed is not None:
                 hp, tokens = parsed
@@ -520,6 +521,8 @@ def _ggml_tensors(r: _Reader, path: Path, size: int, align: int = 1) -> list[Ten
         if not 1 <= n_dims <= 2 or type_id not in GGML_TYPES or not 0 < name_len < 512:
             raise r.fail(f"bad tensor header (dims {n_dims}, type {type_id})")
         shape = tuple(int(r.unpack("i")) for _ in range(n_dims))
+        if min(shape) <= 0:  # a negative size would walk backwards, maybe forever
+            raise r.fail(f"tensor with a non-positive dimension in {shape}")
         name = bytes(r.buf[r.pos:r.pos + name_len]).decode("utf-8", errors="replace")
         r.pos += name_len
         r.pos += -r.pos % align

@@ -4,6 +4,7 @@ Model API, and the files it cannot read refused before it is called."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import struct
@@ -40,7 +41,7 @@ from llama_reference import forward
 from synthetic_models import Shape, write_ggjt_copy, write_gguf_v1_copy, write_model
 
 import localllm
-from localllm._gguf import read_gguf
+from localllm._gguf import read_ggml, read_gguf
 from localllm.testing import BackendContract
 from localllm.tokenizer import tokenizer_from_gguf
 
@@ -305,6 +306,34 @@ def test_multibyte_text_gets_a_buffer_for_every_byte(
     with localllm.load(path, chat_template="chatml", context_length=128) as model:
         ids = model.tokenizer.encode(text, add_special=False)
         assert len(ids) == len(text.encode()) and model.tokenizer.decode(ids) == text
+
+
+def test_damaged_legacy_headers_raise_typed_errors(
+        tiny_gpt2: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> None:
+    """900 random corruptions of GPT-2, GPT-NeoX and Falcon headers: each file is read or
+    refused with a localllm error, never another exception or a hang; a negative tensor
+    dimension (which would walk the parser backwards) is refused."""
+    rng = np.random.default_rng(7)
+    sources = [tiny_gpt2[0], write_neox_ggml(tmp_path / "neox.bin", make_neox_weights()),
+               write_falcon_ggjt(tmp_path / "falcon.bin", make_falcon_weights())]
+    case = tmp_path / "case.bin"
+    for source in sources:
+        data = source.read_bytes()
+        for _ in range(300):
+            damaged = bytearray(data)
+            for pos in rng.integers(4, 4000, size=int(rng.integers(1, 5))):
+                damaged[int(pos)] = int(rng.integers(0, 256))
+            if rng.random() < 0.3:
+                damaged = damaged[:int(rng.integers(8, len(damaged)))]
+            case.write_bytes(bytes(damaged))
+            with contextlib.suppress(localllm.ModelFormatError, localllm.UnsupportedModelError):
+                read_ggml(case)
+    data = bytearray(tiny_gpt2[0].read_bytes())
+    at = data.find(b"model/ln_f/g")
+    struct.pack_into("<i", data, at - 4, -64)  # the 1-D tensor's only dimension
+    case.write_bytes(bytes(data))
+    with pytest.raises(localllm.ModelFormatError, match="non-positive dimension"):
+        read_ggml(case)
 
 
 def test_truncated_legacy_file_is_refused(tiny_gpt2: tuple[Path, dict[str, np.ndarray]],
