@@ -16,7 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ._errors import BackendUnavailableError, ConfigError, UnsupportedModelError
+from ._errors import (
+    BackendUnavailableError,
+    ConfigError,
+    ModelFormatError,
+    UnsupportedModelError,
+)
 from ._gguf import GGUFFile, read_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "smollm")
@@ -79,6 +84,10 @@ def convert_gguf_to_onnx(source: str | os.PathLike[str], out_dir: str | os.PathL
         if progress:
             progress(i + 1, len(reader.tensors))
     vocab = weights["token_embd.weight"].shape[0]
+    if info.vocab_size != vocab:  # ids past the embedding would fail at run time
+        raise ModelFormatError(
+            f"{info.path.name} lists {info.vocab_size} tokens but its embedding has {vocab} "
+            "rows; the file is inconsistent — download or convert it again")
     out_w = weights.get("output.weight", weights["token_embd.weight"])
 
     nodes: list[Any] = []

@@ -13,9 +13,12 @@ ProgressCallback = Callable[[int, int], None]  # (done bytes, total bytes or 0)
 class ProgressBar:
     """Redraws one line on a terminal; prints a line every few seconds otherwise."""
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
+    def __init__(self, label: str, total: int, stream: TextIO | None = None,
+                 unit: str = "MB") -> None:
+        """``unit``: "MB" when counting bytes, or a name for counted items ("tensors")."""
         self.label = label
         self.total = total
+        self.unit = unit
         self.stream: TextIO = stream if stream is not None else sys.stderr
         self.start = time.monotonic()
         self.last_draw = 0.0
@@ -29,13 +32,19 @@ class ProgressBar:
             return
         self.last_draw = now
         rate = done / max(now - self.start, 1e-6)
+        if self.unit != "MB":  # counted items
+            amount = f"{done}/{total} {self.unit}" if total else f"{done} {self.unit}"
+            speed = f"{rate:6.1f} {self.unit}/s"
+        elif total:
+            amount, speed = f"{done / 1e6:7.1f}/{total / 1e6:.1f} MB", f"{rate / 1e6:6.1f} MB/s"
+        else:
+            amount, speed = f"{done / 1e6:7.1f} MB", f"{rate / 1e6:6.1f} MB/s"
         if total:
             width = 30
             filled = int(width * done / total)
             bar = "█" * filled + "·" * (width - filled)
-            text = (f"{self.label} {bar} {done / 1e6:7.1f}/{total / 1e6:.1f} MB "
-                    f"{rate / 1e6:6.1f} MB/s")
+            text = f"{self.label} {bar} {amount} {speed}"
         else:
-            text = f"{self.label} {done / 1e6:7.1f} MB {rate / 1e6:6.1f} MB/s"
+            text = f"{self.label} {amount} {speed}"
         end = "\r" if self.tty and done < total else "\n"
         print(text, end=end, file=self.stream, flush=True)

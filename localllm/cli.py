@@ -201,7 +201,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ._loader import resolve_source
     from ._progress import ProgressBar
 
-    bar = ProgressBar("dequantizing tensors", 0)
+    bar = ProgressBar("dequantizing", 0, unit="tensors")
     out = convert_gguf_to_onnx(resolve_source(args.model), args.out_dir, dtype=args.dtype,
                                progress=lambda done, total: bar(done, total))
     print(out)

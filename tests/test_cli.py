@@ -65,3 +65,19 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
 def test_parser_rejects_unknown_commands() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["fly"])
+
+
+def test_convert_shows_tensor_progress_and_writes_a_loadable_folder(tmp_path: Path) -> None:
+    from synthetic_models import Shape, write_model
+
+    source = write_model(Shape("cli-tiny", n_layer=1, n_embd=64, n_head=2, n_head_kv=2,
+                               n_ff=128, n_vocab=600, dtype="f32", n_ctx_train=256),
+                         tmp_path / "tiny.gguf")
+    proc = cli("convert", str(source), str(tmp_path / "out"), "--dtype", "int8")
+    assert proc.returncode == 0, proc.stderr
+    assert "12/12 tensors" in proc.stderr and " MB" not in proc.stderr
+    assert Path(proc.stdout.strip()) == tmp_path / "out"
+    with localllm.load(tmp_path / "out", chat_template="chatml", context_length=128) as model:
+        assert model.complete("a", max_tokens=2).usage.completion_tokens == 2
+    proc = cli("convert", str(source), str(tmp_path / "x"), "--dtype", "q4_k")
+    assert proc.returncode != 0 and "invalid choice" in proc.stderr

@@ -286,6 +286,14 @@ def test_smaller_conversions_stay_close_to_fp32(tiny_gguf: Path, tiny_onnx: Path
         assert q.complete("the quick brown fox", max_tokens=8).usage.completion_tokens == 8
 
 
+def test_vocabulary_longer_than_the_embedding_is_refused(tmp_path: Path) -> None:
+    """354 token strings (byte tokens, ASCII, …) but a 300-row embedding."""
+    odd = write_model(Shape("odd", n_layer=1, n_embd=64, n_head=2, n_head_kv=2, n_ff=128,
+                            n_vocab=300, dtype="f32", n_ctx_train=256), tmp_path / "odd.gguf")
+    with pytest.raises(localllm.ModelFormatError, match="300 rows"):
+        convert_gguf_to_onnx(odd, tmp_path / "out")
+
+
 def test_unknown_dtype_is_refused_with_the_choices(tiny_gguf: Path, tmp_path: Path) -> None:
     with pytest.raises(localllm.UnsupportedModelError, match="fp32, fp16, int8, int4"):
         convert_gguf_to_onnx(tiny_gguf, tmp_path / "x", dtype="q4_k")
