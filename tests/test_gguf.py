@@ -109,3 +109,25 @@ def test_not_a_model_at_all(tmp_path: Path) -> None:
         localllm.load(p)
     with pytest.raises(localllm.ModelFormatError, match="folder"):
         localllm.load(tmp_path)
+
+
+def test_string_arrays_decode_on_read_and_bad_utf8_is_a_format_error(tmp_path: Path) -> None:
+    """The vocabulary is walked, not decoded, while the header is parsed; a token that is not
+    UTF-8 is reported when the tokenizer reads it (llama.cpp itself takes raw bytes)."""
+    from localllm.tokenizer import tokenizer_from_gguf
+
+    good = read_gguf(write_tiny(tmp_path / "good.gguf"))
+    tokens = good.metadata["tokenizer.ggml.tokens"]
+    assert len(tokens) == 4 and tokens[2] == "a" and tokens[-1] == "b"
+    assert tokens[1:3] == ["</s>", "a"] and list(tokens) == ["<s>", "</s>", "a", "b"]
+    assert tokens == ["<s>", "</s>", "a", "b"] and "b" in tokens and tokens.index("a") == 2
+    with pytest.raises(IndexError):
+        tokens[4]
+    raw = (tmp_path / "good.gguf").read_bytes()
+    at = raw.index(struct.pack("<Q", 1) + b"a")  # the token "a", length-prefixed
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(raw[:at + 8] + b"\xff" + raw[at + 9:])
+    bad = read_gguf(damaged)
+    assert bad.token_text(0) == "<s>"
+    with pytest.raises(localllm.ModelFormatError, match=r"string 2 .* not valid UTF-8"):
+        tokenizer_from_gguf(bad)
