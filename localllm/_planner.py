@@ -20,8 +20,8 @@ from .hardware import HardwareProfile
 
 MIB = 1 << 20
 RUNTIME_OVERHEAD = 5 * MIB      # llama.cpp backend, threads and allocator slack
-BYTES_PER_VOCAB_TOKEN = 350     # runtime token tables + the header's token strings in Python
-BYTES_PER_MERGE = 220           # BPE merge ranks, both sides
+BYTES_PER_VOCAB_TOKEN = 305     # runtime token tables + the header's walked string array
+BYTES_PER_MERGE = 175           # BPE merge ranks, both sides
 GPU_RESERVE = 512 * MIB         # CUDA/ROCm/Metal context and driver reserve per device
 RAM_HEADROOM = 0.10             # keep 10% of available RAM for everything else
 RUNTIME_IMPORT = 20 * MIB       # importing the runtime, when the process has not yet
