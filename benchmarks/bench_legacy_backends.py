@@ -10,15 +10,15 @@ Usage: python benchmarks/bench_legacy_backends.py
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+
+from results_file import write_result  # noqa: E402
 
 import localllm  # noqa: E402
 
@@ -59,9 +59,7 @@ def main() -> None:
         r["ratio"] = r["tokens_per_s"] / r["llama.cpp_tokens_per_s"]
         print(f"| {name} | {r['model']} | {r['tokens_per_s']:.1f} | "
               f"{r['llama.cpp_tokens_per_s']:.1f} | {r['ratio']:.2f} |")
-    out = HERE / "results" / f"{date.today().isoformat()}-legacy-backends.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {out}")
+    write_result("legacy-backends", results)
 
 
 if __name__ == "__main__":

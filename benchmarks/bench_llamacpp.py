@@ -18,12 +18,12 @@ Usage: python benchmarks/bench_llamacpp.py [--reps 7] [--tokens 128] [--threads 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from datetime import date
-from pathlib import Path
+
+from results_file import write_result
 
 import localllm
 
@@ -122,8 +122,7 @@ def main() -> None:
         "decode": result["decode_tokens_per_s"]["localllm"] / result["decode_tokens_per_s"]["raw"],
         "ttft": result["ttft_s"]["raw"] / result["ttft_s"]["localllm"],
     }
-    out = Path(__file__).parent / "results" / f"{result['date']}-llamacpp.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("llamacpp", result)
     print(f"| metric (median of {opts.reps}) | localllm | llama-cpp-python | ratio |")
     print("|---|---|---|---|")
     pps, dps, ratio = (result["prompt_tokens_per_s"], result["decode_tokens_per_s"],
@@ -135,7 +134,7 @@ def main() -> None:
     print(f"| time to first token, s | {result['ttft_s']['localllm']:.3f} | "
           f"{result['ttft_s']['raw']:.3f} | {result['ratio']['ttft']:.3f} |")
     print(f"| load, s | {ours_load:.2f} | {raw_load:.2f} | |")
-    print(f"threads={opts.threads} context={opts.context}; written to {out}")
+    print(f"threads={opts.threads} context={opts.context}")
     model.close()
     raw.close()
 

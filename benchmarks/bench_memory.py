@@ -16,12 +16,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+
+from results_file import write_result  # noqa: E402
 
 CONTEXTS = (512, 2048, 8192)
 WORKER = r"""
@@ -90,9 +91,7 @@ def main() -> None:
     summary = {"max_abs_error": max(errors), "median_abs_error": statistics.median(errors)}
     print(f"max |error| {summary['max_abs_error'] * 100:.1f}%, median |error| "
           f"{summary['median_abs_error'] * 100:.1f}%")
-    out = HERE / "results" / f"{date.today().isoformat()}-memory.json"
-    out.write_text(json.dumps({"rows": rows, **summary}, indent=2) + "\n")
-    print(f"written to {out}")
+    write_result("memory", {"rows": rows, **summary})
 
 
 if __name__ == "__main__":

@@ -13,11 +13,9 @@ Usage: python benchmarks/bench_onnx.py
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+
+from results_file import write_result  # noqa: E402
 
 import localllm  # noqa: E402
 from localllm._convert import DTYPES, convert_gguf_to_onnx  # noqa: E402
@@ -114,9 +114,7 @@ def main() -> None:
               f"{r['greedy_identical_to_llama.cpp_q4_1']}/8 |")
     print(f"llama.cpp Q4_1: decode {llama_speed['decode_tokens_per_s']:.1f}, prompt "
           f"{llama_speed['prompt_tokens_per_s']:.1f} tok/s")
-    out = HERE / "results" / f"{date.today().isoformat()}-onnx.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
+    write_result("onnx", result)
 
 
 if __name__ == "__main__":

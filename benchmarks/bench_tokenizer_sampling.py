@@ -11,13 +11,12 @@ Usage: python benchmarks/bench_tokenizer_sampling.py
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from datetime import date
-from pathlib import Path
 
 import numpy as np
+from results_file import write_result
 
 import localllm
 from localllm import SamplingParams
@@ -73,8 +72,6 @@ def main() -> None:
         "sampler_median_ms": sampling, "decode_step_ms": step_ms,
         "sampler_share_of_step_49152": sampling["49152"] / step_ms,
     }
-    out = Path(__file__).parent / "results" / f"{result['date']}-tokenizer-sampling.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
     mbs = result["encode_mb_per_s"]
     print("| measure | localllm | llama.cpp | ratio |\n|---|---|---|---|")
     print(f"| encode, MB/s (one call per string) | {mbs['localllm']:.2f} | "
@@ -84,7 +81,7 @@ def main() -> None:
     for n, ms in sampling.items():
         print(f"| sampling chain, {n}-entry row, median ms | {ms:.3f} | | |")
     print(f"| one decode step of the default model, ms | {step_ms:.2f} | | |")
-    print(f"written to {out}")
+    write_result("tokenizer-sampling", result)
     model.close()
 
 

@@ -31,8 +31,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from results_file import RESULTS, result_path
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 FOCUSED = [("llamacpp", ["bench_llamacpp.py", "--reps", "7"]),
            ("tokenizer-sampling", ["bench_tokenizer_sampling.py"]),
@@ -84,7 +85,7 @@ def run_focused() -> dict[str, Any]:
     for name, argv in FOCUSED:
         print(f"== {argv[0]}", flush=True)
         subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]], check=True)
-        out[name] = json.loads((RESULTS / f"{today}-{name}.json").read_text())
+        out[name] = json.loads(result_path(name, today).read_text())
     return out
 
 

@@ -495,13 +495,8 @@ def _ggml_header(r: _Reader, layout: _GGMLLayout, size: int
             return None
         if layout.counted_vocab and int(r.unpack("i")) != n_vocab:
             return None
-        tokens = []
-        for _ in range(n_vocab):
-            n = int(r.unpack("I"))
-            if r.pos + n > size:
-                return None
-            tokens.append(bytes(r.buf[r.pos:r.pos + n]).decode("latin-1"))
-            r.pos += n + 4 * layout.scored_vocab
+        raw, _ = _ggml_vocab(r, n_vocab, size, scored=layout.scored_vocab)
+        tokens = [t.decode("latin-1") for t in raw]
         start = r.pos
         n_dims, name_len = int(r.unpack("i")), int(r.unpack("i"))
         r.unpack("i")
@@ -513,6 +508,21 @@ def _ggml_header(r: _Reader, layout: _GGMLLayout, size: int
         return None
     r.pos = start
     return (hp, tokens) if name.startswith(layout.tensor_prefix) else None
+
+
+def _ggml_vocab(r: _Reader, n_vocab: int, size: int, *, scored: bool
+                ) -> tuple[list[bytes], list[float]]:
+    """``n_vocab`` length-prefixed tokens, each followed by a float32 score when ``scored``."""
+    raw, scores = [], []
+    for _ in range(n_vocab):
+        n = int(r.unpack("I"))
+        if r.pos + n > size:
+            raise r.fail("vocabulary runs past the end of the file")
+        raw.append(bytes(r.buf[r.pos:r.pos + n]))
+        r.pos += n
+        if scored:
+            scores.append(float(r.unpack("f")))
+    return raw, scores
 
 
 def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
@@ -532,14 +542,7 @@ def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
     n_vocab = values[0]
     if not 0 < n_vocab < 10_000_000:
         raise r.fail(f"absurd vocabulary size {n_vocab}")
-    raw, scores = [], []
-    for _ in range(n_vocab):
-        n = int(r.unpack("I"))
-        if r.pos + n > size:
-            raise r.fail("vocabulary runs past the end of the file")
-        raw.append(bytes(r.buf[r.pos:r.pos + n]))
-        r.pos += n
-        scores.append(float(r.unpack("f")))
+    raw, scores = _ggml_vocab(r, n_vocab, size, scored=True)
     tensors = _ggml_tensors(r, path, size, align=32)
     if tensors and tensors[0].name.startswith("transformer.word_embeddings."):
         hp = dict(zip(_FALCON_HPARAMS, values, strict=True))

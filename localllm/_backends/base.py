@@ -7,6 +7,7 @@ their runtime state without locks of their own.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +30,15 @@ class EngineOptions:
     gpu_layers: int = 0
     kv_type: str = "f16"
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@functools.cache
+def sampled_by_localllm() -> Capabilities:
+    """What an engine that exposes logits and lets localllm's sampling layer pick the
+    tokens supports: streaming, logits and every sampling parameter. (A function, so that
+    ``import localllm`` does not build the pydantic model.)"""
+    return Capabilities(streaming=True, logits=True,
+                        sampling_params=frozenset(SamplingParams.model_fields))
 
 
 class Engine(ABC):

@@ -29,11 +29,11 @@ from .base import (
     distribution_version,
     import_runtime,
     sample_from_logits,
+    sampled_by_localllm,
 )
 
 GGUF_ARCHITECTURES = frozenset({"llama", "falcon"})  # what its GGUF reader handles (#105)
 LEGACY_ARCHITECTURES = frozenset(LEGACY_GGML_ARCHITECTURES)  # ctransformers' model_type names
-_ALL_PARAMS = frozenset(SamplingParams.model_fields)
 
 
 class _LegacyVocab:
@@ -119,8 +119,7 @@ class CTransformersEngine(LocalTokenizerEngine):
     extra: ClassVar[str] = "ctransformers"
     formats: ClassVar[tuple[str, ...]] = ("gguf", "ggml")
     runtime_module: ClassVar[str] = "ctransformers"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, sampling_params=_ALL_PARAMS, logits=True)
+    capabilities: ClassVar[Capabilities] = sampled_by_localllm()
 
 
     @classmethod

@@ -25,6 +25,7 @@ from .base import (
     distribution_version,
     import_runtime,
     sample_from_logits,
+    sampled_by_localllm,
 )
 
 _KV = re.compile(r"past_key_values\.(\d+)\.(key|value)")
@@ -151,8 +152,7 @@ class OnnxEngine(LocalTokenizerEngine):
     extra: ClassVar[str] = "onnx"
     formats: ClassVar[tuple[str, ...]] = ("onnx",)
     runtime_module: ClassVar[str] = "onnxruntime"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, sampling_params=frozenset(SamplingParams.model_fields), logits=True)
+    capabilities: ClassVar[Capabilities] = sampled_by_localllm()
     options_accepted: ClassVar[dict[str, str]] = {
         "provider": "execution provider name, e.g. 'CUDAExecutionProvider' (default: the "
                     "plan's device: a GPU provider this build has, else OpenVINO or CPU)"}

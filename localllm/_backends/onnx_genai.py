@@ -21,6 +21,7 @@ from .base import (
     distribution_version,
     import_runtime,
     sample_from_logits,
+    sampled_by_localllm,
 )
 
 
@@ -29,8 +30,7 @@ class GenAIEngine(LocalTokenizerEngine):
     extra: ClassVar[str] = "onnx-genai"
     formats: ClassVar[tuple[str, ...]] = ("onnx",)
     runtime_module: ClassVar[str] = "onnxruntime_genai"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, sampling_params=frozenset(SamplingParams.model_fields), logits=True)
+    capabilities: ClassVar[Capabilities] = sampled_by_localllm()
 
     @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> GenAIEngine:
