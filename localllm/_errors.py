@@ -14,6 +14,9 @@ already catch a builtin for the same situation, the class also derives from it, 
     ├── BackendError (RuntimeError)            the runtime failed while working
     ├── UnsupportedFeatureError                parameter/feature the backend cannot honour
     ├── ContextOverflowError (ValueError)      prompt + max_tokens exceed the context
+    ├── StructuredOutputError (ValueError)     constrained output cut before it was complete
+    ├── QueueFullError                         too many requests waiting (a server's 503)
+    ├── RequestTimeoutError (TimeoutError)     a request ran past its timeout
     ├── WillNotFitError (MemoryError)          the model will not fit in this machine's memory
     ├── ChatTemplateError (ValueError)         missing, failing or unsafe chat template
     ├── ModelClosedError (RuntimeError)        model used after close()
@@ -100,6 +103,32 @@ class ContextOverflowError(LocalLLMError, ValueError):
             "max_tokens, load with a larger context_length, or pass "
             "overflow='truncate_left' / 'drop_oldest' to drop input explicitly"
         )
+
+
+class StructuredOutputError(LocalLLMError, ValueError):
+    """A constrained output is not a complete value (cut by max_tokens, the context end or
+    a stop string), so ``Completion.parsed`` refuses to pass it off as valid."""
+
+
+class QueueFullError(LocalLLMError):
+    """The model's request queue is full; retry later (a server answers 503)."""
+
+    def __init__(self, max_queue: int, running: int) -> None:
+        self.max_queue = max_queue
+        self.running = running
+        self.retry_after_s = 1.0
+        super().__init__(
+            f"{max_queue} requests are already waiting ({running} running); retry shortly, "
+            "or load with a larger max_queue")
+
+
+class RequestTimeoutError(LocalLLMError, TimeoutError):
+    """The request ran past its ``timeout``; the tokens generated so far are discarded."""
+
+    def __init__(self, generated: int) -> None:
+        self.generated = generated
+        super().__init__(f"the request timed out after generating {generated} tokens; "
+                         "give a larger timeout or a smaller max_tokens")
 
 
 class WillNotFitError(LocalLLMError, MemoryError):

@@ -141,6 +141,7 @@ def plan(
     batch_size: int | None = None,
     gpu_layers: int | None = None,
     kv_type: str = "f16",
+    parallel: int | None = None,
     allow_fallback: bool = False,
     store: ModelStore | None = None,
     profile: HardwareProfile | None = None,
@@ -151,18 +152,22 @@ def plan(
     """
     _, _, engine_cls, gguf = _resolve(source, backend, store)
     return _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
-                     gpu_layers, allow_fallback, profile, kv_type)
+                     gpu_layers, allow_fallback, profile, kv_type, parallel)
 
 
 def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | None,
               device: str, threads: int | None, batch_size: int | None,
               gpu_layers: int | None, allow_fallback: bool,
-              profile: HardwareProfile | None, kv_type: str = "f16") -> LoadPlan:
+              profile: HardwareProfile | None, kv_type: str = "f16",
+              parallel: int | None = None) -> LoadPlan:
     if threads is not None:
         _check_int("threads", threads, 1, 512, "use the number of physical cores")
     if batch_size is not None:
         _check_int("batch_size", batch_size, 1, context_length or gguf.context_length or 1 << 30,
                    "it cannot exceed context_length")
+    if parallel is not None:
+        _check_int("parallel", parallel, 1, 256, "it is the number of requests decoded "
+                   "together")
     if gpu_layers is not None:
         _check_int("gpu_layers", gpu_layers, 0, None, "0 keeps the model on the CPU")
         if not engine_cls.partial_offload and 0 < gpu_layers <= gguf.block_count:
@@ -187,7 +192,8 @@ def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | No
                      gpu_layers=gpu_layers, kv_type=kv_type,
                      allow_fallback=allow_fallback,
                      runtime_loaded="llama_cpp" in sys.modules,
-                     partial_offload=engine_cls.partial_offload)
+                     partial_offload=engine_cls.partial_offload, parallel=parallel,
+                     batching=engine_cls.batching)
 
 
 def load(
@@ -200,6 +206,8 @@ def load(
     batch_size: int | None = None,
     gpu_layers: int | None = None,
     kv_type: str = "f16",
+    parallel: int | None = None,
+    max_queue: int = 256,
     allow_fallback: bool = False,
     chat_template: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
@@ -214,17 +222,22 @@ def load(
     ``allow_fallback=True``. ``chat_template`` overrides the file's template (a name such
     as ``"chatml"`` or a Jinja string) and is required for files that have none.
     ``kv_type`` ("f16", "q8_0", "q4_0", "f32") sets the KV cache precision: q8_0 halves its
-    memory. ``backend_options`` are the chosen backend's own settings (unknown ones are errors).
+    memory. ``parallel`` is how many requests are decoded together (continuous batching;
+    default: up to 4 as memory allows, see the plan's reasons); each gets up to
+    ``context_length`` tokens. ``max_queue`` bounds the requests waiting beyond those
+    (``QueueFullError`` past it). ``backend_options`` are the chosen backend's own settings
+    (unknown ones are errors).
     """
     started = time.perf_counter()
     path, file_format, engine_cls, gguf = _resolve(source, backend, store)
     template = resolve_template(chat_template, gguf.chat_template) \
         if chat_template is not None or gguf.chat_template is not None else None
     the_plan = _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
-                         gpu_layers, allow_fallback, None, kv_type)
+                         gpu_layers, allow_fallback, None, kv_type, parallel)
+    _check_int("max_queue", max_queue, 0, None, "0 refuses any request beyond the running ones")
     options = EngineOptions(context_length=the_plan.context_length, threads=the_plan.threads,
                             batch_size=the_plan.batch_size, gpu_layers=the_plan.gpu_layers,
-                            kv_type=the_plan.kv_type,
+                            kv_type=the_plan.kv_type, parallel=the_plan.parallel,
                             backend_options=dict(backend_options or {}))
     for reason in the_plan.reasons:
         if "CPU-only build" in reason:  # a GPU is here but will not be used: say it loudly
@@ -240,6 +253,7 @@ def load(
             context_length=engine.context_length, backend=engine.backend_name,
             backend_version=engine.backend_version, threads=options.threads,
             batch_size=options.batch_size, placement=engine.placement,
+            parallel=engine.max_sequences,
             has_chat_template=template is not None, plan=the_plan)
         bos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.bos_token_id"))
         eos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.eos_token_id"))
@@ -247,7 +261,7 @@ def load(
         engine.close()
         raise
     return Model(engine, info, template, bos, eos, load_s=time.perf_counter() - started,
-                 tokenizer_factory=lambda: _local_tokenizer(engine, gguf))
+                 tokenizer_factory=lambda: _local_tokenizer(engine, gguf), max_queue=max_queue)
 
 
 def _local_tokenizer(engine: Engine, gguf: GGUFFile) -> Any:

@@ -7,13 +7,14 @@ are written here once; engines only evaluate tokens and sample.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._backends.base import Engine, sample_from_logits
+from ._backends.base import Engine
 from ._chat import normalize_messages, render_chat
 from ._errors import (
     BackendError,
@@ -23,6 +24,7 @@ from ._errors import (
     ModelClosedError,
     UnsupportedFeatureError,
 )
+from ._scheduler import Outbox, Request, Scheduler
 from ._text import IncrementalDetokenizer, StopMatcher
 from ._types import (
     Completion,
@@ -77,14 +79,17 @@ class Tokenizer:
 
 
 class Model:
-    """A loaded local LLM. Thread-safe: requests on one model run one after another.
+    """A loaded local LLM. Thread-safe and concurrent: requests from any number of threads
+    and event loops run together on the model's scheduler (up to ``parallel`` sequences
+    per decode step, the rest queue in arrival order).
 
     Use it as a context manager, or call :meth:`close` (idempotent) to free memory.
     """
 
     def __init__(self, engine: Engine, info: ModelInfo, chat_template: str | None,
                  bos_text: str, eos_text: str, load_s: float,
-                 tokenizer_factory: Callable[[], LocalTokenizer] | None = None) -> None:
+                 tokenizer_factory: Callable[[], LocalTokenizer] | None = None,
+                 max_queue: int = 256) -> None:
         self._engine: Engine | None = engine
         self._info = info
         self._chat_template = chat_template
@@ -92,7 +97,7 @@ class Model:
         self._eos_text = eos_text
         self._load_s = load_s
         self._lock = threading.Lock()
-        self._owner: int | None = None
+        self._scheduler = Scheduler(engine, max_queue=max_queue)
         self.tokenizer = Tokenizer(engine)
         self._tokenizer_factory = tokenizer_factory
         self._local_tokenizer: LocalTokenizer | None = None
@@ -105,10 +110,12 @@ class Model:
         self.close()
 
     def close(self) -> None:
-        """Free the model. Waits for a running request; safe to call twice."""
+        """Free the model. Running and queued requests end with ``ModelClosedError``;
+        safe to call twice."""
         with self._lock:
             engine, self._engine = self._engine, None
         if engine is not None:
+            self._scheduler.close()
             engine.close()
 
     @property
@@ -160,48 +167,106 @@ class Model:
     def complete(self, prompt: str, *, overflow: OverflowPolicy = "error",
                  sampler: SamplerChoice = "auto",
                  logits_processors: Sequence[LogitsProcessor] = (),
-                 response_format: Any = None, **params: Any) -> Completion:
+                 response_format: Any = None, timeout: float | None = None,
+                 **params: Any) -> Completion:
         """Continue ``prompt``.
 
         ``params`` are the :class:`SamplingParams` fields. ``response_format`` constrains
         the output (OpenAI ``json_schema`` dict, a pydantic model class, ``regex`` or
         ``grammar``); ``logits_processors`` are user :class:`LogitsProcessor` callables;
         both run on localllm's sampler, which ``sampler="localllm"`` also selects.
+        ``timeout`` (seconds, queueing included) ends the request with
+        ``RequestTimeoutError``.
         """
-        return _collect(self.stream(prompt, overflow=overflow, sampler=sampler,
-                                    logits_processors=logits_processors,
-                                    response_format=response_format, **params))
+        return _collect(self._run(self._prompt_job(
+            prompt, overflow, sampler, logits_processors, response_format, timeout, params)))
 
     def stream(self, prompt: str, *, overflow: OverflowPolicy = "error",
                sampler: SamplerChoice = "auto",
                logits_processors: Sequence[LogitsProcessor] = (),
-               response_format: Any = None, **params: Any) -> Iterator[StreamChunk]:
-        """Like :meth:`complete`, yielding text as it is generated."""
-        if not isinstance(prompt, str):
-            raise ConfigError(f"prompt must be str, not {type(prompt).__name__}; "
-                              "use chat() for a list of messages")
-        sampling = self._prepare(params, overflow, chat=False)
-        decoding = self._decoding(sampler, logits_processors, response_format)
-        ids = self._encode_prompt(prompt)
-        ids, truncation = self._fit_prompt_tokens(ids, sampling, overflow)
-        return self._generate(ids, sampling, truncation, decoding)
+               response_format: Any = None, timeout: float | None = None,
+               **params: Any) -> Iterator[StreamChunk]:
+        """Like :meth:`complete`, yielding text as it is generated. Closing the iterator
+        (or breaking out of the loop) frees the request's sequence at the next step."""
+        return self._run(self._prompt_job(
+            prompt, overflow, sampler, logits_processors, response_format, timeout, params))
 
     def chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
              sampler: SamplerChoice = "auto",
              logits_processors: Sequence[LogitsProcessor] = (),
-             response_format: Any = None, **params: Any) -> Completion:
+             response_format: Any = None, timeout: float | None = None,
+             **params: Any) -> Completion:
         """Answer a conversation, rendered with the model's chat template."""
-        return _collect(self.stream_chat(messages, overflow=overflow, sampler=sampler,
-                                         logits_processors=logits_processors,
-                                         response_format=response_format, **params))
+        return _collect(self._run(self._chat_job(
+            messages, overflow, sampler, logits_processors, response_format, timeout, params)))
 
     def stream_chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
                     sampler: SamplerChoice = "auto",
                     logits_processors: Sequence[LogitsProcessor] = (),
-                    response_format: Any = None, **params: Any) -> Iterator[StreamChunk]:
+                    response_format: Any = None, timeout: float | None = None,
+                    **params: Any) -> Iterator[StreamChunk]:
         """Like :meth:`chat`, yielding text as it is generated."""
+        return self._run(self._chat_job(
+            messages, overflow, sampler, logits_processors, response_format, timeout, params))
+
+    # ----------------------------------------------------------------- async generation
+    async def acomplete(self, prompt: str, *, overflow: OverflowPolicy = "error",
+                        sampler: SamplerChoice = "auto",
+                        logits_processors: Sequence[LogitsProcessor] = (),
+                        response_format: Any = None, timeout: float | None = None,
+                        **params: Any) -> Completion:
+        """:meth:`complete` for asyncio: never blocks the event loop; cancelling the task
+        frees the request's sequence at the next decode step."""
+        return await _acollect(self.astream(
+            prompt, overflow=overflow, sampler=sampler, logits_processors=logits_processors,
+            response_format=response_format, timeout=timeout, **params))
+
+    def astream(self, prompt: str, *, overflow: OverflowPolicy = "error",
+                sampler: SamplerChoice = "auto",
+                logits_processors: Sequence[LogitsProcessor] = (),
+                response_format: Any = None, timeout: float | None = None,
+                **params: Any) -> AsyncIterator[StreamChunk]:
+        """:meth:`stream` for ``async for``; leaving the loop frees the sequence."""
+        return _AsyncStream(self, self._prompt_job(
+            prompt, overflow, sampler, logits_processors, response_format, timeout, params))
+
+    async def achat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
+                    sampler: SamplerChoice = "auto",
+                    logits_processors: Sequence[LogitsProcessor] = (),
+                    response_format: Any = None, timeout: float | None = None,
+                    **params: Any) -> Completion:
+        """:meth:`chat` for asyncio."""
+        return await _acollect(self.astream_chat(
+            messages, overflow=overflow, sampler=sampler, logits_processors=logits_processors,
+            response_format=response_format, timeout=timeout, **params))
+
+    def astream_chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
+                     sampler: SamplerChoice = "auto",
+                     logits_processors: Sequence[LogitsProcessor] = (),
+                     response_format: Any = None, timeout: float | None = None,
+                     **params: Any) -> AsyncIterator[StreamChunk]:
+        """:meth:`stream_chat` for ``async for``."""
+        return _AsyncStream(self, self._chat_job(
+            messages, overflow, sampler, logits_processors, response_format, timeout, params))
+
+    # ----------------------------------------------------------------- request preparation
+    def _prompt_job(self, prompt: str, overflow: str, sampler: str,
+                    processors: Sequence[LogitsProcessor], response_format: Any,
+                    timeout: float | None, params: Mapping[str, Any]) -> _Job:
+        if not isinstance(prompt, str):
+            raise ConfigError(f"prompt must be str, not {type(prompt).__name__}; "
+                              "use chat() for a list of messages")
+        sampling = self._prepare(params, overflow, chat=False)
+        decoding = self._decoding(sampler, processors, response_format)
+        ids = self._encode_prompt(prompt)
+        ids, truncation = self._fit_prompt_tokens(ids, sampling, overflow)
+        return self._job(ids, sampling, truncation, decoding, timeout)
+
+    def _chat_job(self, messages: Messages, overflow: str, sampler: str,
+                  processors: Sequence[LogitsProcessor], response_format: Any,
+                  timeout: float | None, params: Mapping[str, Any]) -> _Job:
         sampling = self._prepare(params, overflow, chat=True)
-        decoding = self._decoding(sampler, logits_processors, response_format)
+        decoding = self._decoding(sampler, processors, response_format)
         msgs = normalize_messages(messages)
         dropped: list[Message] = []
         while True:
@@ -222,7 +287,7 @@ class Model:
             self._check_fits(len(ids), sampling)
         else:
             ids, truncation = self._fit_prompt_tokens(ids, sampling, overflow)
-        return self._generate(ids, sampling, truncation, decoding)
+        return self._job(ids, sampling, truncation, decoding, timeout)
 
     # ----------------------------------------------------------------- internals
     def _prepare(self, params: Mapping[str, Any], overflow: str, chat: bool) -> SamplingParams:
@@ -313,86 +378,176 @@ class Model:
         return kept, Truncation(policy="truncate_left", dropped_tokens=len(dropped),
                                 dropped_text=text)
 
-    def _acquire(self) -> None:
-        me = threading.get_ident()
-        if self._owner == me:
-            raise ConfigError("this thread is still iterating an unfinished stream of the "
-                              "same model; finish it or call .close() on it first")
-        self._lock.acquire()
-        self._owner = me
-
-    def _release(self) -> None:
-        self._owner = None
-        self._lock.release()
-
-    def _generate(self, prompt: list[int], sampling: SamplingParams,
-                  truncation: Truncation | None, decoding: _Decoding) -> Iterator[StreamChunk]:
+    def _job(self, prompt: list[int], sampling: SamplingParams, truncation: Truncation | None,
+             decoding: _Decoding, timeout: float | None) -> _Job:
+        if not prompt:
+            raise ConfigError("the prompt is empty (no tokens); give at least one character")
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"timeout={timeout!r} is invalid; give seconds > 0 or None")
         seed = sampling.seed if sampling.seed is not None else secrets.randbelow(2**32 - 1)
         budget = self._live().context_length - len(prompt)
         if sampling.max_tokens is not None:
             budget = min(budget, sampling.max_tokens)
-        return self._run(prompt, sampling, seed, budget, truncation, decoding)
+        return _Job(prompt, sampling, seed, budget, truncation, decoding, timeout)
 
-    def _run(self, prompt: list[int], sampling: SamplingParams, seed: int, budget: int,
-             truncation: Truncation | None, decoding: _Decoding) -> Iterator[StreamChunk]:
-        self._acquire()
+    def _submit(self, job: _Job, loop: asyncio.AbstractEventLoop | None = None) -> Request:
+        self._live()
+        deadline = time.monotonic() + job.timeout if job.timeout is not None else None
+        request = Request(prompt=job.prompt, params=job.sampling, seed=job.seed,
+                          budget=job.budget, native=job.decoding.native,
+                          processors=job.decoding.processors, grammar=job.decoding.grammar,
+                          deadline=deadline, outbox=Outbox(loop))
+        return self._scheduler.submit(request)
+
+    def _run(self, job: _Job) -> Iterator[StreamChunk]:
+        request = self._submit(job)
+        consumer = _Consumer(self._live(), job, self._load_s)
         try:
-            engine = self._live()
-            detok = IncrementalDetokenizer()
-            stops = StopMatcher(sampling.stop)
-            generated: list[int] = []
-            emitted: list[str] = []
-            finish: FinishReason = "length"
-            t_start = time.perf_counter()
-            t_first = t_start
-            tokens = (engine.generate(prompt, sampling, seed) if decoding.native
-                      else sample_from_logits(engine, prompt, sampling, seed,
-                                              decoding.processors, decoding.grammar))
-            try:
-                for token in tokens:
-                    if not generated:
-                        t_first = time.perf_counter()
-                    generated.append(token)
-                    if engine.is_end_of_generation(token):
-                        finish = "stop"
-                        break
-                    text = stops.feed(detok.feed(engine.token_bytes(token)))
-                    if text:
-                        emitted.append(text)
-                        yield StreamChunk(text=text, token_ids=(token,))
-                    if stops.matched is not None:
-                        finish = "stop"
-                        break
-                    if len(generated) >= budget:
-                        break
-            except LocalLLMError:
-                raise
-            except Exception as exc:  # a runtime failure surfaces typed, with its cause
-                raise BackendError(f"{engine.backend_name} failed while generating: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-            finally:
-                close = getattr(tokens, "close", None)
-                if close is not None:
-                    close()
-            tail = stops.feed(detok.flush()) if stops.matched is None else ""
-            tail += stops.flush()
-            t_end = time.perf_counter()
-            completion = Completion(
-                text="".join(emitted) + tail,
-                token_ids=tuple(generated),
-                finish_reason=finish,
-                stop_sequence=stops.matched,
-                seed=seed,
-                usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(generated),
-                            total_tokens=len(prompt) + len(generated)),
-                timings=_timings(self._load_s, len(prompt), len(generated),
-                                 t_start, t_first, t_end),
-                truncation=truncation,
-            )
-            yield StreamChunk(text=tail, token_ids=(), finish_reason=completion.finish_reason,
-                              completion=completion)
+            for token in request.tokens():
+                chunk = consumer.feed(token)
+                if chunk is not None:
+                    yield chunk
+                if consumer.over:
+                    break
+        except Exception as exc:
+            raise consumer.typed(exc) from exc
         finally:
-            self._release()
+            request.cancel()
+        yield consumer.final(request.reused_tokens)
+
+
+class _Job:
+    """A validated request, ready to submit: the same for sync and async callers."""
+
+    def __init__(self, prompt: list[int], sampling: SamplingParams, seed: int, budget: int,
+                 truncation: Truncation | None, decoding: _Decoding,
+                 timeout: float | None) -> None:
+        self.prompt = prompt
+        self.sampling = sampling
+        self.seed = seed
+        self.budget = budget
+        self.truncation = truncation
+        self.decoding = decoding
+        self.timeout = timeout
+
+
+class _Consumer:
+    """Turns one request's tokens into what the caller sees: UTF-8-safe text, stop strings
+    held back until they cannot match, the finish reason, usage and timings."""
+
+    def __init__(self, engine: Engine, job: _Job, load_s: float) -> None:
+        self.engine = engine
+        self.job = job
+        self.load_s = load_s
+        self.detok = IncrementalDetokenizer()
+        self.stops = StopMatcher(job.sampling.stop)
+        self.generated: list[int] = []
+        self.emitted: list[str] = []
+        self.finish: FinishReason = "length"
+        self.over = False
+        self.t_start = self.t_first = time.perf_counter()
+
+    def feed(self, token: int) -> StreamChunk | None:
+        if not self.generated:
+            self.t_first = time.perf_counter()
+        self.generated.append(token)
+        if self.engine.is_end_of_generation(token):
+            self.finish, self.over = "stop", True
+            return None
+        chunk = None
+        text = self.stops.feed(self.detok.feed(self.engine.token_bytes(token)))
+        if text:
+            self.emitted.append(text)
+            chunk = StreamChunk(text=text, token_ids=(token,))
+        if self.stops.matched is not None:
+            self.finish, self.over = "stop", True
+        elif len(self.generated) >= self.job.budget:
+            self.over = True
+        return chunk
+
+    def typed(self, exc: Exception) -> Exception:
+        """A runtime failure surfaces typed, with its cause; localllm errors as they are."""
+        if isinstance(exc, LocalLLMError):
+            return exc
+        return BackendError(f"{self.engine.backend_name} failed while generating: "
+                            f"{type(exc).__name__}: {exc}")
+
+    def final(self, reused_tokens: int) -> StreamChunk:
+        stops, job = self.stops, self.job
+        tail = stops.feed(self.detok.flush()) if stops.matched is None else ""
+        tail += stops.flush()
+        n_prompt, n_gen = len(job.prompt), len(self.generated)
+        completion = Completion(
+            text="".join(self.emitted) + tail,
+            token_ids=tuple(self.generated),
+            finish_reason=self.finish,
+            stop_sequence=stops.matched,
+            seed=job.seed,
+            usage=Usage(prompt_tokens=n_prompt, completion_tokens=n_gen,
+                        total_tokens=n_prompt + n_gen, cached_prompt_tokens=reused_tokens),
+            timings=_timings(self.load_s, n_prompt, n_gen, self.t_start, self.t_first,
+                             time.perf_counter()),
+            truncation=job.truncation,
+        )
+        grammar = job.decoding.grammar
+        if grammar is not None:
+            completion._format = grammar.format
+            completion._complete = grammar.done and stops.matched is None
+        return StreamChunk(text=tail, token_ids=(), finish_reason=completion.finish_reason,
+                           completion=completion)
+
+
+class _AsyncStream:
+    """``async for`` over one request. Leaving the loop early, cancelling the task or
+    dropping the iterator cancels the request, so its sequence is freed at once."""
+
+    def __init__(self, model: Model, job: _Job) -> None:
+        self._model = model
+        self._job = job
+        self._request: Request | None = None
+        self._consumer: _Consumer | None = None
+        self._tokens: AsyncIterator[int] | None = None
+        self._done = False
+
+    def __aiter__(self) -> _AsyncStream:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._done:
+            raise StopAsyncIteration
+        if self._request is None:
+            self._request = self._model._submit(self._job, asyncio.get_running_loop())
+            self._consumer = _Consumer(self._model._live(), self._job, self._model._load_s)
+            self._tokens = self._request.atokens()
+        assert self._consumer is not None and self._tokens is not None
+        consumer = self._consumer
+        try:
+            while not consumer.over:
+                try:
+                    token = await self._tokens.__anext__()
+                except StopAsyncIteration:
+                    break
+                chunk = consumer.feed(token)
+                if chunk is not None:
+                    return chunk
+        except BaseException as exc:
+            self._close()
+            if isinstance(exc, Exception):
+                raise consumer.typed(exc) from exc
+            raise
+        self._close()
+        return consumer.final(self._request.reused_tokens)
+
+    def _close(self) -> None:
+        self._done = True
+        if self._request is not None:
+            self._request.cancel()
+
+    async def aclose(self) -> None:
+        self._close()
+
+    def __del__(self) -> None:
+        self._close()
 
 
 class _Decoding:
@@ -417,6 +572,16 @@ def _timings(load_s: float, n_prompt: int, n_gen: int, t_start: float, t_first: 
         prompt_tokens_per_s=n_prompt / ttft if ttft > 0 else 0.0,
         generation_tokens_per_s=(n_gen - 1) / gen_s if n_gen > 1 and gen_s > 0 else 0.0,
     )
+
+
+async def _acollect(chunks: AsyncIterator[StreamChunk]) -> Completion:
+    """Run an async stream to its end and return its completion."""
+    final: Completion | None = None
+    async for chunk in chunks:
+        if chunk.completion is not None:
+            final = chunk.completion
+    assert final is not None
+    return final
 
 
 def _collect(chunks: Iterator[StreamChunk]) -> Completion:

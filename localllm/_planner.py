@@ -27,6 +27,7 @@ RAM_HEADROOM = 0.10             # keep 10% of available RAM for everything else
 RUNTIME_IMPORT = 20 * MIB       # importing the runtime, when the process has not yet
 KV_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 MIN_CONTEXT = 512
+DEFAULT_PARALLEL = 4  # sequences decoded together when the caller does not say
 
 
 class _Frozen(BaseModel):
@@ -109,6 +110,7 @@ class MemoryEstimate(_Frozen):
     kv_type: str
     gpu_layers: int
     host: DeviceMemory
+    parallel: int = 1
     gpu: DeviceMemory | None = None
 
     def describe(self) -> list[str]:
@@ -132,15 +134,19 @@ def _pad(context: int) -> int:
 
 
 def estimate_memory(shape: ModelShape, context_length: int, *, kv_type: str = "f16",
-                    gpu_layers: int = 0, batch_size: int = 512) -> MemoryEstimate:
+                    gpu_layers: int = 0, batch_size: int = 512,
+                    parallel: int = 1) -> MemoryEstimate:
+    """Memory for ``parallel`` sequences of up to ``context_length`` tokens each (one KV
+    cache of ``parallel * context_length`` cells)."""
     if kv_type not in KV_TYPES:
         raise ConfigError(f"kv_type={kv_type!r} is unknown; use one of {', '.join(KV_TYPES)}")
+    cells = context_length * parallel
     n_gpu = min(gpu_layers, shape.n_layer + 1)
     on_gpu = list(range(shape.n_layer - min(n_gpu, shape.n_layer), shape.n_layer))
-    kv_layer = kv_bytes_per_layer(shape, context_length, kv_type)
+    kv_layer = kv_bytes_per_layer(shape, cells, kv_type)
     ubatch = min(batch_size, context_length)
     activations = ubatch * (4 * shape.n_embd + 3 * shape.n_ff) * 4
-    mask = ubatch * _pad(context_length) * 2
+    mask = ubatch * _pad(cells) * 2
     host_layers = [b for i, b in enumerate(shape.layer_bytes) if i not in on_gpu]
     host_weights = sum(host_layers) + shape.embed_bytes + (
         0 if n_gpu > shape.n_layer else shape.output_bytes)
@@ -148,8 +154,8 @@ def estimate_memory(shape: ModelShape, context_length: int, *, kv_type: str = "f
     host = DeviceMemory(
         device="host RAM", weights=host_weights,
         kv_cache=kv_layer * (shape.n_layer - len(on_gpu)),
-        compute=(activations + mask + shape.n_vocab * 4) if not on_gpu else
-        (shape.n_vocab * 4 + ubatch * shape.n_embd * 4),
+        compute=(activations + mask + shape.n_vocab * 4 * parallel) if not on_gpu else
+        (shape.n_vocab * 4 * parallel + ubatch * shape.n_embd * 4),
         overhead=RUNTIME_OVERHEAD + tables)
     gpu = None
     if on_gpu:
@@ -160,7 +166,7 @@ def estimate_memory(shape: ModelShape, context_length: int, *, kv_type: str = "f
             # the GPU reserves the full graph: every logit of the micro-batch included
             compute=activations + mask + ubatch * shape.n_vocab * 4,
             overhead=GPU_RESERVE)
-    return MemoryEstimate(context_length=context_length, kv_type=kv_type,
+    return MemoryEstimate(context_length=context_length, parallel=parallel, kv_type=kv_type,
                           gpu_layers=n_gpu, host=host, gpu=gpu)
 
 
@@ -188,6 +194,7 @@ class LoadPlan(_Frozen):
     batch_size: int
     kv_type: str
     memory: MemoryEstimate
+    parallel: int = 1
     predicted_peak_ram: int
     available_ram: int
     reasons: tuple[str, ...]
@@ -197,7 +204,8 @@ class LoadPlan(_Frozen):
                  f"device     {self.device}" + (f" ({self.gpu_layers} layers on "
                                                 f"{', '.join(self.gpu_names)})"
                                                 if self.gpu_layers else ""),
-                 f"context    {self.context_length} tokens (KV {self.kv_type})",
+                 f"context    {self.context_length} tokens (KV {self.kv_type}), "
+                 f"{self.parallel} parallel sequence(s)",
                  f"threads    {self.threads}, batch {self.batch_size}",
                  *("memory     " + m for m in self.memory.describe()),
                  f"peak RAM   {self.predicted_peak_ram / MIB:,.0f} MiB predicted for this "
@@ -222,8 +230,9 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
               device: str = "auto", kv_type: str = "f16", threads: int | None = None,
               batch_size: int = 512, gpu_layers: int | None = None,
               allow_fallback: bool = False, runtime_loaded: bool = True,
-              partial_offload: bool = True) -> LoadPlan:
-    """Choose device placement and context length for ``gguf`` on ``profile``."""
+              partial_offload: bool = True, parallel: int | None = None,
+              batching: bool = True) -> LoadPlan:
+    """Choose device placement, context length and parallel sequences for ``gguf``."""
     if device not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"device={device!r} is invalid; use 'auto', 'cpu' or 'gpu'")
     shape = ModelShape.from_gguf(gguf)
@@ -271,9 +280,15 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
                 return n
         return 0
 
+    if parallel is not None and parallel > 1 and not batching:
+        raise UnsupportedFeatureError(backend, f"parallel={parallel}",
+                                      "it decodes one sequence at a time (requests queue); "
+                                      "use parallel=1 or the llama.cpp backend")
+    n_seq = parallel or 1
+
     def estimate(ctx: int) -> MemoryEstimate:
         return estimate_memory(shape, ctx, kv_type=kv_type, gpu_layers=layers_for(ctx),
-                               batch_size=batch_size)
+                               batch_size=batch_size, parallel=n_seq)
 
     trained = shape.n_ctx_train
     if context_length is not None:
@@ -297,6 +312,19 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
             reasons.append(f"context {chosen}: the largest that fits (trained: {trained})")
         else:
             reasons.append(f"context {chosen}: the full trained length fits")
+    if parallel is None and batching:
+        # the default: up to DEFAULT_PARALLEL sequences of the chosen context, as memory allows
+        for n in range(DEFAULT_PARALLEL, 0, -1):
+            n_seq = n
+            if n == 1 or _fits(estimate(chosen), budget):
+                break
+        reasons.append(f"{n_seq} parallel sequence(s): the KV cache for {n_seq} x {chosen} "
+                       f"tokens fits (load with parallel=N to choose)")
+    elif not batching:
+        reasons.append(f"1 sequence: {backend} runs one request at a time, others queue")
+    else:
+        reasons.append(f"{n_seq} parallel sequence(s) as requested: KV cache for {n_seq} x "
+                       f"{chosen} tokens")
     est = estimate(chosen)
     if not _fits(est, budget):
         raise WillNotFitError(_will_not_fit(gguf, shape, est, budget, kv_type, batch_size))
@@ -310,7 +338,8 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
     return LoadPlan(
         path=str(gguf.path), backend=backend, device="gpu" if est.gpu_layers else "cpu",
         gpu_layers=est.gpu_layers, gpu_names=(gpus[0].name,) if est.gpu_layers else (),
-        context_length=chosen, threads=threads, batch_size=min(batch_size, chosen),
+        context_length=chosen, parallel=n_seq, threads=threads,
+        batch_size=min(batch_size, chosen * n_seq),
         kv_type=kv_type, memory=est, predicted_peak_ram=base + est.host.total,
         available_ram=profile.memory.available, reasons=tuple(reasons))
 

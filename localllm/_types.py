@@ -10,9 +10,16 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
-from ._errors import ConfigError
+from ._errors import ConfigError, StructuredOutputError
 
 FinishReason = Literal["stop", "length"]
 OverflowPolicy = Literal["error", "truncate_left", "drop_oldest"]
@@ -106,6 +113,8 @@ class Usage(_Frozen):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_prompt_tokens: int = Field(
+        0, description="prompt tokens whose KV entries were reused, not evaluated")
 
 
 class Timings(_Frozen):
@@ -139,6 +148,42 @@ class Completion(_Frozen):
     usage: Usage
     timings: Timings
     truncation: Truncation | None = None
+    # set by Model for constrained requests: the CompiledFormat and whether it completed
+    _format: Any = PrivateAttr(None)
+    _complete: bool = PrivateAttr(False)
+
+    @property
+    def parsed(self) -> Any:
+        """The constrained output as a value: the parsed JSON, an instance of the pydantic
+        model given as ``response_format``, or the text for regex/grammar formats.
+
+        Raises ``StructuredOutputError`` when the output is not complete (cut by
+        ``max_tokens`` or the context end, or ended by a stop string): a cut JSON never
+        passes as valid, even where the cut happens to leave parsable text."""
+        fmt = self._format
+        if fmt is None:
+            raise ConfigError("this completion was generated without response_format, so "
+                              "there is nothing to parse; pass response_format=... or parse "
+                              ".text yourself")
+        if not self._complete:
+            if self.finish_reason == "length":
+                why = (f"it was cut after {self.usage.completion_tokens} tokens by max_tokens "
+                       "or the context end; raise max_tokens (or load a longer context)")
+            else:
+                why = (f"the stop string {self.stop_sequence!r} ended it; remove that stop "
+                       "string for constrained output")
+            raise StructuredOutputError(f"the structured output is incomplete: {why}")
+        if fmt.kind == "text":
+            return self.text
+        if fmt.model is not None:
+            try:
+                return fmt.model.model_validate_json(self.text)
+            except ValidationError as exc:
+                raise StructuredOutputError(
+                    f"the output does not validate as {fmt.model.__name__}: {exc}") from exc
+        import json
+
+        return json.loads(self.text)
 
 
 class StreamChunk(_Frozen):
@@ -188,5 +233,6 @@ class ModelInfo(_Frozen):
     threads: int
     batch_size: int
     placement: DevicePlacement
+    parallel: int = Field(1, description="requests decoded together (continuous batching)")
     has_chat_template: bool
     plan: Any = Field(None, description="the LoadPlan load() executed (None for FakeModel)")

@@ -241,6 +241,11 @@ def probe_apple(system: str, machine: str, sysctl: Any = _sysctl) -> list[GPUInf
                     memory_free=total * 3 // 4, unified=True)]
 
 
+#: onnxruntime's GPU execution providers, most preferred first (a build ships one family).
+#: Others (CPU, Azure's remote endpoint provider, OpenVINO, XNNPACK) are not GPU offload.
+GPU_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider",
+                 "MIGraphXExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
+
 _RUNTIME_SCRIPT = r"""
 import json, sys
 out = {}
@@ -255,13 +260,12 @@ except Exception as exc:
 try:
     import onnxruntime
     out["onnxruntime"] = {"version": onnxruntime.__version__, "importable": True,
-        "gpu_offload": any(p != "CPUExecutionProvider"
-                           for p in onnxruntime.get_available_providers()),
+        "gpu_offload": any(p in GPU_PROVIDERS for p in onnxruntime.get_available_providers()),
         "details": {"providers": onnxruntime.get_available_providers()}}
 except Exception as exc:
     out["onnxruntime"] = {"importable": False, "error": repr(exc)}
 print(json.dumps(out))
-"""
+""".replace("GPU_PROVIDERS", repr(GPU_PROVIDERS))
 
 _DISTRIBUTIONS = {"llama.cpp": "llama-cpp-python", "onnxruntime": "onnxruntime",
                   "onnxruntime-genai": "onnxruntime-genai", "gpt4all": "gpt4all",

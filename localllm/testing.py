@@ -48,6 +48,37 @@ def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,
                  load_s=0.0)
 
 
+#: Top-2 logit margin below which two float paths may pick different greedy tokens. On the
+#: default model the margin at one step was seen to move by 0.15 between two solo runs
+#: whose prompts were evaluated in differently shaped batches (prefix reuse), and single
+#: logits by up to 1.2 between a solo and an 8-sequence batched decode.
+NEAR_TIE = 0.5
+
+
+def greedy_with_margins(model: Model, prompt: str, max_tokens: int
+                        ) -> tuple[tuple[int, ...], list[float]]:
+    """Greedy tokens of ``prompt`` run alone, with the top-1 minus top-2 logit margin at
+    each step. Another float path (a batch, another CPU's kernels) may pick differently
+    only where that margin is small, so tests compare texts with it, not blindly."""
+    import numpy as np
+
+    margins: list[float] = []
+
+    def record(ids: Any, logits: Any) -> Any:
+        top = np.partition(logits, -2)[-2:]
+        margins.append(float(top[1] - top[0]))
+        return logits
+
+    result = model.complete(prompt, max_tokens=max_tokens, temperature=0, sampler="localllm",
+                            logits_processors=[record])
+    return result.token_ids, margins
+
+
+def first_divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
+    """Index of the first differing token of two runs (None when one is a prefix)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
 class BackendContract:
     """Behaviour every backend must show through ``Model``. Provide a ``model`` fixture."""
 
@@ -133,13 +164,16 @@ class BackendContract:
         params = self.deterministic(model, max_tokens=8)
         prompts = [self.prompt, "Once upon a time", "1, 2, 3,", "def main():"]
         expected = {p: model.complete(p, **params).text for p in prompts}
-        results: dict[int, tuple[str, str]] = {}
+        results: dict[int, tuple[str, str, tuple[int, ...]]] = {}
         errors: list[BaseException] = []
 
         def worker(i: int) -> None:
             try:
                 p = prompts[i % len(prompts)]
-                results[i] = (p, "".join(c.text for c in model.stream(p, **params)))
+                chunks = list(model.stream(p, **params))
+                final = chunks[-1].completion
+                assert final is not None
+                results[i] = (p, "".join(c.text for c in chunks), final.token_ids)
             except BaseException as exc:  # collected and re-raised below
                 errors.append(exc)
 
@@ -150,8 +184,15 @@ class BackendContract:
             t.join(timeout=300)
         assert not errors, errors
         assert len(results) == 8
-        for prompt, text in results.values():
-            assert text == expected[prompt]
+        for prompt, text, ids in results.values():
+            if text == expected[prompt]:
+                continue
+            # a batching engine decodes the threads together: another float path, so a
+            # near-tied step may pick the other token; anything else is interference
+            assert model.info.parallel > 1 and model.capabilities.logits, (prompt, text)
+            solo, margins = greedy_with_margins(model, prompt, 8)
+            at = first_divergence(solo, ids)
+            assert at is None or margins[at] < NEAR_TIE, (prompt, text, margins)
 
     def test_breaking_out_of_a_stream_releases_the_model(self, model: Model) -> None:
         for chunk in model.stream(self.prompt, max_tokens=50):

@@ -21,7 +21,7 @@ from localllm._doctor import run_checks
 from localllm._gguf import GGUFFile, TensorInfo
 from localllm._planner import MIB, ModelShape, current_rss, estimate_memory, make_plan
 from localllm._recommend import RECOMMENDED, ModelFacts, recommend
-from localllm.hardware import HardwareProfile, RuntimeInfo, probe
+from localllm.hardware import GPU_PROVIDERS, HardwareProfile, RuntimeInfo, probe
 
 MACHINES = Path(__file__).parent / "machines"
 GIB = 1 << 30
@@ -126,6 +126,11 @@ def test_probe_of_this_machine_is_fast_and_complete() -> None:
     assert profile.cpu.logical_cores >= 1 and profile.memory.total > 0
     llama = profile.runtime("llama.cpp")
     assert llama is not None and llama.importable and "AVX" in str(llama.details)
+    ort = profile.runtime("onnxruntime")
+    assert ort is not None and ort.importable
+    providers = ort.details["providers"]
+    # CPU builds list AzureExecutionProvider (remote endpoints): that is not GPU offload
+    assert ort.gpu_offload == any(p in GPU_PROVIDERS for p in providers), providers
 
 
 def fake_gguf(facts: ModelFacts, type_id: int = 12) -> GGUFFile:

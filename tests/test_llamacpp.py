@@ -113,15 +113,16 @@ def test_logit_bias_and_penalties_change_the_output(shared_model: localllm.Model
 
 
 def test_prompt_cache_reuses_the_common_prefix(shared_model: localllm.Model) -> None:
-    engine = shared_model._engine
-    assert engine is not None
     long_prompt = "Here is a list of fruits: " + ", ".join(["apple", "pear", "plum"] * 60)
     cold = shared_model.complete(long_prompt + " and", max_tokens=4, temperature=0)
     warm = shared_model.complete(long_prompt + " or", max_tokens=4, temperature=0)
     shared = len(shared_model.tokenizer.encode(long_prompt))
-    assert shared - 2 <= engine.reused_tokens < warm.usage.prompt_tokens  # only the tail ran
-    shared_model.complete("Unrelated text " + long_prompt + " or", max_tokens=1, temperature=0)
-    assert engine.reused_tokens == 0  # a different start shares nothing
+    assert cold.usage.cached_prompt_tokens < shared - 2
+    # only the tail ran
+    assert shared - 2 <= warm.usage.cached_prompt_tokens < warm.usage.prompt_tokens
+    other = shared_model.complete("Unrelated text " + long_prompt + " or", max_tokens=1,
+                                  temperature=0)
+    assert other.usage.cached_prompt_tokens == 0  # a different start shares nothing
     # reused state must not change results: a fresh model gives the same continuation
     again = shared_model.complete(long_prompt + " and", max_tokens=4, temperature=0)
     assert again.text == cold.text

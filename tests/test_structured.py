@@ -1,5 +1,8 @@
-"""Structured output on the real default model: 20 schemas x 3 seeds must all parse and
-validate; impossible or unsupported schemas fail before any compute."""
+"""Structured output on the real default model: 20 schemas x 5 seeds x 2 temperatures must
+all finish, parse and validate; impossible or unsupported schemas fail before any compute.
+
+These hold on every CPU by construction: whatever tokens a seed draws on a given float
+path, the grammar only lets through tokens that keep the output valid and bounded."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import localllm
+from localllm._structured import strict_schema
 
 
 def obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -60,13 +64,96 @@ SCHEMAS: list[tuple[str, dict[str, Any]]] = [
 @pytest.mark.parametrize("name, schema", SCHEMAS, ids=[n for n, _ in SCHEMAS])
 def test_schema_outputs_always_parse_and_validate(shared_model: localllm.Model, name: str,
                                                   schema: dict[str, Any]) -> None:
+    """Every seed and temperature ends (EOS, not max_tokens) with JSON that validates:
+    numbers are bounded, no free whitespace, no keys beyond the listed properties."""
     fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
-    for seed in (1, 2, 3):
+    for temperature in (0.7, 1.0):
+        for seed in (1, 2, 3, 4, 5):
+            result = shared_model.chat(
+                [{"role": "user", "content": f"Reply with a JSON {name.replace('_', ' ')}."}],
+                response_format=fmt, max_tokens=128, seed=seed, temperature=temperature)
+            assert result.finish_reason == "stop", (temperature, seed, result.text)
+            jsonschema.validate(result.parsed, schema)
+            assert result.parsed == json.loads(result.text)
+
+
+def test_keys_beyond_properties_need_explicit_permission(shared_model: localllm.Model) -> None:
+    """A schema with ``required`` but no ``additionalProperties`` gets OpenAI's strict
+    semantics: only the listed keys, so the model cannot append keys until max_tokens."""
+    schema = {"type": "object", "required": ["person"], "properties": {"person": {
+        "type": "object", "required": ["name", "age"],
+        "properties": {"name": NAME, "age": {"type": "integer", "minimum": 0}}}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}
+    for seed in range(4):
         result = shared_model.chat(
-            [{"role": "user", "content": f"Reply with a JSON {name.replace('_', ' ')}."}],
-            response_format=fmt, max_tokens=200, seed=seed, temperature=0.7)
-        assert result.finish_reason == "stop", (seed, result.text)
-        jsonschema.validate(json.loads(result.text), schema)
+            [{"role": "user", "content": "Describe a person and Paris in JSON."}],
+            response_format=fmt, max_tokens=96, seed=seed, temperature=1.0)
+        assert result.finish_reason == "stop", result.text
+        assert set(result.parsed) == {"person"} and set(result.parsed["person"]) == {
+            "name", "age"}
+    # an explicit permission is honoured
+    open_schema = {**schema, "additionalProperties": {"type": "integer"}}
+    assert strict_schema(open_schema)["additionalProperties"] == {"type": "integer"}
+
+
+def test_strict_schema_walks_subschemas_only() -> None:
+    """Property maps are not schemas: a property literally named "properties" is kept."""
+    schema = {"type": "object", "properties": {"properties": {"type": "string"}},
+              "$defs": {"X": {"properties": {"a": {"enum": [{"properties": 1}]}}}},
+              "anyOf": [{"properties": {}}], "patternProperties": {}}
+    out = strict_schema(schema)
+    assert out["properties"] == {"properties": {"type": "string"}}
+    assert "additionalProperties" not in out  # patternProperties is an explicit permission
+    assert out["$defs"]["X"]["additionalProperties"] is False
+    assert out["$defs"]["X"]["properties"]["a"] == {"enum": [{"properties": 1}]}
+    assert out["anyOf"][0]["additionalProperties"] is False
+    assert "additionalProperties" not in schema  # the caller's schema is not modified
+
+
+def test_numbers_stay_within_float64_even_when_digits_are_pushed(
+        shared_model: localllm.Model) -> None:
+    """A logits processor that boosts every digit token makes the model want to write
+    digits forever; the bounds grammar still ends each number within 17 mantissa digits
+    (19 for a plain integer), so the JSON completes."""
+    digits = [t for t in range(shared_model.tokenizer.vocab_size)
+              if (text := shared_model.tokenizer.token_text(t)) and text.isdigit()]
+
+    def push_digits(ids: Any, logits: np.ndarray) -> np.ndarray:
+        out = logits.copy()
+        out[digits] += 30.0
+        return out
+
+    schema = obj({"x": {"type": "number"}, "n": {"type": "integer"},
+                  "y": {"type": "number", "minimum": -90, "maximum": 90}})
+    fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+    for seed in (1, 2):
+        result = shared_model.complete("Numbers:", response_format=fmt, max_tokens=128,
+                                       seed=seed, temperature=1.0,
+                                       logits_processors=[push_digits])
+        assert result.finish_reason == "stop", result.text
+        values = result.parsed
+        jsonschema.validate(values, schema)
+        for key in ("x", "y"):
+            number = re.search(rf'"{key}":(-?[0-9.eE+-]+)', result.text)
+            assert number is not None
+            mantissa = re.sub(r"[eE].*", "", number.group(1)).lstrip("-")
+            mantissa = mantissa[2:] if mantissa.startswith("0.") else mantissa
+            assert len(mantissa.replace(".", "")) <= 17, result.text
+        assert len(str(abs(values["n"]))) <= 19
+
+
+def test_cut_output_is_length_and_never_parses(shared_model: localllm.Model) -> None:
+    """max_tokens too small for the JSON: finish_reason "length", and ``parsed`` raises a
+    typed error naming the cause instead of returning a partial value."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMAS[0][1]}}
+    result = shared_model.chat([{"role": "user", "content": "A person as JSON."}],
+                               response_format=fmt, max_tokens=3, temperature=0)
+    assert result.finish_reason == "length"
+    with pytest.raises(localllm.StructuredOutputError, match="max_tokens"):
+        _ = result.parsed
+    plain = shared_model.complete("Hello", max_tokens=2, temperature=0)
+    with pytest.raises(localllm.ConfigError, match="without response_format"):
+        _ = plain.parsed
 
 
 def test_pydantic_model_shortcut_and_regex(shared_model: localllm.Model) -> None:
@@ -77,7 +164,7 @@ def test_pydantic_model_shortcut_and_regex(shared_model: localllm.Model) -> None
 
     result = shared_model.chat([{"role": "user", "content": "Describe Paris as JSON."}],
                                response_format=City, max_tokens=100, temperature=0)
-    City.model_validate_json(result.text)
+    assert isinstance(result.parsed, City)
     phone = shared_model.complete("Call me at", max_tokens=20, temperature=0,
                                   response_format={"type": "regex",
                                                    "pattern": r" \+33 [0-9]{9}"})

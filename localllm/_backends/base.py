@@ -1,8 +1,10 @@
 """The narrow hook a runtime implements; everything user-facing lives in ``Model``.
 
-An engine turns token ids into sampled token ids and answers tokenizer questions. It is
-never called by two threads at once (``Model`` serializes requests), so engines hold
-their runtime state without locks of their own.
+An engine turns token ids into sampled token ids and answers tokenizer questions. Its
+generation methods are only called from its model's scheduler thread, so engines hold
+their runtime state without locks of their own. An engine that can decode several
+sequences in one step (``batching``) implements the multi-sequence hook below; the
+others generate one request at a time through ``generate``/``start``/``push``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,19 @@ class EngineOptions:
     batch_size: int
     gpu_layers: int = 0
     kv_type: str = "f16"
+    parallel: int = 1  # sequences generated at once (a KV cache of parallel x context)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SeqInput:
+    """One sequence's part of a batched decode step."""
+
+    seq: int
+    tokens: Sequence[int]
+    pos: int              # position of tokens[0] in the sequence
+    output: bool          # the next-token distribution after the last token is wanted
+    native_sampler: Any = None  # when set (and output), return its sampled token
 
 
 @functools.cache
@@ -140,6 +154,45 @@ class Engine(ABC):
     def push(self, token: int) -> Any:
         """Append one token; return the logits row for the token after it."""
         raise UnsupportedFeatureError(self.backend_name, "logits access")
+
+    # ------------------------------------------------------------ multi-sequence hook
+    #: True when the engine implements decode_batch and the seq_* methods below
+    batching: ClassVar[bool] = False
+
+    @property
+    def max_sequences(self) -> int:
+        """Sequences that can be generated at once (1: requests run one after another)."""
+        return 1
+
+    @property
+    def kv_capacity(self) -> int:
+        """Tokens the KV cache holds across all sequences."""
+        return self.context_length
+
+    @property
+    def batch_size(self) -> int:
+        """Tokens one decode step takes at most."""
+        return 512
+
+    def decode_batch(self, inputs: Sequence[SeqInput]) -> list[Any]:
+        """Decode one batch; per input, ``None`` (no output wanted), the sampled token
+        (``native_sampler`` given) or the logits row (numpy float32)."""
+        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+
+    def seq_remove(self, seq: int, start: int) -> None:
+        """Drop sequence ``seq``'s KV entries from position ``start`` on."""
+        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+
+    def seq_copy(self, src: int, dst: int, n: int) -> None:
+        """Share the first ``n`` KV entries of ``src`` with ``dst`` (a common prefix)."""
+        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+
+    def native_sampler(self, params: SamplingParams, seed: int, prompt: list[int]) -> Any:
+        """The runtime's sampler for one request (prompt counted as penalty history)."""
+        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+
+    def free_native_sampler(self, sampler: Any) -> None:
+        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
 
     @abstractmethod
     def close(self) -> None:

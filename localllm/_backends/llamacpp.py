@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,7 +22,7 @@ import numpy as np
 from .._errors import BackendError, UnsupportedFeatureError, UnsupportedModelError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from .base import Engine, EngineOptions, import_runtime
+from .base import Engine, EngineOptions, SeqInput, import_runtime
 
 log = logging.getLogger("localllm.llama_cpp")
 
@@ -112,6 +112,7 @@ class LlamaCppEngine(Engine):
 
     options_accepted: ClassVar[dict[str, str]] = {
         "flash_attention": "True/False forces flash attention on or off (default: auto)"}
+    batching: ClassVar[bool] = True
 
     @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> LlamaCppEngine:
@@ -147,7 +148,11 @@ class LlamaCppEngine(Engine):
             if found:
                 self._offloaded = int(found.group(1))
         cparams = lib.llama_context_default_params()
-        cparams.n_ctx = options.context_length
+        # one unified KV cache shared by `parallel` sequences of up to context_length each
+        self._n_seq = options.parallel
+        cparams.n_ctx = options.context_length * options.parallel
+        cparams.n_seq_max = options.parallel
+        cparams.kv_unified = True
         cparams.n_batch = options.batch_size
         cparams.n_ubatch = options.batch_size
         cparams.n_threads = options.threads
@@ -168,7 +173,9 @@ class LlamaCppEngine(Engine):
         self._vocab = lib.llama_model_get_vocab(self._model)
         self._memory = lib.llama_get_memory(self._ctx)
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
-        self._n_ctx = lib.llama_n_ctx(self._ctx)
+        self._n_ctx_total = lib.llama_n_ctx(self._ctx)
+        self._n_ctx = min(options.context_length, self._n_ctx_total)
+        self._batch = lib.llama_batch_init(options.batch_size, 0, 1)
         self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
@@ -253,6 +260,67 @@ class LlamaCppEngine(Engine):
             eog = self._eog[token] = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
         return eog
 
+    # ---------------------------------------------------------------- batched decoding
+    @property
+    def max_sequences(self) -> int:
+        return int(self._n_seq)
+
+    @property
+    def kv_capacity(self) -> int:
+        return int(self._n_ctx_total)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self._options.batch_size)
+
+    def decode_batch(self, inputs: Sequence[SeqInput]) -> list[Any]:
+        lib, batch = self._lib, self._batch
+        token, pos, n_seq, seq_id, want = (batch.token, batch.pos, batch.n_seq_id,
+                                           batch.seq_id, batch.logits)
+        n = 0
+        rows: list[int] = []
+        for inp in inputs:
+            for k, t in enumerate(inp.tokens):
+                token[n] = t
+                pos[n] = inp.pos + k
+                n_seq[n] = 1
+                seq_id[n][0] = inp.seq
+                want[n] = 0
+                n += 1
+            if inp.output:
+                want[n - 1] = 1
+            rows.append(n - 1 if inp.output else -1)
+        batch.n_tokens = n
+        self._cached = []  # the single-sequence prefix cache no longer describes the KV
+        self._check_decode(lib.llama_decode(self._ctx, batch))
+        out: list[Any] = []
+        for inp, row in zip(inputs, rows, strict=True):
+            if row < 0:
+                out.append(None)
+            elif inp.native_sampler is not None:
+                out.append(int(lib.llama_sampler_sample(inp.native_sampler, self._ctx, row)))
+            else:
+                logits = lib.llama_get_logits_ith(self._ctx, row)
+                out.append(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).copy())
+        return out
+
+    def seq_remove(self, seq: int, start: int) -> None:
+        if not self._lib.llama_memory_seq_rm(self._memory, seq, start, -1):
+            raise BackendError(f"llama.cpp could not free sequence {seq} from {start}")
+
+    def seq_copy(self, src: int, dst: int, n: int) -> None:
+        self._lib.llama_memory_seq_cp(self._memory, src, dst, 0, n)
+
+    def native_sampler(self, params: SamplingParams, seed: int, prompt: list[int]) -> Any:
+        chain = build_sampler_chain(self._lib, params, seed, self._n_vocab)
+        if _penalties_active(params):  # the prompt counts as history, as in llama-server
+            for token in prompt[-params.repeat_last_n:]:
+                self._lib.llama_sampler_accept(chain, token)
+        return chain
+
+    def free_native_sampler(self, sampler: Any) -> None:
+        self._lib.llama_sampler_free(sampler)
+
     # ---------------------------------------------------------------- generation
     def _check_decode(self, rc: int) -> None:
         if rc != 0:
@@ -326,6 +394,7 @@ class LlamaCppEngine(Engine):
         if self._closed:
             return
         self._closed = True
+        self._lib.llama_batch_free(self._batch)
         self._lib.llama_free(self._ctx)
         self._lib.llama_model_free(self._model)
 

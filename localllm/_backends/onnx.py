@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from .._errors import BackendError, ConfigError, ModelFormatError, UnsupportedFeatureError
 from .._gguf import GGUFFile, TensorInfo
 from .._types import Capabilities, DevicePlacement, SamplingParams
+from ..hardware import GPU_PROVIDERS
 from .base import (
     EngineOptions,
     LocalTokenizerEngine,
@@ -30,9 +31,6 @@ from .base import (
 
 _KV = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 
-#: GPU execution providers, most preferred first (an onnxruntime build ships one family)
-GPU_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider",
-                 "MIGraphXExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
 #: CPU-side providers: OpenVINO accelerates x86 CPUs when its build is installed
 CPU_PROVIDERS = ("OpenVINOExecutionProvider", "CPUExecutionProvider")
 

@@ -1,0 +1,371 @@
+"""The scheduler of one loaded model: every active request advances in one decode step.
+
+Continuous batching as llama-server does it: one context, several sequences sharing one
+KV cache. Each step decodes one batch holding the next token of every generating
+sequence plus chunks of waiting prompts, so requests join and leave between steps and a
+long prompt never stalls the streams already decoding. Engines that cannot batch declare
+one sequence and get the same queue, admission and cancellation, one request at a time.
+
+The scheduler only moves tokens. Everything a caller sees (detokenization, stop strings,
+usage) stays in ``Model``, which consumes the tokens delivered to each request's outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._backends.base import Engine, SeqInput, sample_from_logits
+from ._errors import (
+    BackendError,
+    LocalLLMError,
+    ModelClosedError,
+    QueueFullError,
+    RequestTimeoutError,
+)
+from ._types import SamplingParams
+
+_END = object()  # outbox marker: the request is over (its reason travels with it)
+
+
+class Outbox:
+    """Tokens from the scheduler thread to one consumer, sync or on an event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._sync: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop else None
+
+    def put(self, item: Any) -> None:
+        if self._loop is None:
+            self._sync.put(item)
+        else:
+            assert self._async is not None
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                self._loop.call_soon_threadsafe(self._async.put_nowait, item)
+
+    def get(self) -> Any:
+        return self._sync.get()
+
+    async def aget(self) -> Any:
+        assert self._async is not None
+        return await self._async.get()
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation request as the scheduler sees it."""
+
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    budget: int                      # tokens to generate at most
+    native: bool                     # the runtime's sampler, else localllm's
+    processors: list[Any] = field(default_factory=list)
+    grammar: Any = None
+    deadline: float | None = None    # time.monotonic() after which it is cut
+    outbox: Outbox = field(default_factory=Outbox)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    reused_tokens: int = 0           # prompt tokens whose KV came from another request
+    # scheduler state
+    seq: int = -1
+    done: int = 0                    # prompt tokens already in the KV cache
+    generated: int = 0
+    last: int = -1                   # last sampled token, fed back next step
+    sampler: Any = None
+    native_chain: Any = None
+    iterator: Iterator[int] | None = None   # single-sequence engines
+    history: list[int] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        """Stop generating; the sequence is freed before the next decode step."""
+        self.cancelled.set()
+
+    def tokens(self) -> Iterator[int]:
+        """The sampled tokens, blocking; raises the request's error if it failed."""
+        while True:
+            item = self.outbox.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def atokens(self) -> AsyncIterator[int]:
+        while True:
+            item = await self.outbox.aget()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+@dataclass
+class _Slot:
+    """One KV sequence: its tokens stay cached after a request ends, for prefix reuse."""
+
+    seq: int
+    tokens: list[int] = field(default_factory=list)
+    busy: bool = False
+
+
+class Scheduler:
+    """Owns the engine's generation: a thread that runs all admitted requests together."""
+
+    def __init__(self, engine: Engine, *, max_queue: int = 256) -> None:
+        self.engine = engine
+        self.max_queue = max_queue
+        self.parallel = max(1, engine.max_sequences)
+        self.batched = engine.batching
+        self._capacity = engine.kv_capacity
+        self._slots = [_Slot(i) for i in range(self.parallel)]
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._active: list[Request] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0  # decode steps run (tests and benchmarks read it)
+
+    # ------------------------------------------------------------------ submission
+    def submit(self, request: Request) -> Request:
+        with self._cond:
+            if self._closing:
+                raise ModelClosedError("the model was closed; load it again to use it")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(self.max_queue, len(self._active))
+            self._waiting.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="localllm-scheduler",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return request
+
+    def close(self) -> None:
+        """Cancel everything, end the thread; the engine is the caller's to close."""
+        with self._cond:
+            self._closing = True
+            for req in [*self._waiting, *self._active]:
+                req.cancel()
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    @property
+    def active_sequences(self) -> int:
+        return sum(slot.busy for slot in self._slots)
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._waiting and not self._active:
+                    self._cond.wait()
+                if self._closing:
+                    pending = [*self._waiting, *self._active]
+                    self._waiting.clear()
+                    break
+                self._admit()
+            self._drop_finished()
+            if not self._active:
+                continue
+            try:
+                if self.batched:
+                    self._step_batched()
+                else:
+                    self._step_single()
+            except Exception as exc:  # the runtime failed: every request in the step fails
+                error = exc if isinstance(exc, LocalLLMError) else BackendError(
+                    f"{self.engine.backend_name} failed while generating: "
+                    f"{type(exc).__name__}: {exc}")
+                if error is not exc:
+                    error.__cause__ = exc
+                for req in list(self._active):
+                    self._finish(req, error)
+        for req in [*pending, *self._active]:
+            self._finish(req, ModelClosedError("the model was closed during the request"))
+
+    def _reserved(self) -> int:
+        return sum(len(r.prompt) + r.budget for r in self._active)
+
+    def _admit(self) -> None:
+        """Move waiting requests in (FIFO) while a sequence and KV space are free."""
+        while self._waiting and len(self._active) < self.parallel:
+            req = self._waiting[0]
+            if req.cancelled.is_set():
+                self._waiting.popleft()
+                self._finish(req, None)
+                continue
+            need = len(req.prompt) + req.budget
+            if self._active and self._reserved() + need > self._capacity:
+                return  # fits the context, but must wait for KV space
+            self._waiting.popleft()
+            try:
+                self._start(req)
+            except Exception as exc:
+                self._finish(req, exc)
+                continue
+            self._active.append(req)
+
+    def _start(self, req: Request) -> None:
+        engine = self.engine
+        if not self.batched:
+            req.iterator = (engine.generate(req.prompt, req.params, req.seed) if req.native
+                            else sample_from_logits(engine, req.prompt, req.params, req.seed,
+                                                    req.processors, req.grammar))
+            return
+        slot = self._choose_slot(req.prompt)
+        slot.busy = True
+        req.seq = slot.seq
+        self._make_room(len(req.prompt) + req.budget)
+        req.done = self._reuse_prefix(slot, req.prompt)
+        req.reused_tokens = req.done
+        req.history = list(req.prompt)
+        if req.native:
+            req.native_chain = engine.native_sampler(req.params, req.seed, req.prompt)
+        else:
+            from .sampling import Sampler
+
+            grammar = [req.grammar] if req.grammar is not None else []
+            req.sampler = Sampler(req.params, req.seed, [*req.processors, *grammar])
+
+    def _choose_slot(self, prompt: list[int]) -> _Slot:
+        """The free sequence whose cached tokens share the longest prefix with ``prompt``."""
+        free = [s for s in self._slots if not s.busy]
+        return max(free, key=lambda s: (_common_prefix(s.tokens, prompt), -len(s.tokens)))
+
+    def _make_room(self, need: int) -> None:
+        """Evict cached (idle) sequences until the active reservations plus ``need`` fit."""
+        cached = sum(len(s.tokens) for s in self._slots if not s.busy)
+        for slot in sorted(self._slots, key=lambda s: -len(s.tokens)):
+            if self._reserved() + need + cached <= self._capacity:
+                return
+            if not slot.busy and slot.tokens:
+                cached -= len(slot.tokens)
+                self.engine.seq_remove(slot.seq, 0)
+                slot.tokens = []
+
+    def _reuse_prefix(self, slot: _Slot, prompt: list[int]) -> int:
+        """Keep the slot's own cached prefix, or copy a longer one from another sequence
+        (a shared system prompt); return how many prompt tokens need no evaluation."""
+        limit = len(prompt) - 1  # the last prompt token is always evaluated (for logits)
+        own = min(_common_prefix(slot.tokens, prompt), limit)
+        best, source = own, None
+        for other in self._slots:
+            if other is not slot and other.tokens:
+                n = min(_common_prefix(other.tokens, prompt), limit)
+                if n > best:
+                    best, source = n, other
+        engine = self.engine
+        if source is None:
+            engine.seq_remove(slot.seq, own)
+            slot.tokens = prompt[:own]
+            return own
+        engine.seq_remove(slot.seq, 0)
+        engine.seq_copy(source.seq, slot.seq, best)
+        slot.tokens = prompt[:best]
+        return best
+
+    def _drop_finished(self) -> None:
+        now = time.monotonic()
+        for req in list(self._active):
+            if req.cancelled.is_set():
+                self._finish(req, None)
+            elif req.deadline is not None and now > req.deadline:
+                self._finish(req, RequestTimeoutError(req.generated))
+
+    def _step_single(self) -> None:
+        req = self._active[0]
+        assert req.iterator is not None
+        token = next(req.iterator)
+        self.steps += 1
+        self._deliver(req, token)
+
+    def _step_batched(self) -> None:
+        engine = self.engine
+        room = engine.batch_size
+        inputs: list[SeqInput] = []
+        owners: list[Request] = []
+        for req in self._active:  # generating sequences first: one token each
+            if req.done >= len(req.prompt) and room > 0:
+                inputs.append(SeqInput(req.seq, [req.last], len(req.history) - 1, True,
+                                       req.native_chain))
+                owners.append(req)
+                room -= 1
+        for req in self._active:  # then prompt chunks, oldest request first
+            if req.done < len(req.prompt) and room > 0:
+                chunk = req.prompt[req.done:req.done + room]
+                last = req.done + len(chunk) >= len(req.prompt)
+                inputs.append(SeqInput(req.seq, chunk, req.done, last,
+                                       req.native_chain if last else None))
+                owners.append(req)
+                room -= len(chunk)
+        outputs = engine.decode_batch(inputs)
+        self.steps += 1
+        for req, inp, out in zip(owners, inputs, outputs, strict=True):
+            slot = self._slots[req.seq]
+            slot.tokens.extend(inp.tokens)
+            if req.done < len(req.prompt):
+                req.done += len(inp.tokens)
+            if out is None:
+                continue
+            try:
+                if isinstance(out, int):
+                    token = out
+                else:
+                    token = req.sampler.sample(req.history, out)
+                    if req.grammar is not None:
+                        req.grammar.consume(token)
+            except Exception as exc:  # a user logits processor or the grammar failed
+                self._finish(req, exc)
+                continue
+            req.history.append(token)
+            req.last = token
+            self._deliver(req, token)
+
+    def _deliver(self, req: Request, token: int) -> None:
+        req.generated += 1
+        req.outbox.put(token)
+        if self.engine.is_end_of_generation(token) or req.generated >= req.budget:
+            self._finish(req, None)
+
+    def _finish(self, req: Request, error: BaseException | None) -> None:
+        if req in self._active:
+            self._active.remove(req)
+        if req.seq >= 0:
+            slot = self._slots[req.seq]
+            slot.busy = False
+            if error is not None:  # a failed step may have left partial KV entries
+                with contextlib.suppress(Exception):
+                    self.engine.seq_remove(req.seq, 0)
+                slot.tokens = []
+            req.seq = -1
+        if req.native_chain is not None:
+            self.engine.free_native_sampler(req.native_chain)
+            req.native_chain = None
+        if req.iterator is not None:
+            close = getattr(req.iterator, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+            req.iterator = None
+        if error is not None:
+            req.outbox.put(error)
+        req.outbox.put(_END)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
