@@ -1,10 +1,16 @@
-"""Predicted vs measured peak memory of llama.cpp loads, each case in a fresh process.
+"""Predicted vs measured memory of llama.cpp loads, each case in a fresh process.
 
-For every (model, context) case a subprocess imports localllm and the runtime, asks the
-planner for the predicted peak RSS (from the GGUF header and the process's current RSS),
-loads the model, evaluates a prompt filling ~90% of the context, and reads ``VmHWM``.
-Models: the default model and three synthetic GGUFs of different shapes (f32, f16 with
-grouped-query attention, Q8_0 with multi-query attention) written with ``gguf``.
+Two moments are compared, because they touch different pages:
+
+- **after load**: load, then a 32-token completion of a short prompt. Compared with the
+  plan's ``predicted_ram_after_load``.
+- **peak**: load, then a prompt filling ~90% of the context (every micro-batch is full, so
+  all of the compute buffer is touched). Compared with ``predicted_peak_ram``.
+
+The measurement is ``VmHWM`` (peak RSS) of the subprocess; the prediction is the plan that
+``load()`` itself made in that process (``model.info.plan``), whose base is the process's
+RSS with the runtime already imported. Models: the default model and three synthetic GGUFs
+of other shapes (f32, f16 with grouped-query attention, Q8_0 with multi-query attention).
 
 Usage: python benchmarks/bench_memory.py  (writes benchmarks/results/<date>-memory.json)
 """
@@ -24,26 +30,25 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from results_file import write_result  # noqa: E402
 
-CONTEXTS = (512, 2048, 8192)
+CONTEXTS = (1024, 3000, 8192)
+KV_TYPES = ("f16", "q8_0")
 WORKER = r"""
 import json, sys, random
 import localllm
-from localllm._backends.llamacpp import _Runtime
-from localllm._gguf import read_gguf
-from localllm._planner import make_plan
-from localllm.hardware import probe
-path, ctx = sys.argv[1], int(sys.argv[2])
-_Runtime.get()
-gguf = read_gguf(path)
-plan = make_plan(gguf, probe(runtimes=False), backend="llama.cpp", gpu_offload_supported=False,
-                 context_length=ctx, device="cpu", threads=2)
-model = localllm.load(path, context_length=ctx, threads=2, device="cpu")
-engine = model._engine
-rng = random.Random(0)
-ids = [rng.randrange(300, engine.vocab_size) for _ in range(int(ctx * 0.9))]
-engine.start(ids)
+path, ctx, kv, moment = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+model = localllm.load(path, context_length=ctx, threads=2, device="cpu", kv_type=kv,
+                      parallel=1)
+plan = model.info.plan
+if moment == "peak":
+    rng = random.Random(0)
+    ids = [rng.randrange(300, model.tokenizer.vocab_size - 10) for _ in range(int(ctx * 0.9))]
+    model._engine.start(ids)
+    predicted = plan.predicted_peak_ram
+else:
+    model.complete("The capital of France is", max_tokens=32, temperature=0)
+    predicted = plan.predicted_ram_after_load
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"predicted": plan.predicted_peak_ram, "measured": hwm}))
+print(json.dumps({"predicted": predicted, "measured": hwm}))
 """
 
 
@@ -59,23 +64,39 @@ def model_files(workdir: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def run_case(path: Path, ctx: int) -> dict[str, int]:
-    proc = subprocess.run([sys.executable, "-c", WORKER, str(path), str(ctx)],
+def run_case(path: Path, ctx: int, kv: str = "f16", moment: str = "peak") -> dict[str, int]:
+    proc = subprocess.run([sys.executable, "-c", WORKER, str(path), str(ctx), kv, moment],
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise RuntimeError(f"case {path} ctx={ctx} failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"case {path} ctx={ctx} {kv} {moment} failed:\n"
+                           f"{proc.stderr[-2000:]}")
     result: dict[str, int] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
+def cases(workdir: Path) -> list[tuple[str, Path, int, str, str]]:
+    """(model, path, context, kv type, moment) for the full sweep."""
+    files = model_files(workdir)
+    out = []
+    name, default = files[0]
+    for ctx in CONTEXTS:
+        for kv in KV_TYPES:
+            for moment in ("after load", "peak"):
+                out.append((name, default, ctx, kv, moment))
+    for name, path in files[1:]:
+        for ctx in (512, 2048):
+            out.append((name, path, ctx, "f16", "peak"))
+    return out
+
+
 def run_cases(workdir: Path) -> list[dict[str, Any]]:
     rows = []
-    for name, path in model_files(workdir):
-        for ctx in CONTEXTS:
-            r = run_case(path, ctx)
-            error = (r["predicted"] - r["measured"]) / r["measured"]
-            rows.append({"model": name, "context": ctx, "predicted_mib": r["predicted"] / 2**20,
-                         "measured_mib": r["measured"] / 2**20, "error": error})
+    for name, path, ctx, kv, moment in cases(workdir):
+        r = run_case(path, ctx, kv, "peak" if moment == "peak" else "after")
+        error = (r["predicted"] - r["measured"]) / r["measured"]
+        rows.append({"model": name, "context": ctx, "kv": kv, "moment": moment,
+                     "predicted_mib": r["predicted"] / 2**20,
+                     "measured_mib": r["measured"] / 2**20, "error": error})
     return rows
 
 
@@ -83,11 +104,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_cases(Path(tmp))
     errors = [abs(r["error"]) for r in rows]
-    print("| model | n_ctx | predicted MiB | measured MiB (VmHWM) | error |")
-    print("|---|---|---|---|---|")
+    print("| model | n_ctx | KV | moment | predicted MiB | measured MiB (VmHWM) | error |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['context']} | {r['predicted_mib']:.1f} | "
-              f"{r['measured_mib']:.1f} | {r['error'] * 100:+.1f}% |")
+        print(f"| {r['model']} | {r['context']} | {r['kv']} | {r['moment']} | "
+              f"{r['predicted_mib']:.1f} | {r['measured_mib']:.1f} | {r['error'] * 100:+.1f}% |")
     summary = {"max_abs_error": max(errors), "median_abs_error": statistics.median(errors)}
     print(f"max |error| {summary['max_abs_error'] * 100:.1f}%, median |error| "
           f"{summary['median_abs_error'] * 100:.1f}%")

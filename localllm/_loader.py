@@ -7,6 +7,7 @@ registry by file format and availability, and all options are validated up front
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -178,10 +179,18 @@ def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | No
         _check_int("context_length", context_length, 16, gguf.context_length or 1 << 30,
                    f"the model was trained on {gguf.context_length} tokens; longer contexts "
                    "degrade silently, so localllm refuses them")
-    import sys
-
     from ._planner import make_plan
     from .hardware import probe
+
+    # Import the runtime first, so that the process's measured RSS (the plan's base)
+    # includes what importing it costs on this machine: no constant to guess.
+    runtime_loaded = False
+    if engine_cls.runtime_module:
+        try:
+            importlib.import_module(engine_cls.runtime_module)
+            runtime_loaded = True
+        except (ImportError, ValueError):
+            pass  # loading names the missing extra; the plan counts a typical import cost
 
     profile = profile or probe(runtimes=False)
     wants_gpu = device == "gpu" or bool(gpu_layers) or (device == "auto" and profile.has_gpu)
@@ -191,7 +200,7 @@ def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | No
                      device=device, threads=threads, batch_size=batch_size or DEFAULT_BATCH,
                      gpu_layers=gpu_layers, kv_type=kv_type,
                      allow_fallback=allow_fallback,
-                     runtime_loaded="llama_cpp" in sys.modules,
+                     runtime_loaded=runtime_loaded or not engine_cls.runtime_module,
                      partial_offload=engine_cls.partial_offload, parallel=parallel,
                      batching=engine_cls.batching)
 

@@ -1,10 +1,13 @@
 """Memory estimates and load plans, computed from a GGUF header and the machine.
 
 The estimate models what llama.cpp allocates and touches on the host: every weight byte
-(mmap'd pages are read once), the KV cache, the attention mask and activations of one
-micro-batch, one row of logits, the runtime's vocabulary tables and a small fixed
-overhead. The constants were fitted once against measured peak RSS (``VmHWM``) of real
-and synthetic models and are checked by ``benchmarks/bench_memory.py``.
+(mmap'd pages are read once), the KV cache (cleared, so touched, at creation), the
+attention mask and activations of one micro-batch (touched only by prompts that fill it:
+hence a peak and an after-load figure), the logits, the runtime's vocabulary tables and a
+small fixed overhead. What differs between machines, the runtime's import and library
+pages, is not a constant: the plan's base is this process's measured RSS with the runtime
+already imported. ``benchmarks/bench_memory.py`` (and a test) compare both figures with
+``VmHWM`` of fresh processes on the machine the suite runs on.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from ._gguf import GGUFFile
 from .hardware import HardwareProfile
 
 MIB = 1 << 20
-RUNTIME_OVERHEAD = 5 * MIB      # llama.cpp backend, threads and allocator slack
+RUNTIME_OVERHEAD = 3 * MIB      # llama.cpp backend, threads and allocator slack
 BYTES_PER_VOCAB_TOKEN = 305     # runtime token tables + the header's walked string array
 BYTES_PER_MERGE = 175           # BPE merge ranks, both sides
 GPU_RESERVE = 512 * MIB         # CUDA/ROCm/Metal context and driver reserve per device
 RAM_HEADROOM = 0.10             # keep 10% of available RAM for everything else
-RUNTIME_IMPORT = 20 * MIB       # importing the runtime, when the process has not yet
+RUNTIME_IMPORT = 12 * MIB       # importing llama-cpp-python when it cannot be imported yet
 KV_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 MIN_CONTEXT = 512
 DEFAULT_PARALLEL = 4  # sequences decoded together when the caller does not say
@@ -112,6 +115,14 @@ class MemoryEstimate(_Frozen):
     host: DeviceMemory
     parallel: int = 1
     gpu: DeviceMemory | None = None
+    #: the part of ``host.compute`` that decoding short prompts touches (logits and one
+    #: token's activations); the rest is touched only by prompts that fill a micro-batch
+    host_decode_compute: int = 0
+
+    @property
+    def host_after_load(self) -> int:
+        """Host bytes right after loading and serving short prompts."""
+        return self.host.total - self.host.compute + self.host_decode_compute
 
     def describe(self) -> list[str]:
         lines = []
@@ -166,8 +177,10 @@ def estimate_memory(shape: ModelShape, context_length: int, *, kv_type: str = "f
             # the GPU reserves the full graph: every logit of the micro-batch included
             compute=activations + mask + ubatch * shape.n_vocab * 4,
             overhead=GPU_RESERVE)
+    decode = shape.n_vocab * 4 * parallel + parallel * (4 * shape.n_embd + 3 * shape.n_ff) * 4
     return MemoryEstimate(context_length=context_length, parallel=parallel, kv_type=kv_type,
-                          gpu_layers=n_gpu, host=host, gpu=gpu)
+                          gpu_layers=n_gpu, host=host, gpu=gpu,
+                          host_decode_compute=min(decode, host.compute))
 
 
 def current_rss() -> int:
@@ -197,6 +210,9 @@ class LoadPlan(_Frozen):
     parallel: int = 1
     predicted_peak_ram: int
     available_ram: int
+    #: RAM of this process after loading and serving short prompts (the peak comes with
+    #: prompts that fill a whole micro-batch, touching all of the compute buffer)
+    predicted_ram_after_load: int = 0
     reasons: tuple[str, ...]
 
     def describe(self) -> str:
@@ -209,7 +225,8 @@ class LoadPlan(_Frozen):
                  f"threads    {self.threads}, batch {self.batch_size}",
                  *("memory     " + m for m in self.memory.describe()),
                  f"peak RAM   {self.predicted_peak_ram / MIB:,.0f} MiB predicted for this "
-                 f"process, {self.available_ram / MIB:,.0f} MiB available",
+                 f"process ({self.predicted_ram_after_load / MIB:,.0f} MiB after loading), "
+                 f"{self.available_ram / MIB:,.0f} MiB available",
                  "why:", *(f"  - {r}" for r in self.reasons)]
         return "\n".join(lines)
 
@@ -341,6 +358,7 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
         context_length=chosen, parallel=n_seq, threads=threads,
         batch_size=min(batch_size, chosen * n_seq),
         kv_type=kv_type, memory=est, predicted_peak_ram=base + est.host.total,
+        predicted_ram_after_load=base + est.host_after_load,
         available_ram=profile.memory.available, reasons=tuple(reasons))
 
 

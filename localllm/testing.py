@@ -76,7 +76,7 @@ def greedy_with_margins(model: Model, prompt: str, max_tokens: int
 
 def first_divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
     """Index of the first differing token of two runs (None when one is a prefix)."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
 
 
 class BackendContract:

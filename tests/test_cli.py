@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from margins import wide_greedy_prefix
 
 import localllm
 from localllm.cli import build_parser
+
+QUESTION = [{"role": "user", "content": "Name the capital of France."}]
 
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -26,7 +29,10 @@ def test_every_command_has_help(command: str) -> None:
     assert proc.returncode == 0 and "usage: localllm " + command in proc.stdout
 
 
-def test_run_streams_a_greedy_answer(default_model_path: Path) -> None:
+def test_run_streams_a_greedy_answer(shared_model: localllm.Model) -> None:
+    """"Paris" is asserted because every greedy step up to it has a wide top-2 margin
+    (checked here on the same model), so the subprocess writes it on any CPU."""
+    wide_greedy_prefix(shared_model, QUESTION, "Paris", max_tokens=30)
     proc = cli("run", "Name the capital of France.", "--temperature", "0",
                "--max-tokens", "30", "--threads", "2", "--context", "512", "-v")
     assert proc.returncode == 0, proc.stderr
@@ -34,7 +40,10 @@ def test_run_streams_a_greedy_answer(default_model_path: Path) -> None:
     assert "tok/s" in proc.stderr and "llama_" not in proc.stderr  # runtime chatter hidden
 
 
-def test_chat_keeps_the_conversation(default_model_path: Path) -> None:
+def test_chat_keeps_the_conversation(shared_model: localllm.Model) -> None:
+    """Only the first answer's text is asserted: every greedy step up to "Paris" has a
+    wide top-2 margin (checked here), so any CPU writes it; the second answer may vary."""
+    wide_greedy_prefix(shared_model, QUESTION, "Paris", max_tokens=20)
     proc = cli("chat", "--temperature", "0", "--max-tokens", "20", "--context", "512",
                stdin="Name the capital of France.\nAnd of Italy?\n\n")
     assert proc.returncode == 0, proc.stderr
@@ -78,6 +87,8 @@ def test_convert_shows_tensor_progress_and_writes_a_loadable_folder(tmp_path: Pa
     assert "12/12 tensors" in proc.stderr and " MB" not in proc.stderr
     assert Path(proc.stdout.strip()) == tmp_path / "out"
     with localllm.load(tmp_path / "out", chat_template="chatml", context_length=128) as model:
-        assert model.complete("a", max_tokens=2).usage.completion_tokens == 2
+        result = model.complete("a", max_tokens=2, seed=1)
+        # whether a draw ends at the end-of-sequence token depends on the float path
+        assert result.usage.completion_tokens == 2 or result.finish_reason == "stop"
     proc = cli("convert", str(source), str(tmp_path / "x"), "--dtype", "q4_k")
     assert proc.returncode != 0 and "invalid choice" in proc.stderr

@@ -301,17 +301,17 @@ def test_placement_is_verified_after_loading() -> None:
     _verify_placement(engine, plan, allow_fallback=True)  # type: ignore[arg-type]
 
 
-def test_memory_prediction_within_ten_percent(tmp_path: Path) -> None:
-    """Predicted vs measured peak RSS (VmHWM) in fresh processes: the default model and
-    three synthetic shapes at two context lengths (benchmarks/bench_memory.py runs the
-    full sweep up to 8192)."""
+def test_memory_prediction_within_five_percent(tmp_path: Path) -> None:
+    """Predicted vs measured RSS (VmHWM) in fresh processes on the machine the suite runs
+    on: the default model at three contexts and two KV types, after load (short prompts)
+    and at the peak (a prompt filling the context), plus three synthetic shapes. The base
+    is measured in the process with the runtime imported, so nothing machine-specific is
+    a fitted constant (benchmarks/bench_memory.py prints the table)."""
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    from bench_memory import model_files, run_case
+    from bench_memory import run_cases
 
-    errors = []
-    for _, path in model_files(tmp_path):
-        for ctx in (512, 1024):
-            r = run_case(path, ctx)
-            errors.append(abs(r["predicted"] - r["measured"]) / r["measured"])
-    assert max(errors) <= 0.10, errors
-    assert sorted(errors)[len(errors) // 2] <= 0.05, errors
+    rows = run_cases(tmp_path)
+    assert len(rows) >= 12
+    errors = sorted(abs(r["error"]) for r in rows)
+    assert errors[-1] <= 0.05, rows
+    assert errors[len(errors) // 2] <= 0.03, rows

@@ -1,0 +1,49 @@
+"""Greedy text that every x86-64 CPU writes alike, checked by its top-2 logit margins.
+
+ggml picks its float kernels by CPU (AVX2, AVX-512, AMX), and its CPU flash attention
+accumulates in fp16 in KV-cell order, so one model's logits differ slightly between
+machines (and between batch shapes). A greedy step is the same everywhere only where its
+top-1 minus top-2 logit margin is wide. Tests assert specific greedy text only after
+``wide_greedy_prefix`` has checked every step up to that text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from localllm import Model
+from localllm.sampling import LogitsProcessor
+
+#: A margin no float-path difference closes (they move margins by a few tenths at most).
+WIDE = 1.0
+
+
+def wide_greedy_prefix(model: Model, prompt: str | Sequence[Any], needle: str, *,
+                       max_tokens: int, logits_processors: Sequence[LogitsProcessor] = (),
+                       min_margin: float = WIDE) -> list[float]:
+    """Run ``prompt`` (a string, or chat messages) greedily, alone, through ``model``'s
+    logits; assert that its text reaches ``needle`` within ``max_tokens`` and that every
+    step up to the one completing ``needle`` had a top-2 margin of at least ``min_margin``
+    (after ``logits_processors``). Returns those margins.
+
+    Then any greedy run of the same prompt on any CPU starts with the same tokens, so a
+    test may assert that its text contains ``needle``."""
+    margins: list[float] = []
+
+    def record(ids: Any, logits: Any) -> Any:
+        top = np.partition(logits, -2)[-2:]
+        margins.append(float(top[1] - top[0]))
+        return logits
+
+    text = prompt if isinstance(prompt, str) else model.render_chat(prompt)
+    result = model.complete(text, max_tokens=max_tokens, temperature=0, sampler="localllm",
+                            logits_processors=[*logits_processors, record])
+    ids = result.token_ids
+    end = next((k for k in range(1, len(ids) + 1)
+                if needle in model.tokenizer.decode(list(ids[:k]))), None)
+    assert end is not None, f"greedy text {result.text!r} never reaches {needle!r}"
+    assert min(margins[:end]) >= min_margin, (needle, [round(m, 3) for m in margins[:end]])
+    return margins[:end]
