@@ -8,6 +8,7 @@ the backend declares, never by backend name. Requires pytest.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from ._errors import (
 )
 from ._model import Model
 from ._types import DevicePlacement, ModelInfo, SamplingParams
+from .sampling import Logits
 
 __all__ = ["BackendContract", "FakeModel"]
 
@@ -64,7 +66,7 @@ def greedy_with_margins(model: Model, prompt: str, max_tokens: int
 
     margins: list[float] = []
 
-    def record(ids: Any, logits: Any) -> Any:
+    def record(ids: Sequence[int], logits: Logits) -> Logits:
         top = np.partition(logits, -2)[-2:]
         margins.append(float(top[1] - top[0]))
         return logits
