@@ -66,7 +66,7 @@ def greedy_with_margins(model: Model, prompt: str, max_tokens: int
 
     margins: list[float] = []
 
-    def record(ids: Sequence[int], logits: Logits) -> Logits:
+    def record(input_ids: Sequence[int], logits: Logits) -> Logits:
         top = np.partition(logits, -2)[-2:]
         margins.append(float(top[1] - top[0]))
         return logits
