@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.localllm-installed
 
-.PHONY: demo test lint typecheck unit docs bench setup model clean
+.PHONY: demo test lint typecheck unit docs bench setup model tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test: lint typecheck docs unit
 
 bench: model
 	$(BIN)/python benchmarks/report.py
+
+# llama-batched-bench and llama-server, the reference for batching and serving (cached)
+tools: setup
+	$(BIN)/python scripts/build_reference_tools.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

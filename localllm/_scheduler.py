@@ -130,6 +130,7 @@ class Scheduler:
         self._waiting: collections.deque[Request] = collections.deque()
         self._active: list[Request] = []
         self._cond = threading.Condition()
+        self._engine_lock = threading.Lock()  # held while a step uses the engine
         self._closing = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (tests and benchmarks read it)
@@ -164,6 +165,14 @@ class Scheduler:
     def active_sequences(self) -> int:
         return sum(slot.busy for slot in self._slots)
 
+    def clear_cache(self) -> None:
+        """Drop the KV entries idle sequences keep for prefix reuse."""
+        with self._engine_lock:
+            for slot in self._slots:
+                if not slot.busy and slot.tokens:
+                    self.engine.seq_remove(slot.seq, 0)
+                    slot.tokens = []
+
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
         while True:
@@ -173,26 +182,39 @@ class Scheduler:
                 if self._closing:
                     pending = [*self._waiting, *self._active]
                     self._waiting.clear()
+                    self._active.clear()
                     break
-                self._admit()
-            self._drop_finished()
-            if not self._active:
-                continue
-            try:
-                if self.batched:
-                    self._step_batched()
-                else:
-                    self._step_single()
-            except Exception as exc:  # the runtime failed: every request in the step fails
-                error = exc if isinstance(exc, LocalLLMError) else BackendError(
-                    f"{self.engine.backend_name} failed while generating: "
-                    f"{type(exc).__name__}: {exc}")
-                if error is not exc:
-                    error.__cause__ = exc
-                for req in list(self._active):
-                    self._finish(req, error)
-        for req in [*pending, *self._active]:
-            self._finish(req, ModelClosedError("the model was closed during the request"))
+            with self._engine_lock:
+                try:
+                    self._step()
+                except Exception as exc:  # a scheduler bug must not strand the callers
+                    failure = BackendError(f"the scheduler failed: {type(exc).__name__}: {exc}")
+                    failure.__cause__ = exc
+                    for req in list(self._active):
+                        self._finish(req, failure)
+        with self._engine_lock:
+            for req in pending:
+                self._finish(req, ModelClosedError("the model was closed during the request"))
+
+    def _step(self) -> None:
+        with self._cond:
+            self._admit()
+        self._drop_finished()
+        if not self._active:
+            return
+        try:
+            if self.batched:
+                self._step_batched()
+            else:
+                self._step_single()
+        except Exception as exc:  # the runtime failed: every request in the step fails
+            error = exc if isinstance(exc, LocalLLMError) else BackendError(
+                f"{self.engine.backend_name} failed while generating: "
+                f"{type(exc).__name__}: {exc}")
+            if error is not exc:
+                error.__cause__ = exc
+            for req in list(self._active):
+                self._finish(req, error)
 
     def _reserved(self) -> int:
         return sum(len(r.prompt) + r.budget for r in self._active)

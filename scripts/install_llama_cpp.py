@@ -55,21 +55,31 @@ def cmake_args() -> list[str]:
     return args
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("LOCALLLM_WHEEL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "localllm", "wheels")
+CACHE_ENV = {"wheels": "LOCALLLM_WHEEL_CACHE", "tools": "LOCALLLM_TOOLS_CACHE"}
+
+
+def cache_dir(kind: str = "wheels") -> Path:
+    """Where builds of ``kind`` are cached: ``~/.cache/localllm/<kind>`` unless overridden."""
+    base = os.environ.get(CACHE_ENV.get(kind, "")) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "localllm", kind)
     return Path(base)
 
 
-def build(version: str, args: list[str], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, CMAKE_ARGS=" ".join(args), CMAKE_BUILD_PARALLEL_LEVEL=str(
-        os.cpu_count() or 2))
-    log_path = out / "build.log"
-    print(f"building llama-cpp-python {version} from source (several minutes on 2 cores)\n"
-          f"  CMAKE_ARGS={env['CMAKE_ARGS']}\n  full log: {log_path}", flush=True)
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-v",
-           "--no-binary", "llama-cpp-python", "-w", str(out), f"llama-cpp-python=={version}"]
+def build_key(version: str, args: list[str], python: bool = True) -> str:
+    """Cache key for a build: version, CMake flags, platform (and the Python ABI when the
+    product is a wheel)."""
+    parts = [version, " ".join(args)]
+    if python:
+        parts.append(sys.implementation.cache_tag)
+    parts += [platform.machine(), str(platform.libc_ver())]
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]
+
+
+def run_with_progress(cmd: list[str], log_path: Path, what: str,
+                      env: dict[str, str] | None = None) -> float:
+    """Run a compiling command with its output in ``log_path``, printing ``[done/total]``
+    progress (every ~15 s when not on a terminal); exit with the log's tail on failure.
+    Returns the seconds it took."""
     started = time.monotonic()
     step = re.compile(r"\[(\d+)/(\d+)\]")
     tty = sys.stdout.isatty()
@@ -89,12 +99,25 @@ def build(version: str, args: list[str], out: Path) -> Path:
                 print(msg, end="\r" if tty and done < total else "\n", flush=True)
     if proc.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
-        sys.exit(f"llama-cpp-python build failed (exit {proc.returncode}); last lines:\n"
+        sys.exit(f"{what} failed (exit {proc.returncode}); last lines:\n"
                  f"{tail}\nfull log: {log_path}")
+    return time.monotonic() - started
+
+
+def build(version: str, args: list[str], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, CMAKE_ARGS=" ".join(args), CMAKE_BUILD_PARALLEL_LEVEL=str(
+        os.cpu_count() or 2))
+    log_path = out / "build.log"
+    print(f"building llama-cpp-python {version} from source (several minutes on 2 cores)\n"
+          f"  CMAKE_ARGS={env['CMAKE_ARGS']}\n  full log: {log_path}", flush=True)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-v",
+           "--no-binary", "llama-cpp-python", "-w", str(out), f"llama-cpp-python=={version}"]
+    took = run_with_progress(cmd, log_path, "llama-cpp-python build", env=env)
     wheels = sorted(out.glob("llama_cpp_python-*.whl"))
     if not wheels:
         sys.exit(f"the build produced no wheel in {out}")
-    print(f"built {wheels[-1].name} in {time.monotonic() - started:.0f} s", flush=True)
+    print(f"built {wheels[-1].name} in {took:.0f} s", flush=True)
     return wheels[-1]
 
 
@@ -107,9 +130,7 @@ def main() -> None:
     if opts.print_flags:
         print(" ".join(args))
         return
-    key_text = f"{opts.version} {' '.join(args)} {sys.implementation.cache_tag} " \
-               f"{platform.machine()} {platform.libc_ver()}"
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    key = build_key(opts.version, args)
     marker = Path(sys.prefix) / ".llama-cpp-build"
     if marker.exists() and marker.read_text().strip() == key:
         print(f"llama-cpp-python {opts.version} already installed with this machine's flags")

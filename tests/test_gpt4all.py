@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from margins import assert_greedy_agrees
 
 import localllm
 from localllm._backends.base import EngineOptions
@@ -54,33 +55,36 @@ def test_compat_copy_is_cached_and_leaves_the_original_untouched(
 
 def test_greedy_output_matches_the_llama_cpp_backend(default_model_path: Path) -> None:
     """Both run llama.cpp (gpt4all's is from 2024): flash attention off and the same batch
-    size make the arithmetic comparable; first 16 greedy tokens compared per prompt."""
+    size make the arithmetic comparable; the first 16 greedy tokens of each prompt agree
+    up to a step where llama.cpp's top-2 margin is below NEAR_TIE, if any: there the two
+    versions' kernels (and each CPU's) may tip the choice either way."""
     gpt = localllm.load(default_model_path, backend="gpt4all", context_length=1024,
                         threads=2, backend_options=COMPAT)
     ref = localllm.load(default_model_path, context_length=1024, threads=2,
                         backend_options={"flash_attention": False})
     try:
-        same = [gpt.complete(p, max_tokens=16, temperature=0).token_ids ==
-                ref.complete(p, max_tokens=16, temperature=0).token_ids for p in PROMPTS]
+        for prompt in PROMPTS:
+            tokens = gpt.complete(prompt, max_tokens=16, temperature=0).token_ids
+            assert_greedy_agrees(tokens, ref, prompt, max_tokens=16)
     finally:
         gpt.close()
         ref.close()
-    assert sum(same) >= 6, same
 
 
 def test_greedy_output_equals_llama_cpp_on_f32_weights(
         default_model_f32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the F32 copy of the default model's weights the two llama.cpp generations do the
-    same arithmetic: all 8 prompts give the same 32 greedy tokens (through the compat copy).
-    """
+    same arithmetic but for rounding (kernel versions, fp16 KV cache, each CPU's SIMD
+    width): all 8 prompts give the same 32 greedy tokens (through the compat copy), up to
+    a near-tied step, if any."""
     monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path))  # the 540 MB compat copy stays here
     gpt = localllm.load(default_model_f32, backend="gpt4all", context_length=512,
                         threads=2, backend_options=COMPAT)
     ref = localllm.load(default_model_f32, context_length=512, threads=2)
     try:
         for prompt in PROMPTS:
-            assert gpt.complete(prompt, max_tokens=32, temperature=0).token_ids == \
-                ref.complete(prompt, max_tokens=32, temperature=0).token_ids, prompt
+            tokens = gpt.complete(prompt, max_tokens=32, temperature=0).token_ids
+            assert_greedy_agrees(tokens, ref, prompt, max_tokens=32)
     finally:
         gpt.close()
         ref.close()

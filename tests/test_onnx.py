@@ -12,19 +12,21 @@ import numpy as np
 import onnx
 import pytest
 from llama_reference import forward
+from margins import TINY_NEAR_TIE, assert_greedy_agrees, wide_greedy_prefix
 from synthetic_models import Shape, write_model
 
 import localllm
 from localllm._backends.onnx import choose_provider
 from localllm._convert import convert_gguf_to_onnx
 from localllm._gguf import copy_with_metadata
-from localllm.testing import BackendContract
+from localllm.testing import NEAR_TIE, BackendContract
 
 PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "1, 1, 2, 3, 5,",
            "The three primary colors are", "Water boils at", "My favourite food is",
            "import numpy as np\n"]
 TINY = Shape("onnx-tiny", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, n_ff=352,
              n_vocab=600, dtype="f32", n_ctx_train=512)
+QUESTION = [{"role": "user", "content": "Name the capital of France."}]
 
 
 @pytest.fixture(scope="module")
@@ -72,50 +74,48 @@ def test_tiny_model_logits_and_greedy_match(tiny_gguf: Path, tiny_onnx: Path) ->
         logits = ox._engine.start(ids)
         assert float(np.abs(logits - forward(tiny_gguf, ids)).max()) < 1e-4
         a = ox.complete("the quick brown fox", max_tokens=16, temperature=0)
-        b = lc.complete("the quick brown fox", max_tokens=16, temperature=0)
-        assert a.token_ids == b.token_ids
         # the KV cache is carried: after the prompt, one token per step
         assert ox._engine._n_past == a.usage.prompt_tokens + a.usage.completion_tokens - 1
+        assert_greedy_agrees(a.token_ids, lc, "the quick brown fox", max_tokens=16,
+                             near_tie=TINY_NEAR_TIE)
 
 
 def test_default_model_conversion_is_exact_and_close_to_llama_cpp(
         default_model_path: Path, default_onnx: Path) -> None:
     """fp32 ONNX equals the exact numpy forward pass; llama.cpp computes Q4_1 matrix
-    products with 8-bit-quantized activations, so it is close, not equal."""
+    products with 8-bit-quantized activations, so it is close, not equal: the two may
+    rank a near-tied pair of next tokens differently (on some CPUs and not others), never
+    a pair that either runtime separates by NEAR_TIE or more. "Paris" is asserted after
+    checking that every greedy step up to it has a wide top-2 margin."""
     with localllm.load(default_onnx, context_length=1024) as ox, \
             localllm.load(default_model_path, context_length=1024) as lc:
         assert ox._engine is not None and lc._engine is not None
         ids = ox.tokenizer.encode(PROMPTS[0])
         exact = forward(default_model_path, ids)
         assert float(np.abs(ox._engine.start(ids) - exact).max()) < 1e-3
-        same_argmax = 0
         for prompt in PROMPTS:
             ids = ox.tokenizer.encode(prompt)
             a, b = ox._engine.start(ids), lc._engine.start(ids)
             cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
             assert cosine >= 0.99, (prompt, cosine)
-            same_argmax += int(np.argmax(a) == np.argmax(b))
-        assert same_argmax >= 7
-        chat = ox.chat([{"role": "user", "content": "Name the capital of France."}],
-                       max_tokens=20, temperature=0)
+            ia, ib = int(np.argmax(a)), int(np.argmax(b))
+            assert a[ia] - a[ib] < NEAR_TIE and b[ib] - b[ia] < NEAR_TIE, prompt
+        wide_greedy_prefix(ox, QUESTION, "Paris", max_tokens=20)
+        chat = ox.chat(QUESTION, max_tokens=20, temperature=0)
         assert "Paris" in chat.text
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                None if len(a) == len(b) else min(len(a), len(b)))
 
 
 def test_greedy_equals_llama_cpp_on_the_same_weights(default_onnx: Path,
                                                       default_model_f32: Path) -> None:
     """Conformance: llama.cpp on the F32 copy of the very weights the ONNX folder holds
-    (no 8-bit activation quantization) gives the same 32 greedy tokens for all 8 prompts."""
+    (no 8-bit activation quantization) gives the same 32 greedy tokens for all 8 prompts,
+    up to a step whose top-2 margin is below NEAR_TIE, if any: there llama.cpp's fp16 KV
+    cache and each CPU's float kernels may tip the choice either way."""
     with localllm.load(default_onnx, context_length=512, threads=2) as ox, \
             localllm.load(default_model_f32, context_length=512, threads=2) as lc:
         for prompt in PROMPTS:
-            a = ox.complete(prompt, max_tokens=32, temperature=0).token_ids
-            b = lc.complete(prompt, max_tokens=32, temperature=0).token_ids
-            assert a == b, (prompt, first_difference(a, b))
+            tokens = ox.complete(prompt, max_tokens=32, temperature=0).token_ids
+            assert_greedy_agrees(tokens, lc, prompt, max_tokens=32)
 
 
 def test_symlinked_weights_leaving_the_folder_are_refused(tiny_onnx: Path,
@@ -244,13 +244,14 @@ class TestGenAIContract(BackendContract):
 
 
 def test_genai_engine_matches_the_onnxruntime_engine(default_onnx: Path) -> None:
+    """The same fp32 graph through two ONNX Runtime sessions: the same greedy tokens, up
+    to a near-tied step if any (their kernels may differ on some CPU)."""
     assert (default_onnx / "genai_config.json").is_file()
     with localllm.load(default_onnx, backend="onnxruntime-genai", context_length=512) as g, \
             localllm.load(default_onnx, context_length=512) as o:
         for prompt in PROMPTS[:3]:
-            a = g.complete(prompt, max_tokens=12, temperature=0)
-            b = o.complete(prompt, max_tokens=12, temperature=0)
-            assert a.token_ids == b.token_ids
+            tokens = g.complete(prompt, max_tokens=12, temperature=0).token_ids
+            assert_greedy_agrees(tokens, o, prompt, max_tokens=12)
         assert g.info.backend == "onnxruntime-genai"
 
 
@@ -283,7 +284,9 @@ def test_smaller_conversions_stay_close_to_fp32(tiny_gguf: Path, tiny_onnx: Path
         assert q._engine is not None and f._engine is not None
         a, b = q._engine.start(ids), f._engine.start(ids)
         assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > min_cosine
-        assert q.complete("the quick brown fox", max_tokens=8).usage.completion_tokens == 8
+        result = q.complete("the quick brown fox", max_tokens=8, seed=1)
+        # whether a draw ends at the end-of-sequence token depends on the float path
+        assert result.usage.completion_tokens == 8 or result.finish_reason == "stop"
 
 
 def test_vocabulary_longer_than_the_embedding_is_refused(tmp_path: Path) -> None:
