@@ -60,7 +60,7 @@ def batched_bench(binary: Path, model: Path, threads: int) -> dict[int, float]:
     cmd = [str(binary), "-m", str(model), "-c", "4096", "-b", "512", "-ub", "512",
            "-npp", str(PP), "-ntg", str(TG), "-npl", ",".join(map(str, LOADS)),
            "-t", str(threads), "--kv-unified"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if run.returncode:
         sys.exit(f"llama-batched-bench failed ({run.returncode}):\n{run.stderr[-2000:]}")
     rates = {}

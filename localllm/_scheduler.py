@@ -298,8 +298,14 @@ class Scheduler:
         return best
 
     def _drop_finished(self) -> None:
+        """End cancelled and timed-out requests, running or still queued."""
         now = time.monotonic()
-        for req in list(self._active):
+        with self._cond:
+            queued = [r for r in self._waiting if r.cancelled.is_set() or (
+                r.deadline is not None and now > r.deadline)]
+            for req in queued:
+                self._waiting.remove(req)
+        for req in [*queued, *self._active]:
             if req.cancelled.is_set():
                 self._finish(req, None)
             elif req.deadline is not None and now > req.deadline:
@@ -308,9 +314,12 @@ class Scheduler:
     def _step_single(self) -> None:
         req = self._active[0]
         assert req.iterator is not None
-        token = next(req.iterator)
+        token = next(req.iterator, None)
         self.steps += 1
-        self._deliver(req, token)
+        if token is None:  # the runtime ended the sequence itself
+            self._finish(req, None)
+        else:
+            self._deliver(req, token)
 
     def _step_batched(self) -> None:
         engine = self.engine
