@@ -33,6 +33,10 @@ from ._errors import (
 from ._types import SamplingParams
 
 _END = object()  # outbox marker: the request is over (its reason travels with it)
+# Prompt tokens one step takes while other sequences are decoding. A whole 512-token batch
+# would stall every running stream for as long as that prefill takes; 64 tokens cost about
+# one to two decode steps on a small model, and a newcomer's prompt still advances each step.
+PREFILL_CHUNK_WHILE_DECODING = 64
 
 
 class Outbox:
@@ -134,6 +138,7 @@ class Scheduler:
         self._closing = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (tests and benchmarks read it)
+        self._kv_epoch = engine.kv_epoch
 
     # ------------------------------------------------------------------ submission
     def submit(self, request: Request) -> Request:
@@ -245,6 +250,12 @@ class Scheduler:
                             else sample_from_logits(engine, req.prompt, req.params, req.seed,
                                                     req.processors, req.grammar))
             return
+        if engine.kv_epoch != self._kv_epoch:  # the KV cache was used directly: forget it
+            self._kv_epoch = engine.kv_epoch
+            for other in self._slots:
+                if not other.busy:
+                    engine.seq_remove(other.seq, 0)
+                    other.tokens = []
         slot = self._choose_slot(req.prompt)
         slot.busy = True
         req.seq = slot.seq
@@ -332,6 +343,8 @@ class Scheduler:
                                        req.native_chain))
                 owners.append(req)
                 room -= 1
+        if inputs:  # streams are decoding: small prompt chunks keep their steps short
+            room = min(room, PREFILL_CHUNK_WHILE_DECODING)
         for req in self._active:  # then prompt chunks, oldest request first
             if req.done < len(req.prompt) and room > 0:
                 chunk = req.prompt[req.done:req.done + room]

@@ -253,17 +253,22 @@ def test_queue_full_and_timeout_are_typed(default_model_path: Path) -> None:
         running = model.stream("Once upon a time", max_tokens=240, logit_bias=ban)
         next(running)
         queued = model.stream("Once upon a time", max_tokens=4)
+        waiter = threading.Thread(target=lambda: list(queued))
         with pytest.raises(localllm.QueueFullError) as info:
             # the first request runs, the second waits: the third finds the queue full
-            threading.Thread(target=lambda: list(queued)).start()
-            time.sleep(0.2)
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while not model._scheduler._waiting and time.monotonic() < deadline:
+                time.sleep(0.01)
             model.complete("x", max_tokens=2)
         assert info.value.retry_after_s > 0
         running.close()  # type: ignore[attr-defined]
+        waiter.join(timeout=60)  # the queued request runs once the first is freed
+        assert not waiter.is_alive()
         with pytest.raises(localllm.RequestTimeoutError, match="timed out"):
             model.complete("Once upon a time", max_tokens=200, timeout=0.05, logit_bias=ban)
         with pytest.raises(localllm.ConfigError, match="timeout"):
-            model.complete("x", timeout=0)
+            model.complete("x", max_tokens=2, timeout=0)
         assert model.complete("x", max_tokens=2).usage.completion_tokens <= 2
 
 

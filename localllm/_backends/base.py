@@ -158,6 +158,8 @@ class Engine(ABC):
     # ------------------------------------------------------------ multi-sequence hook
     #: True when the engine implements decode_batch and the seq_* methods below
     batching: ClassVar[bool] = False
+    #: changes whenever something other than the batch hook rewrote the KV cache
+    kv_epoch: int = 0
 
     @property
     def max_sequences(self) -> int:

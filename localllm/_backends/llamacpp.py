@@ -183,6 +183,7 @@ class LlamaCppEngine(Engine):
         self.reused_tokens = 0  # prompt tokens the last request took from the KV cache
         self._one = (lib.llama_token * 1)()
         self._closed = False
+        self.kv_epoch = 0  # bumped when the one-sequence path takes over the KV cache
 
     @staticmethod
     def _last_log() -> str:
@@ -328,7 +329,11 @@ class LlamaCppEngine(Engine):
             raise BackendError(f"llama_decode failed with code {rc} ({self._last_log()})")
 
     def _eval_prompt(self, prompt: list[int]) -> None:
-        """Evaluate ``prompt`` in batches, keeping the KV entries of a shared prefix."""
+        """Evaluate ``prompt`` in batches, keeping the KV entries of a shared prefix.
+
+        This one-sequence path (``start``/``push``/``generate``, for direct engine use)
+        rewrites the KV cache under the scheduler's feet: ``kv_epoch`` tells it so."""
+        self.kv_epoch += 1
         lib = self._lib
         start = self.reused_tokens = self._reuse_prefix(prompt)
         self._cached = list(prompt[:start])
