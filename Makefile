@@ -40,7 +40,7 @@ docs: setup
 
 test: lint typecheck docs unit
 
-bench: model
+bench: model tools
 	$(BIN)/python benchmarks/report.py
 
 # llama-batched-bench and llama-server, the reference for batching and serving (cached)

@@ -39,7 +39,8 @@ FOCUSED = [("llamacpp", ["bench_llamacpp.py", "--reps", "7"]),
            ("tokenizer-sampling", ["bench_tokenizer_sampling.py"]),
            ("memory", ["bench_memory.py"]),
            ("legacy-backends", ["bench_legacy_backends.py"]),
-           ("onnx", ["bench_onnx.py"])]
+           ("onnx", ["bench_onnx.py"]),
+           ("batching", ["bench_batching.py"])]
 MEASURES = [("load_s", "load s", "{:.2f}"), ("ttft_s", "first token s", "{:.2f}"),
             ("prompt_tokens_per_s", "prompt tok/s", "{:.1f}"),
             ("decode_tokens_per_s", "decode tok/s", "{:.1f}"),
@@ -142,6 +143,17 @@ def focused_table(focused: dict[str, Any]) -> str:
             rows.append(f"| ONNX {dtype} decode vs llama.cpp Q4_1 | "
                         f"{d['decode_tokens_per_s']:.1f} tok/s "
                         f"({d['decode_vs_llama.cpp_q4_1']:.2f}×), {d['folder_mib']:.0f} MiB |")
+    if "batching" in focused:
+        f = focused["batching"]
+        ratios = " / ".join(f"{f['throughput_tokens_per_s'][n]['ratio']:.2f}"
+                            for n in ("1", "2", "4", "8", "16"))
+        rows.append(f"| batched decode vs llama-batched-bench at 1/2/4/8/16 streams | {ratios}× "
+                    f"(8 streams = {f['localllm_8_vs_1']:.2f}× one) |")
+        lat = f["latency"]
+        rows.append(f"| TTFT of prompts arriving while 8 streams decode | p50 "
+                    f"{lat['ttft_p50_s']:.2f} s, p95 {lat['ttft_p95_s']:.2f} s |")
+        rows.append(f"| one stream through the scheduler vs llama-cpp-python | decode "
+                    f"{f['single_stream_ratio']:.2f}× |")
     return "| measure | result |\n|---|---|\n" + "\n".join(rows)
 
 

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._backends.base import Engine
@@ -416,19 +417,17 @@ class Model:
         yield consumer.final(request.reused_tokens)
 
 
+@dataclass
 class _Job:
     """A validated request, ready to submit: the same for sync and async callers."""
 
-    def __init__(self, prompt: list[int], sampling: SamplingParams, seed: int, budget: int,
-                 truncation: Truncation | None, decoding: _Decoding,
-                 timeout: float | None) -> None:
-        self.prompt = prompt
-        self.sampling = sampling
-        self.seed = seed
-        self.budget = budget
-        self.truncation = truncation
-        self.decoding = decoding
-        self.timeout = timeout
+    prompt: list[int]
+    sampling: SamplingParams
+    seed: int
+    budget: int
+    truncation: Truncation | None
+    decoding: _Decoding
+    timeout: float | None
 
 
 class _Consumer:
