@@ -300,3 +300,27 @@ def test_parallel_is_planned_and_validated(default_model_path: Path) -> None:
     assert default.parallel >= 1 and any("parallel" in r for r in default.reasons)
     with pytest.raises(localllm.ConfigError, match="parallel"):
         localllm.load(default_model_path, parallel=0)
+
+
+def test_a_live_sequence_shares_its_prefix(batched: localllm.Model) -> None:
+    """A request whose prompt starts like a running one's copies those KV entries
+    (llama_memory_seq_cp) instead of recomputing them, and says so in its usage."""
+    batched._scheduler.clear_cache()
+    system = "You are a terse assistant. Answer in one word. " * 8
+    ban = {eos: float("-inf") for eos in eog_ids(batched)}
+    running = batched.stream(system + "Colour of the sky?", max_tokens=200, logit_bias=ban)
+    next(running)
+    shared = len(batched.tokenizer.encode(system))
+    second = batched.complete(system + "Colour of grass?", max_tokens=4, temperature=0)
+    running.close()  # type: ignore[attr-defined]
+    assert second.usage.cached_prompt_tokens >= shared - 2
+    alone = solo_uncached(batched, system + "Colour of grass?")
+    assert second.usage.prompt_tokens == alone.usage.prompt_tokens
+    assert_all_sequences_free(batched)
+
+
+def solo_uncached(model: localllm.Model, prompt: str) -> localllm.Completion:
+    model._scheduler.clear_cache()
+    result = model.complete(prompt, max_tokens=4, temperature=0)
+    assert result.usage.cached_prompt_tokens == 0
+    return result
