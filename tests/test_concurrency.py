@@ -36,13 +36,20 @@ def batched(default_model_path: Path) -> Iterator[localllm.Model]:
         yield model
 
 
+def wait_idle(model: localllm.Model) -> None:
+    """Wait (bounded) until the scheduler has ended every request, cancelled ones too."""
+    scheduler = model._scheduler
+    deadline = time.monotonic() + 30
+    while (scheduler._active or scheduler._waiting or scheduler.active_sequences) and \
+            time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def assert_all_sequences_free(model: localllm.Model) -> None:
     """No request is left running or queued and the KV cache holds exactly the cached
     prefixes the scheduler knows of: evicting them leaves every cell free."""
     scheduler = model._scheduler
-    deadline = time.monotonic() + 30
-    while (scheduler._active or scheduler._waiting) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_idle(model)
     assert not scheduler._active and not scheduler._waiting
     assert scheduler.active_sequences == 0
     engine = model._engine
@@ -320,6 +327,7 @@ def test_a_live_sequence_shares_its_prefix(batched: localllm.Model) -> None:
 
 
 def solo_uncached(model: localllm.Model, prompt: str) -> localllm.Completion:
+    wait_idle(model)  # a cancelled request keeps its sequence until the next step
     model._scheduler.clear_cache()
     result = model.complete(prompt, max_tokens=4, temperature=0)
     assert result.usage.cached_prompt_tokens == 0
