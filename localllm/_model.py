@@ -18,10 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._backends.base import Engine
 from ._chat import normalize_messages, render_chat
 from ._errors import (
-    BackendError,
     ConfigError,
     ContextOverflowError,
-    LocalLLMError,
     ModelClosedError,
     UnsupportedFeatureError,
 )
@@ -403,15 +401,13 @@ class Model:
     def _run(self, job: _Job) -> Iterator[StreamChunk]:
         request = self._submit(job)
         consumer = _Consumer(self._live(), job, self._load_s)
-        try:
+        try:  # errors arrive typed from the scheduler
             for token in request.tokens():
                 chunk = consumer.feed(token)
                 if chunk is not None:
                     yield chunk
                 if consumer.over:
                     break
-        except Exception as exc:
-            raise consumer.typed(exc) from exc
         finally:
             request.cancel()
         yield consumer.final(request.reused_tokens)
@@ -463,13 +459,6 @@ class _Consumer:
         elif len(self.generated) >= self.job.budget:
             self.over = True
         return chunk
-
-    def typed(self, exc: Exception) -> Exception:
-        """A runtime failure surfaces typed, with its cause; localllm errors as they are."""
-        if isinstance(exc, LocalLLMError):
-            return exc
-        return BackendError(f"{self.engine.backend_name} failed while generating: "
-                            f"{type(exc).__name__}: {exc}")
 
     def final(self, reused_tokens: int) -> StreamChunk:
         stops, job = self.stops, self.job
@@ -529,10 +518,8 @@ class _AsyncStream:
                 chunk = consumer.feed(token)
                 if chunk is not None:
                     return chunk
-        except BaseException as exc:
+        except BaseException:  # a typed error from the scheduler, or the task cancelled
             self._close()
-            if isinstance(exc, Exception):
-                raise consumer.typed(exc) from exc
             raise
         self._close()
         return consumer.final(self._request.reused_tokens)

@@ -192,11 +192,9 @@ class Scheduler:
             with self._engine_lock:
                 try:
                     self._step()
-                except Exception as exc:  # a scheduler bug must not strand the callers
-                    failure = BackendError(f"the scheduler failed: {type(exc).__name__}: {exc}")
-                    failure.__cause__ = exc
+                except Exception as exc:  # the runtime failed: every request in it fails
                     for req in list(self._active):
-                        self._finish(req, failure)
+                        self._finish(req, exc)
         with self._engine_lock:
             for req in pending:
                 self._finish(req, ModelClosedError("the model was closed during the request"))
@@ -207,19 +205,10 @@ class Scheduler:
         self._drop_finished()
         if not self._active:
             return
-        try:
-            if self.batched:
-                self._step_batched()
-            else:
-                self._step_single()
-        except Exception as exc:  # the runtime failed: every request in the step fails
-            error = exc if isinstance(exc, LocalLLMError) else BackendError(
-                f"{self.engine.backend_name} failed while generating: "
-                f"{type(exc).__name__}: {exc}")
-            if error is not exc:
-                error.__cause__ = exc
-            for req in list(self._active):
-                self._finish(req, error)
+        if self.batched:
+            self._step_batched()
+        else:
+            self._step_single()
 
     def _reserved(self) -> int:
         return sum(len(r.prompt) + r.budget for r in self._active)
@@ -403,8 +392,18 @@ class Scheduler:
                     close()
             req.iterator = None
         if error is not None:
-            req.outbox.put(error)
+            req.outbox.put(self._typed(error))
         req.outbox.put(_END)
+
+    def _typed(self, exc: BaseException) -> BaseException:
+        """The one place a failure becomes what the caller catches: localllm errors as
+        they are, anything else (the runtime, a user logits processor) as BackendError."""
+        if isinstance(exc, LocalLLMError):
+            return exc
+        error = BackendError(f"{self.engine.backend_name} failed while generating: "
+                             f"{type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

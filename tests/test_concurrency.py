@@ -332,3 +332,22 @@ def solo_uncached(model: localllm.Model, prompt: str) -> localllm.Completion:
     result = model.complete(prompt, max_tokens=4, temperature=0)
     assert result.usage.cached_prompt_tokens == 0
     return result
+
+
+def test_a_failing_logits_processor_fails_only_its_request(batched: localllm.Model) -> None:
+    """A user processor that raises ends its own request with BackendError (the cause
+    attached); requests decoding beside it and after it are unaffected."""
+    def broken(input_ids: object, logits: object) -> object:
+        raise ValueError("boom")
+
+    ban = {eos: float("-inf") for eos in eog_ids(batched)}
+    neighbour = batched.stream("Once upon a time", max_tokens=40, logit_bias=ban)
+    next(neighbour)
+    with pytest.raises(localllm.BackendError, match="ValueError: boom") as info:
+        batched.complete("x", max_tokens=4, logits_processors=[broken])
+    assert isinstance(info.value.__cause__, ValueError)
+    rest = list(neighbour)
+    final = rest[-1].completion
+    assert final is not None and final.usage.completion_tokens == 40
+    assert batched.complete("x", max_tokens=2).usage.completion_tokens <= 2
+    assert_all_sequences_free(batched)
