@@ -283,7 +283,7 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
     budget = _Budget(ram=max(0, ram - base), vram=vram)
     threads = threads or max(1, int(profile.cpu.usable_cores))
 
-    def layers_for(ctx: int) -> int:
+    def layers_for(ctx: int, n_seq: int) -> int:
         if not use_gpu:
             return 0
         if gpu_layers is not None:
@@ -292,7 +292,7 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
         for n in range(shape.n_layer + 1, -1, -1) if partial_offload else \
                 (shape.n_layer + 1, 0):
             est = estimate_memory(shape, ctx, kv_type=kv_type, gpu_layers=n,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, parallel=n_seq)
             if est.gpu is None or est.gpu.total <= budget.vram:
                 return n
         return 0
@@ -303,9 +303,10 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
                                       "use parallel=1 or the llama.cpp backend")
     n_seq = parallel or 1
 
-    def estimate(ctx: int) -> MemoryEstimate:
-        return estimate_memory(shape, ctx, kv_type=kv_type, gpu_layers=layers_for(ctx),
-                               batch_size=batch_size, parallel=n_seq)
+    def estimate(ctx: int, n_seq: int) -> MemoryEstimate:
+        return estimate_memory(shape, ctx, kv_type=kv_type,
+                               gpu_layers=layers_for(ctx, n_seq), batch_size=batch_size,
+                               parallel=n_seq)
 
     trained = shape.n_ctx_train
     if context_length is not None:
@@ -317,11 +318,11 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
         reasons.append(f"context {chosen} as requested (trained: {trained})")
     else:
         chosen = trained
-        if not _fits(estimate(chosen), budget):
+        if not _fits(estimate(chosen, n_seq), budget):
             low, high = MIN_CONTEXT, trained
             while high - low > 256:
                 mid = (low + high) // 2 // 256 * 256
-                if _fits(estimate(mid), budget):
+                if _fits(estimate(mid, n_seq), budget):
                     low = mid
                 else:
                     high = mid
@@ -331,10 +332,8 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
             reasons.append(f"context {chosen}: the full trained length fits")
     if parallel is None and batching:
         # the default: up to DEFAULT_PARALLEL sequences of the chosen context, as memory allows
-        for n in range(DEFAULT_PARALLEL, 0, -1):
-            n_seq = n
-            if n == 1 or _fits(estimate(chosen), budget):
-                break
+        n_seq = next(n for n in range(DEFAULT_PARALLEL, 0, -1)
+                     if n == 1 or _fits(estimate(chosen, n), budget))
         reasons.append(f"{n_seq} parallel sequence(s): the KV cache for {n_seq} x {chosen} "
                        f"tokens fits (load with parallel=N to choose)")
     elif not batching:
@@ -342,7 +341,7 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
     else:
         reasons.append(f"{n_seq} parallel sequence(s) as requested: KV cache for {n_seq} x "
                        f"{chosen} tokens")
-    est = estimate(chosen)
+    est = estimate(chosen, n_seq)
     if not _fits(est, budget):
         raise WillNotFitError(_will_not_fit(gguf, shape, est, budget, kv_type, batch_size))
     if est.gpu_layers:

@@ -248,6 +248,7 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider",
 
 _RUNTIME_SCRIPT = r"""
 import json, sys
+GPU_PROVIDERS = json.loads(sys.argv[1])
 out = {}
 try:
     import llama_cpp
@@ -265,7 +266,7 @@ try:
 except Exception as exc:
     out["onnxruntime"] = {"importable": False, "error": repr(exc)}
 print(json.dumps(out))
-""".replace("GPU_PROVIDERS", repr(GPU_PROVIDERS))
+"""
 
 _DISTRIBUTIONS = {"llama.cpp": "llama-cpp-python", "onnxruntime": "onnxruntime",
                   "onnxruntime-genai": "onnxruntime-genai", "gpt4all": "gpt4all",
@@ -283,7 +284,8 @@ def probe_runtimes(timeout: float = SUBPROCESS_TIMEOUT) -> list[RuntimeInfo]:
     facts: dict[str, Any] = {}
     if "llama.cpp" in installed or "onnxruntime" in installed:
         try:
-            proc = subprocess.run([sys.executable, "-c", _RUNTIME_SCRIPT], capture_output=True,
+            proc = subprocess.run([sys.executable, "-c", _RUNTIME_SCRIPT,
+                                   json.dumps(GPU_PROVIDERS)], capture_output=True,
                                   text=True, timeout=timeout, stdin=subprocess.DEVNULL)
             facts = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout else {}
             if proc.returncode != 0:

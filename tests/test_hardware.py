@@ -189,6 +189,18 @@ def test_plan_partial_offload_when_vram_is_short() -> None:
     assert any(f"{plan.gpu_layers} of {OPENCHAT.n_layer} layers" in r for r in plan.reasons)
 
 
+def test_parallel_sequences_count_in_the_gpu_split() -> None:
+    """The KV cache of every parallel sequence is in VRAM too: the split places fewer
+    layers and still fits."""
+    small = probe(MACHINES / "rtx4090", nvml=RecordedNVML(free=3 * GIB), system="Linux",
+                  machine="x86_64", runtimes=False)
+    one, four = (make_plan(fake_gguf(OPENCHAT), small, backend="llama.cpp",
+                           gpu_offload_supported=True, context_length=4096, parallel=n)
+                 for n in (1, 4))
+    assert four.memory.gpu is not None and four.memory.gpu.total <= 3 * GIB
+    assert four.gpu_layers < one.gpu_layers
+
+
 def test_whole_model_runtimes_get_all_layers_or_none() -> None:
     """onnxruntime cannot split layers: short VRAM means the CPU, enough means all."""
     small = probe(MACHINES / "rtx4090", nvml=RecordedNVML(free=3 * GIB), system="Linux",
