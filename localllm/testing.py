@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._model import Model
 from ._types import DevicePlacement, ModelInfo, SamplingParams
-from .sampling import Logits
+from .sampling import Logits, LogitsProcessor
 
 __all__ = ["BackendContract", "FakeModel"]
 
@@ -57,11 +57,13 @@ def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,
 NEAR_TIE = 0.5
 
 
-def greedy_with_margins(model: Model, prompt: str, max_tokens: int
+def greedy_with_margins(model: Model, prompt: str, max_tokens: int,
+                        logits_processors: Sequence[LogitsProcessor] = ()
                         ) -> tuple[tuple[int, ...], list[float]]:
     """Greedy tokens of ``prompt`` run alone, with the top-1 minus top-2 logit margin at
-    each step. Another float path (a batch, another CPU's kernels) may pick differently
-    only where that margin is small, so tests compare texts with it, not blindly."""
+    each step (after ``logits_processors``). Another float path (a batch, another CPU's
+    kernels) may pick differently only where that margin is small, so tests compare texts
+    with it, not blindly."""
     import numpy as np
 
     margins: list[float] = []
@@ -72,7 +74,7 @@ def greedy_with_margins(model: Model, prompt: str, max_tokens: int
         return logits
 
     result = model.complete(prompt, max_tokens=max_tokens, temperature=0, sampler="localllm",
-                            logits_processors=[record])
+                            logits_processors=[*logits_processors, record])
     return result.token_ids, margins
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from localllm import Model
 from localllm.sampling import LogitsProcessor
 from localllm.testing import NEAR_TIE, first_divergence, greedy_with_margins
@@ -36,20 +34,12 @@ def wide_greedy_prefix(model: Model, prompt: str | Sequence[Any], needle: str, *
 
     Then any greedy run of the same prompt on any CPU starts with the same tokens, so a
     test may assert that its text contains ``needle``."""
-    margins: list[float] = []
-
-    def record(ids: Any, logits: Any) -> Any:
-        top = np.partition(logits, -2)[-2:]
-        margins.append(float(top[1] - top[0]))
-        return logits
-
     text = prompt if isinstance(prompt, str) else model.render_chat(prompt)
-    result = model.complete(text, max_tokens=max_tokens, temperature=0, sampler="localllm",
-                            logits_processors=[*logits_processors, record])
-    ids = result.token_ids
+    ids, margins = greedy_with_margins(model, text, max_tokens, logits_processors)
     end = next((k for k in range(1, len(ids) + 1)
                 if needle in model.tokenizer.decode(list(ids[:k]))), None)
-    assert end is not None, f"greedy text {result.text!r} never reaches {needle!r}"
+    assert end is not None, (f"greedy text {model.tokenizer.decode(list(ids))!r} never "
+                             f"reaches {needle!r}")
     assert min(margins[:end]) >= min_margin, (needle, [round(m, 3) for m in margins[:end]])
     return margins[:end]
 
