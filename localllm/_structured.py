@@ -8,6 +8,7 @@ own tokenizer, so every backend that exposes logits gets the same constraint.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -102,8 +103,13 @@ def grammar_for(response_format: ResponseFormat) -> CompiledFormat:
 
 def _json_format(llg: Any, schema: Any, model: type | None = None) -> CompiledFormat:
     grammar = llg.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_DEFAULTS)
-    bounds = llg.LLMatcher.grammar_from_lark(JSON_BOUNDS_LARK)
-    return CompiledFormat((str(grammar), str(bounds)), "json", model)
+    return CompiledFormat((str(grammar), _json_bounds()), "json", model)
+
+
+@functools.cache
+def _json_bounds() -> str:
+    """The JSON bounds grammar, compiled once per process."""
+    return str(_llguidance().LLMatcher.grammar_from_lark(JSON_BOUNDS_LARK))
 
 
 # Keys whose value is one subschema, a map of subschemas, or a list of subschemas.

@@ -180,7 +180,6 @@ class LlamaCppEngine(Engine):
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._cached: list[int] = []  # tokens whose KV entries are in the context
-        self.reused_tokens = 0  # prompt tokens the last request took from the KV cache
         self._one = (lib.llama_token * 1)()
         self._closed = False
         self.kv_epoch = 0  # bumped when the one-sequence path takes over the KV cache
@@ -335,7 +334,7 @@ class LlamaCppEngine(Engine):
         rewrites the KV cache under the scheduler's feet: ``kv_epoch`` tells it so."""
         self.kv_epoch += 1
         lib = self._lib
-        start = self.reused_tokens = self._reuse_prefix(prompt)
+        start = self._reuse_prefix(prompt)
         self._cached = list(prompt[:start])
         n_batch = self._options.batch_size
         for at in range(start, len(prompt), n_batch):
