@@ -34,17 +34,22 @@ from ._types import (
     SamplingParams,
     StreamChunk,
     Timings,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
     Truncation,
     Usage,
 )
 
 if TYPE_CHECKING:
+    from ._tools import ToolSetup
     from .sampling import LogitsProcessor
     from .tokenizer import LocalTokenizer
 
 Messages = Sequence[Message | Mapping[str, Any]]
 SamplerChoice = Literal["auto", "native", "localllm"]
 _OVERFLOW_POLICIES = ("error", "truncate_left", "drop_oldest")
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 class Tokenizer:
@@ -139,8 +144,16 @@ class Model:
         return self._engine
 
     # ----------------------------------------------------------------- prompts
-    def render_chat(self, messages: Messages, *, add_generation_prompt: bool = True) -> str:
-        """The exact prompt text the model sees for ``messages``."""
+    def render_chat(self, messages: Messages, *, add_generation_prompt: bool = True,
+                    tools: Sequence[Mapping[str, Any]] | None = None,
+                    tool_choice: Any = None) -> str:
+        """The exact prompt text the model sees for ``messages`` (and ``tools``)."""
+        from ._tools import prepare, with_tools
+
+        msgs = with_tools(normalize_messages(messages), prepare(tools, tool_choice))
+        return self._render(msgs, add_generation_prompt)
+
+    def _render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         from ._chat import resolve_template
 
         template = resolve_template(None, self._chat_template)
@@ -167,6 +180,7 @@ class Model:
                  sampler: SamplerChoice = "auto",
                  logits_processors: Sequence[LogitsProcessor] = (),
                  response_format: Any = None, timeout: float | None = None,
+                 logprobs: int | None = None,
                  **params: Any) -> Completion:
         """Continue ``prompt``.
 
@@ -178,98 +192,117 @@ class Model:
         ``RequestTimeoutError``.
         """
         return _collect(self._run(self._prompt_job(
-            prompt, overflow, sampler, logits_processors, response_format, timeout, params)))
+            prompt, _Options(overflow, sampler, logits_processors, response_format, timeout,
+                            logprobs), params)))
 
     def stream(self, prompt: str, *, overflow: OverflowPolicy = "error",
                sampler: SamplerChoice = "auto",
                logits_processors: Sequence[LogitsProcessor] = (),
                response_format: Any = None, timeout: float | None = None,
+               logprobs: int | None = None,
                **params: Any) -> Iterator[StreamChunk]:
         """Like :meth:`complete`, yielding text as it is generated. Closing the iterator
         (or breaking out of the loop) frees the request's sequence at the next step."""
         return self._run(self._prompt_job(
-            prompt, overflow, sampler, logits_processors, response_format, timeout, params))
+            prompt, _Options(overflow, sampler, logits_processors, response_format, timeout,
+                            logprobs), params))
 
     def chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
              sampler: SamplerChoice = "auto",
              logits_processors: Sequence[LogitsProcessor] = (),
              response_format: Any = None, timeout: float | None = None,
+             logprobs: int | None = None,
+             tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
              **params: Any) -> Completion:
         """Answer a conversation, rendered with the model's chat template."""
         return _collect(self._run(self._chat_job(
-            messages, overflow, sampler, logits_processors, response_format, timeout, params)))
+            messages, _Options(overflow, sampler, logits_processors, response_format, timeout,
+                              logprobs, tools, tool_choice), params)))
 
     def stream_chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
                     sampler: SamplerChoice = "auto",
                     logits_processors: Sequence[LogitsProcessor] = (),
                     response_format: Any = None, timeout: float | None = None,
+                    logprobs: int | None = None,
+                    tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
                     **params: Any) -> Iterator[StreamChunk]:
         """Like :meth:`chat`, yielding text as it is generated."""
         return self._run(self._chat_job(
-            messages, overflow, sampler, logits_processors, response_format, timeout, params))
+            messages, _Options(overflow, sampler, logits_processors, response_format, timeout,
+                              logprobs, tools, tool_choice), params))
 
     # ----------------------------------------------------------------- async generation
     async def acomplete(self, prompt: str, *, overflow: OverflowPolicy = "error",
                         sampler: SamplerChoice = "auto",
                         logits_processors: Sequence[LogitsProcessor] = (),
                         response_format: Any = None, timeout: float | None = None,
+                        logprobs: int | None = None,
                         **params: Any) -> Completion:
         """:meth:`complete` for asyncio: never blocks the event loop; cancelling the task
         frees the request's sequence at the next decode step."""
         return await _acollect(self.astream(
             prompt, overflow=overflow, sampler=sampler, logits_processors=logits_processors,
-            response_format=response_format, timeout=timeout, **params))
+            response_format=response_format, timeout=timeout, logprobs=logprobs, **params))
 
     def astream(self, prompt: str, *, overflow: OverflowPolicy = "error",
                 sampler: SamplerChoice = "auto",
                 logits_processors: Sequence[LogitsProcessor] = (),
                 response_format: Any = None, timeout: float | None = None,
+                logprobs: int | None = None,
                 **params: Any) -> AsyncIterator[StreamChunk]:
         """:meth:`stream` for ``async for``; leaving the loop frees the sequence."""
         return _AsyncStream(self, self._prompt_job(
-            prompt, overflow, sampler, logits_processors, response_format, timeout, params))
+            prompt, _Options(overflow, sampler, logits_processors, response_format, timeout,
+                            logprobs), params))
 
     async def achat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
                     sampler: SamplerChoice = "auto",
                     logits_processors: Sequence[LogitsProcessor] = (),
                     response_format: Any = None, timeout: float | None = None,
+                    logprobs: int | None = None,
+                    tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
                     **params: Any) -> Completion:
         """:meth:`chat` for asyncio."""
         return await _acollect(self.astream_chat(
             messages, overflow=overflow, sampler=sampler, logits_processors=logits_processors,
-            response_format=response_format, timeout=timeout, **params))
+            response_format=response_format, timeout=timeout, logprobs=logprobs, tools=tools,
+            tool_choice=tool_choice, **params))
 
     def astream_chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
                      sampler: SamplerChoice = "auto",
                      logits_processors: Sequence[LogitsProcessor] = (),
                      response_format: Any = None, timeout: float | None = None,
+                     logprobs: int | None = None,
+                     tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
                      **params: Any) -> AsyncIterator[StreamChunk]:
         """:meth:`stream_chat` for ``async for``."""
         return _AsyncStream(self, self._chat_job(
-            messages, overflow, sampler, logits_processors, response_format, timeout, params))
+            messages, _Options(overflow, sampler, logits_processors, response_format, timeout,
+                              logprobs, tools, tool_choice), params))
 
     # ----------------------------------------------------------------- request preparation
-    def _prompt_job(self, prompt: str, overflow: str, sampler: str,
-                    processors: Sequence[LogitsProcessor], response_format: Any,
-                    timeout: float | None, params: Mapping[str, Any]) -> _Job:
+    def _prompt_job(self, prompt: str, opts: _Options, params: Mapping[str, Any]) -> _Job:
         if not isinstance(prompt, str):
             raise ConfigError(f"prompt must be str, not {type(prompt).__name__}; "
                               "use chat() for a list of messages")
+        overflow = opts.overflow
         sampling = self._prepare(params, overflow, chat=False)
-        decoding = self._decoding(sampler, processors, response_format)
+        decoding = self._decoding(opts, None)
         ids = self._encode_prompt(prompt)
         ids, truncation = self._fit_prompt_tokens(ids, sampling, overflow)
-        return self._job(ids, sampling, truncation, decoding, timeout)
+        return self._job(ids, sampling, truncation, decoding, opts.timeout)
 
-    def _chat_job(self, messages: Messages, overflow: str, sampler: str,
-                  processors: Sequence[LogitsProcessor], response_format: Any,
-                  timeout: float | None, params: Mapping[str, Any]) -> _Job:
+    def _chat_job(self, messages: Messages, opts: _Options, params: Mapping[str, Any]) -> _Job:
+        from ._tools import prepare, with_tools
+
+        overflow = opts.overflow
         sampling = self._prepare(params, overflow, chat=True)
-        decoding = self._decoding(sampler, processors, response_format)
+        tools = prepare(opts.tools, opts.tool_choice)
+        decoding = self._decoding(opts, tools)
         msgs = normalize_messages(messages)
         dropped: list[Message] = []
         while True:
-            ids = self._encode_prompt(self.render_chat(msgs))
+            ids = self._encode_prompt(self._render(with_tools(msgs, tools)))
             if overflow != "drop_oldest" or self._fits(len(ids), sampling):
                 break
             victim = next((i for i, m in enumerate(msgs[:-1]) if m.role != "system"), None)
@@ -286,7 +319,7 @@ class Model:
             self._check_fits(len(ids), sampling)
         else:
             ids, truncation = self._fit_prompt_tokens(ids, sampling, overflow)
-        return self._job(ids, sampling, truncation, decoding, timeout)
+        return self._job(ids, sampling, truncation, decoding, opts.timeout)
 
     # ----------------------------------------------------------------- internals
     def _prepare(self, params: Mapping[str, Any], overflow: str, chat: bool) -> SamplingParams:
@@ -320,34 +353,44 @@ class Model:
             self._local_tokenizer = self._tokenizer_factory()
         return self._local_tokenizer
 
-    def _decoding(self, sampler: str, processors: Sequence[LogitsProcessor],
-                  response_format: Any) -> _Decoding:
+    def _decoding(self, opts: _Options, tools: ToolSetup | None) -> _Decoding:
         """Decide native vs localllm sampling and compile any constraint, before compute."""
         engine = self._live()
+        sampler, response_format, logprobs = opts.sampler, opts.response_format, opts.logprobs
         if sampler not in ("auto", "native", "localllm"):
             raise ConfigError(f"sampler={sampler!r} is invalid; use 'auto', 'native' or "
                               "'localllm'")
-        processors = list(processors or ())
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(
+                logprobs, int) or not 0 <= logprobs <= MAX_TOP_LOGPROBS):
+            raise ConfigError(f"logprobs={logprobs!r} is invalid; give the number of "
+                              f"alternatives per token, 0..{MAX_TOP_LOGPROBS}, or None")
+        if tools is not None:
+            if response_format is not None:
+                raise ConfigError("tools and response_format cannot be combined: a tool "
+                                  "call's arguments already follow the function's schema")
+            response_format = tools.format
+        processors = list(opts.processors or ())
         for proc in processors:
             if not callable(proc):
                 raise ConfigError(f"logits processor {proc!r} is not callable")
-        needs_logits = bool(processors) or response_format is not None
+        needs_logits = bool(processors) or response_format is not None or logprobs is not None
         if sampler == "native" and needs_logits:
-            raise ConfigError("logits_processors and response_format run on localllm's "
-                              "sampler; drop sampler='native'")
+            raise ConfigError("logits_processors, response_format, tools and logprobs run "
+                              "on localllm's sampler; drop sampler='native'")
         if not needs_logits and sampler != "localllm":
             return _Decoding(native=True)
         if not engine.capabilities.logits:
             raise UnsupportedFeatureError(
                 engine.backend_name, "logits access (needed for sampler='localllm', "
-                "logits_processors and response_format)")
+                "logits_processors, response_format, tools and logprobs)")
         grammar = None
         if response_format is not None:
             from ._structured import GrammarConstraint, grammar_for
 
             grammar = GrammarConstraint(self.local_tokenizer(), grammar_for(response_format),
                                         engine.vocab_size)
-        return _Decoding(native=False, processors=processors, grammar=grammar)
+        return _Decoding(native=False, processors=processors, grammar=grammar,
+                         logprobs=logprobs, tools=tools)
 
     def _fits(self, n_prompt: int, sampling: SamplingParams) -> bool:
         n_ctx = self._live().context_length
@@ -395,7 +438,8 @@ class Model:
         request = Request(prompt=job.prompt, params=job.sampling, seed=job.seed,
                           budget=job.budget, native=job.decoding.native,
                           processors=job.decoding.processors, grammar=job.decoding.grammar,
-                          deadline=deadline, outbox=Outbox(loop))
+                          logprobs=job.decoding.logprobs is not None, deadline=deadline,
+                          outbox=Outbox(loop))
         return self._scheduler.submit(request)
 
     def _run(self, job: _Job) -> Iterator[StreamChunk]:
@@ -428,42 +472,78 @@ class _Job:
 
 class _Consumer:
     """Turns one request's tokens into what the caller sees: UTF-8-safe text, stop strings
-    held back until they cannot match, the finish reason, usage and timings."""
+    held back until they cannot match, tool calls, log probabilities, the finish reason,
+    usage and timings."""
 
     def __init__(self, engine: Engine, job: _Job, load_s: float) -> None:
+        from ._tools import ToolCallStream
+
         self.engine = engine
         self.job = job
         self.load_s = load_s
         self.detok = IncrementalDetokenizer()
         self.stops = StopMatcher(job.sampling.stop)
+        tools = job.decoding.tools
+        self.tools = ToolCallStream(tools) if tools is not None else None
         self.generated: list[int] = []
         self.emitted: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.unsent_logprobs = 0  # logprobs not yet attached to a chunk
         self.finish: FinishReason = "length"
         self.over = False
         self.t_start = self.t_first = time.perf_counter()
 
-    def feed(self, token: int) -> StreamChunk | None:
+    def feed(self, item: int | tuple[int, Any]) -> StreamChunk | None:
+        token, logits = item if isinstance(item, tuple) else (item, None)
         if not self.generated:
             self.t_first = time.perf_counter()
         self.generated.append(token)
+        if logits is not None:
+            self.logprobs.append(token_logprob(self.engine, logits, token,
+                                               self.job.decoding.logprobs or 0))
+            self.unsent_logprobs += 1
         if self.engine.is_end_of_generation(token):
             self.finish, self.over = "stop", True
             return None
         chunk = None
         text = self.stops.feed(self.detok.feed(self.engine.token_bytes(token)))
         if text:
-            self.emitted.append(text)
-            chunk = StreamChunk(text=text, token_ids=(token,))
+            chunk = self._chunk(text)
         if self.stops.matched is not None:
             self.finish, self.over = "stop", True
         elif len(self.generated) >= self.job.budget:
             self.over = True
         return chunk
 
+    def _chunk(self, text: str) -> StreamChunk | None:
+        deltas: list[Any] = []
+        if self.tools is not None:
+            text, deltas = self.tools.feed(text)
+        if not text and not deltas:
+            return None
+        self.emitted.append(text)
+        return StreamChunk(text=text, tool_calls=tuple(deltas),
+                           logprobs=self._take_logprobs())
+
+    def _take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        n, self.unsent_logprobs = self.unsent_logprobs, 0
+        return tuple(self.logprobs[len(self.logprobs) - n:]) if n else ()
+
     def final(self, reused_tokens: int) -> StreamChunk:
         stops, job = self.stops, self.job
         tail = stops.feed(self.detok.flush()) if stops.matched is None else ""
         tail += stops.flush()
+        grammar = job.decoding.grammar
+        complete = grammar is not None and grammar.done and stops.matched is None
+        calls: tuple[ToolCall, ...] = ()
+        deltas: list[Any] = []
+        if self.tools is not None:
+            tail, deltas = self.tools.feed(tail)
+            shown, calls, last = self.tools.finish(complete)
+            tail += shown
+            deltas += last
+        if calls:
+            self.finish = "tool_calls"
         n_prompt, n_gen = len(job.prompt), len(self.generated)
         completion = Completion(
             text="".join(self.emitted) + tail,
@@ -476,13 +556,38 @@ class _Consumer:
             timings=_timings(self.load_s, n_prompt, n_gen, self.t_start, self.t_first,
                              time.perf_counter()),
             truncation=job.truncation,
+            tool_calls=calls,
+            logprobs=tuple(self.logprobs) if job.decoding.logprobs is not None else None,
         )
-        grammar = job.decoding.grammar
-        if grammar is not None:
+        if grammar is not None and self.tools is None:
             completion._format = grammar.format
-            completion._complete = grammar.done and stops.matched is None
+            completion._complete = complete
         return StreamChunk(text=tail, token_ids=(), finish_reason=completion.finish_reason,
-                           completion=completion)
+                           completion=completion, tool_calls=tuple(deltas),
+                           logprobs=self._take_logprobs())
+
+
+def token_logprob(engine: Engine, logits: Any, token: int, top: int) -> TokenLogprob:
+    """A token's log probability under the model (the raw logits, before sampling
+    settings) and the ``top`` most likely tokens, in OpenAI's shape."""
+    import numpy as np
+
+    row = np.asarray(logits, dtype=np.float64)
+    peak = float(row.max())
+    logz = peak + float(np.log(np.exp(row - peak).sum()))
+
+    def entry(tid: int) -> TopLogprob:
+        raw = engine.token_bytes(tid)
+        return TopLogprob(token=raw.decode("utf-8", errors="replace"), id=tid,
+                          logprob=float(row[tid]) - logz, bytes=tuple(raw))
+
+    alternatives: tuple[TopLogprob, ...] = ()
+    if top:
+        best = np.argpartition(-row, top)[:top]
+        best = best[np.argsort(-row[best], kind="stable")]
+        alternatives = tuple(entry(int(t)) for t in best)
+    chosen = entry(token)
+    return TokenLogprob(**chosen.model_dump(), top_logprobs=alternatives)
 
 
 class _AsyncStream:
@@ -540,10 +645,27 @@ class _Decoding:
     """How one request picks tokens: the runtime's sampler, or localllm's with extras."""
 
     def __init__(self, native: bool, processors: Sequence[LogitsProcessor] = (),
-                 grammar: Any = None) -> None:
+                 grammar: Any = None, logprobs: int | None = None,
+                 tools: ToolSetup | None = None) -> None:
         self.native = native
         self.processors = list(processors)
         self.grammar = grammar
+        self.logprobs = logprobs
+        self.tools = tools
+
+
+@dataclass
+class _Options:
+    """The per-request choices besides sampling parameters, as the public methods got them."""
+
+    overflow: str
+    sampler: str
+    processors: Sequence[LogitsProcessor]
+    response_format: Any
+    timeout: float | None
+    logprobs: int | None
+    tools: Sequence[Mapping[str, Any]] | None = None
+    tool_choice: Any = None
 
 
 def _timings(load_s: float, n_prompt: int, n_gen: int, t_start: float, t_first: float,

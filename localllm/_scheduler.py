@@ -74,6 +74,7 @@ class Request:
     native: bool                     # the runtime's sampler, else localllm's
     processors: list[Any] = field(default_factory=list)
     grammar: Any = None
+    logprobs: bool = False           # deliver (token, logits row) pairs, not tokens
     deadline: float | None = None    # time.monotonic() after which it is cut
     outbox: Outbox = field(default_factory=Outbox)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -92,8 +93,9 @@ class Request:
         """Stop generating; the sequence is freed before the next decode step."""
         self.cancelled.set()
 
-    def tokens(self) -> Iterator[int]:
-        """The sampled tokens, blocking; raises the request's error if it failed."""
+    def tokens(self) -> Iterator[Any]:
+        """The sampled tokens (with their logits rows when ``logprobs``), blocking; raises
+        the request's error if it failed."""
         while True:
             item = self.outbox.get()
             if item is _END:
@@ -102,7 +104,7 @@ class Request:
                 raise item
             yield item
 
-    async def atokens(self) -> AsyncIterator[int]:
+    async def atokens(self) -> AsyncIterator[Any]:
         while True:
             item = await self.outbox.aget()
             if item is _END:
@@ -237,7 +239,8 @@ class Scheduler:
         if not self.batched:
             req.iterator = (engine.generate(req.prompt, req.params, req.seed) if req.native
                             else sample_from_logits(engine, req.prompt, req.params, req.seed,
-                                                    req.processors, req.grammar))
+                                                    req.processors, req.grammar,
+                                                    with_logits=req.logprobs))
             return
         if engine.kv_epoch != self._kv_epoch:  # the KV cache was used directly: forget it
             self._kv_epoch = engine.kv_epoch
@@ -314,12 +317,14 @@ class Scheduler:
     def _step_single(self) -> None:
         req = self._active[0]
         assert req.iterator is not None
-        token = next(req.iterator, None)
+        item = next(req.iterator, None)
         self.steps += 1
-        if token is None:  # the runtime ended the sequence itself
+        if item is None:  # the runtime ended the sequence itself
             self._finish(req, None)
+        elif isinstance(item, tuple):
+            self._deliver(req, *item)
         else:
-            self._deliver(req, token)
+            self._deliver(req, item)
 
     def _step_batched(self) -> None:
         engine = self.engine
@@ -363,11 +368,11 @@ class Scheduler:
                 continue
             req.history.append(token)
             req.last = token
-            self._deliver(req, token)
+            self._deliver(req, token, out if req.logprobs else None)
 
-    def _deliver(self, req: Request, token: int) -> None:
+    def _deliver(self, req: Request, token: int, logits: Any = None) -> None:
         req.generated += 1
-        req.outbox.put(token)
+        req.outbox.put(token if logits is None else (token, logits))
         if self.engine.is_end_of_generation(token) or req.generated >= req.budget:
             self._finish(req, None)
 

@@ -68,6 +68,8 @@ class CompiledFormat:
 def grammar_for(response_format: ResponseFormat) -> CompiledFormat:
     """Compile an OpenAI-style ``response_format`` (or a pydantic model class)."""
     llg = _llguidance()
+    if isinstance(response_format, CompiledFormat):
+        return response_format
     if isinstance(response_format, type):
         if not hasattr(response_format, "model_json_schema"):
             raise ConfigError(f"response_format={response_format.__name__} is a class but not "
@@ -96,7 +98,7 @@ def grammar_for(response_format: ResponseFormat) -> CompiledFormat:
         lark = response_format.get("lark")
         if not isinstance(lark, str):
             raise ConfigError("response_format grammar needs {'lark': '...'} (Lark syntax)")
-        return CompiledFormat((str(llg.LLMatcher.grammar_from_lark(lark)),), "text")
+        return CompiledFormat((compile_lark(lark),), "text")
     raise ConfigError(f"response_format type {kind!r} is not supported; use json_schema, "
                       "json_object, regex or grammar")
 
@@ -109,7 +111,15 @@ def _json_format(llg: Any, schema: Any, model: type | None = None) -> CompiledFo
 @functools.cache
 def _json_bounds() -> str:
     """The JSON bounds grammar, compiled once per process."""
-    return str(_llguidance().LLMatcher.grammar_from_lark(JSON_BOUNDS_LARK))
+    return compile_lark(JSON_BOUNDS_LARK)
+
+
+def compile_lark(lark: str) -> str:
+    """A Lark grammar (llguidance's dialect, with ``%json {schema}``) ready for a matcher."""
+    try:
+        return str(_llguidance().LLMatcher.grammar_from_lark(lark))
+    except ValueError as exc:
+        raise ConfigError(f"the grammar cannot be compiled: {exc}") from None
 
 
 # Keys whose value is one subschema, a map of subschemas, or a list of subschemas.

@@ -7,6 +7,7 @@ where it is written, with the field, the value and the valid range in the messag
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -17,11 +18,12 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from ._errors import ConfigError, StructuredOutputError
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 OverflowPolicy = Literal["error", "truncate_left", "drop_oldest"]
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -102,11 +104,76 @@ class SamplingParams(_Frozen):
             ) from None
 
 
+class ToolCall(_Frozen):
+    """A function call the model made: ``arguments`` is JSON text that validates against
+    the function's ``parameters`` (the grammar guarantees it)."""
+
+    id: str
+    name: str
+    arguments: str = Field(description="the arguments as a JSON object, in text")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_wire(cls, value: Any) -> Any:
+        """Accept OpenAI's ``{"id", "type", "function": {"name", "arguments": str}}`` and
+        Ollama's ``{"function": {"name", "arguments": {...}}}`` shapes."""
+        if isinstance(value, Mapping) and isinstance(value.get("function"), Mapping):
+            fn = value["function"]
+            args = fn.get("arguments", "{}")
+            if not isinstance(args, str):
+                args = json.dumps(args, ensure_ascii=False)
+            return {"id": value.get("id") or "call_0", "name": fn.get("name"),
+                    "arguments": args}
+        return value
+
+    @property
+    def parsed_arguments(self) -> dict[str, Any]:
+        """The arguments as a dict."""
+        value = json.loads(self.arguments)
+        assert isinstance(value, dict)
+        return value
+
+
+class ToolCallDelta(_Frozen):
+    """A piece of a streamed tool call: ``id`` and ``name`` come on its first delta,
+    then ``arguments`` fragments that concatenate to the JSON text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 class Message(_Frozen):
-    """One chat turn."""
+    """One chat turn. An assistant turn may carry ``tool_calls`` instead of content; a
+    ``tool`` turn answers the call named by ``tool_call_id``."""
 
     role: Role
-    content: str
+    content: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_present(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs 'content' (a string)")
+        return self
+
+
+class TopLogprob(_Frozen):
+    """One candidate token and its log probability under the model."""
+
+    token: str
+    id: int
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+class TokenLogprob(TopLogprob):
+    """A generated token's log probability, with the most likely alternatives."""
+
+    top_logprobs: tuple[TopLogprob, ...] = ()
 
 
 class Usage(_Frozen):
@@ -148,6 +215,9 @@ class Completion(_Frozen):
     usage: Usage
     timings: Timings
     truncation: Truncation | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = Field(
+        None, description="per generated token, when logprobs= was given")
     # set by Model for constrained requests: the CompiledFormat and whether it completed
     _format: Any = PrivateAttr(None)
     _complete: bool = PrivateAttr(False)
@@ -193,6 +263,8 @@ class StreamChunk(_Frozen):
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
     completion: Completion | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Capabilities(_Frozen):

@@ -202,8 +202,10 @@ class Engine(ABC):
 
 
 def sample_from_logits(engine: Engine, prompt: list[int], params: SamplingParams, seed: int,
-                       processors: Sequence[Any] = (), grammar: Any = None) -> Iterator[int]:
-    """Generation through localllm's sampler on an engine's logits (start, then push)."""
+                       processors: Sequence[Any] = (), grammar: Any = None, *,
+                       with_logits: bool = False) -> Iterator[Any]:
+    """Generation through localllm's sampler on an engine's logits (start, then push);
+    ``with_logits`` yields ``(token, logits row)`` pairs, for log probabilities."""
     from ..sampling import Sampler
 
     sampler = Sampler(params, seed, [*processors, *([grammar] if grammar is not None else [])])
@@ -213,7 +215,7 @@ def sample_from_logits(engine: Engine, prompt: list[int], params: SamplingParams
         token = sampler.sample(history, logits)
         if grammar is not None:
             grammar.consume(token)
-        yield token
+        yield (token, logits.copy()) if with_logits else token  # the runtime reuses rows
         history.append(token)
         logits = engine.push(token)
 
