@@ -40,7 +40,8 @@ FOCUSED = [("llamacpp", ["bench_llamacpp.py", "--reps", "7"]),
            ("memory", ["bench_memory.py"]),
            ("legacy-backends", ["bench_legacy_backends.py"]),
            ("onnx", ["bench_onnx.py"]),
-           ("batching", ["bench_batching.py"])]
+           ("batching", ["bench_batching.py"]),
+           ("server", ["bench_server.py"])]
 MEASURES = [("load_s", "load s", "{:.2f}"), ("ttft_s", "first token s", "{:.2f}"),
             ("prompt_tokens_per_s", "prompt tok/s", "{:.1f}"),
             ("decode_tokens_per_s", "decode tok/s", "{:.1f}"),
@@ -154,6 +155,21 @@ def focused_table(focused: dict[str, Any]) -> str:
                     f"{lat['ttft_p50_s']:.2f} s, p95 {lat['ttft_p95_s']:.2f} s |")
         rows.append(f"| one stream through the scheduler vs llama-cpp-python | decode "
                     f"{f['single_stream_ratio']:.2f}× |")
+    if "server" in focused:
+        f = focused["server"]
+        loads = [str(n) for n in f["loads"]]
+        ratios = f["ratio_localllm_vs_llama_server"]
+        if ratios:
+            agg = " / ".join(f"{ratios[n]['aggregate']:.2f}" for n in loads)
+            p95 = " / ".join(f"{ratios[n]['ttft_p95']:.2f}" for n in loads)
+            rows.append(f"| HTTP server vs llama-server, {'/'.join(loads)} streaming clients | "
+                        f"aggregate tok/s {agg}×, TTFT p95 {p95}× |")
+        for name, entry in f["servers"].items():
+            if "loads" in entry:
+                rates = " / ".join(f"{entry['loads'][n]['agg_tokens_per_s']:.0f}"
+                                   for n in loads)
+                rows.append(f"| {name} over HTTP, aggregate tok/s at {'/'.join(loads)} clients | "
+                            f"{rates} |")
     return "| measure | result |\n|---|---|\n" + "\n".join(rows)
 
 

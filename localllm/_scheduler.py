@@ -169,6 +169,11 @@ class Scheduler:
             thread.join()
 
     @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a sequence."""
+        return len(self._waiting)
+
+    @property
     def active_sequences(self) -> int:
         return sum(slot.busy for slot in self._slots)
 

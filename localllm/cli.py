@@ -265,7 +265,41 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
+
+    serve = sub.add_parser("serve", help="an OpenAI- and Ollama-compatible HTTP server "
+                                         "(needs the 'server' extra)")
+    serve.add_argument("models", nargs="*", help=".gguf paths or catalog names (default: "
+                                                 "the default model and the store's)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="bind address (default loopback; others need a key)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--parallel", type=int, default=8,
+                       help="requests decoded together per model")
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", action="append", default=None,
+                      help="required Bearer key (repeatable)")
+    keys.add_argument("--api-key-file", default=None, help="file with one key per line")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="allow a non-loopback bind without an API key")
+    serve.add_argument("--cors-origin", action="append", default=None,
+                       help="allowed browser origin (repeatable); CORS is off without it")
+    serve.add_argument("--max-queue", type=int, default=256,
+                       help="requests waiting per model before 503")
+    serve.add_argument("--keep-alive", default="5m",
+                       help="unload a model after this idle time (-1: never)")
+    serve.add_argument("--threads", type=int, default=None, help="CPU threads per model")
+    serve.add_argument("--context", type=int, default=None,
+                       help="context length per sequence")
+    serve.add_argument("--max-body", type=int, default=8 * 1024 * 1024,
+                       help="request body limit in bytes")
+    serve.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server._cli import serve
+
+    return serve(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,337 @@
+"""The ASGI application: security in front, then the OpenAI, Ollama and operations routes.
+
+Safe by default: keys compared in constant time, a foreign ``Host`` refused on a loopback
+bind (DNS rebinding), CORS off unless origins are given, request bodies bounded. Errors
+come from localllm's one error tree and keep each protocol's envelope; a 500 means a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import _errors as errors
+from ._metrics import Metrics
+from ._registry import ModelUnavailableError, Registry
+
+log = logging.getLogger("localllm.server")
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+OPEN_PATHS = ("/health", "/v1/health")  # answered without a key, like llama-server's
+
+
+@dataclass
+class ServerConfig:
+    """What ``create_app`` builds from; ``localllm serve`` fills it from the command line."""
+
+    models: Sequence[str] = ()
+    host: str = "127.0.0.1"
+    parallel: int | None = 8
+    max_queue: int = 256
+    api_keys: Sequence[str] = ()
+    cors_origins: Sequence[str] = ()
+    keep_alive_s: float | None = 300.0
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    threads: int | None = None
+    context_length: int | None = None
+    preload: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class HTTPError(Exception):
+    """An error answered with a status; ``code`` and ``param`` fill OpenAI's envelope."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+        self.code, self.param, self.headers = code, param, headers or {}
+
+
+def http_error(exc: BaseException) -> HTTPError:
+    """Map localllm's error tree (and bad input) onto HTTP."""
+    if isinstance(exc, HTTPError):
+        return exc
+    msg = str(exc)
+    if isinstance(exc, errors.ContextOverflowError):
+        return HTTPError(400, msg, code="context_length_exceeded", param="messages")
+    if isinstance(exc, errors.ModelNotFoundError):
+        return HTTPError(404, msg, kind="not_found_error", code="model_not_found",
+                         param="model")
+    if isinstance(exc, errors.QueueFullError):
+        return HTTPError(503, msg, kind="server_busy", code="queue_full",
+                         headers={"Retry-After": str(max(1, round(exc.retry_after_s)))})
+    if isinstance(exc, (ModelUnavailableError, errors.WillNotFitError,
+                        errors.ModelClosedError)):
+        return HTTPError(503, msg, kind="unavailable_error", code="model_unavailable",
+                         headers={"Retry-After": "5"})
+    if isinstance(exc, errors.RequestTimeoutError):
+        return HTTPError(504, msg, kind="timeout_error", code="timeout")
+    if isinstance(exc, (errors.ConfigError, errors.ChatTemplateError,
+                        errors.StructuredOutputError, errors.UnsupportedFeatureError)):
+        return HTTPError(400, msg)
+    log.exception("internal error", exc_info=exc)
+    return HTTPError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
+
+
+def openai_error_body(err: HTTPError) -> dict[str, Any]:
+    return {"error": {"message": err.message, "type": err.kind, "param": err.param,
+                      "code": err.code}}
+
+
+def error_response(err: HTTPError, style: str) -> Response:
+    body = {"error": err.message} if style == "ollama" else openai_error_body(err)
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON; 413 past ``limit`` bytes, 400 when it is not JSON."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"the request body is over the limit of {limit} bytes",
+                            code="request_too_large")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks) or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"the request body is not valid JSON: {exc}",
+                        code="invalid_json") from None
+
+
+def validate(model: type[BaseModel], body: Any) -> Any:
+    """Parse a body into ``model``; a bad field is a 400 that names it (never a 422)."""
+    if not isinstance(body, dict):
+        raise HTTPError(400, "the request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors())
+        raise HTTPError(400, f"invalid request: {problems}", param=param) from None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def route(style: str, metrics: Metrics, name: str,
+          handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler: typed errors become the protocol's envelope; requests are counted."""
+    async def endpoint(request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = error_response(http_error(exc), style)
+        metrics.request(name, response.status_code)
+        return response
+    return endpoint
+
+
+async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """Run ``work`` unless the client goes away first; then it is cancelled, which frees
+    its sequences at the next decode step."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise HTTPError(499, "the client disconnected", code="client_closed")
+        return task.result()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+class Guard:
+    """ASGI middleware in front of every route: Host check, API key, body size."""
+
+    def __init__(self, app: ASGIApp, config: ServerConfig) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in config.api_keys]
+        self.loopback = config.host in LOOPBACK_HOSTS
+        self.max_body = config.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"]}
+        path = scope["path"]
+        style = "ollama" if path == "/" or path.startswith("/api/") else "openai"
+        refusal = self._refuse(headers, path)
+        if refusal is not None:
+            await error_response(refusal, style)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refuse(self, headers: dict[str, str], path: str) -> HTTPError | None:
+        if self.loopback:
+            host = headers.get("host", "")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if host and name not in LOOPBACK_HOSTS:
+                return HTTPError(403, f"the Host header {host!r} is not this loopback "
+                                 "server (DNS rebinding protection); use 127.0.0.1 or "
+                                 "localhost", kind="permission_error", code="forbidden_host")
+        if self.keys and path not in OPEN_PATHS:
+            given = headers.get("authorization", "")
+            token = given[7:].strip().encode() if given[:7].lower() == "bearer " else b""
+            # compare with every key, always, so timing tells nothing about which matched
+            ok = False
+            for key in self.keys:
+                ok |= hmac.compare_digest(token, key)
+            if not ok:
+                return HTTPError(401, "a valid API key is required: send "
+                                 "'Authorization: Bearer <key>'", kind="authentication_error",
+                                 code="invalid_api_key")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return HTTPError(413, f"the request body is over the limit of {self.max_body} "
+                             "bytes", code="request_too_large")
+        return None
+
+
+class ServerState:
+    """Everything the routes share."""
+
+    def __init__(self, config: ServerConfig, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self.metrics = Metrics()
+        self.max_body = config.max_body_bytes
+
+
+def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
+    """The server as an ASGI app (for uvicorn, tests, or mounting in another app).
+
+    ``models`` are .gguf paths or catalog names; ``options`` are :class:`ServerConfig`
+    fields (``host`` only decides the Host-header check here; binding is uvicorn's).
+    """
+    from . import _ollama, _openai
+
+    config = ServerConfig(models=tuple(models), **options)
+    registry = Registry(config.models, parallel=config.parallel, max_queue=config.max_queue,
+                        keep_alive_s=config.keep_alive_s, threads=config.threads,
+                        context_length=config.context_length)
+    state = ServerState(config, registry)
+    routes = [*_ops_routes(state), *_openai.routes(state), *_ollama.routes(state)]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks = [asyncio.ensure_future(registry.reaper())]
+        if config.preload and registry.models:
+            tasks.append(asyncio.ensure_future(_preload(registry)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await registry.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.localllm = state
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["authorization", "content-type"])
+    app.add_middleware(Guard, config=config)  # outermost: runs before CORS
+    return app
+
+
+async def _preload(registry: Registry) -> None:
+    registry.loading += 1
+    try:
+        async with registry.use(registry.default_name):
+            pass
+    except Exception:
+        log.exception("loading %s failed", registry.default_name)
+    finally:
+        registry.loading -= 1
+
+
+def _ops_routes(state: ServerState) -> list[Route]:
+    registry, metrics = state.registry, state.metrics
+
+    async def health(request: Request) -> Response:
+        if registry.loading:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def prometheus(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(registry),
+                                 media_type="text/plain; version=0.0.4")
+
+    async def tokenize(request: Request) -> Response:
+        body = await read_json(request, state.max_body)
+        content = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(content, str):
+            raise HTTPError(400, "tokenize needs {'content': '<text>'}", param="content")
+        add_special = body.get("add_special", False)
+        async with registry.use(body.get("model") or registry.default_name) as served:
+            assert served.model is not None
+            ids = served.model.tokenizer.encode(content, add_special=bool(add_special))
+        return JSONResponse({"tokens": ids})
+
+    async def detokenize(request: Request) -> Response:
+        body = await read_json(request, state.max_body)
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        if not isinstance(tokens, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise HTTPError(400, "detokenize needs {'tokens': [ids]}", param="tokens")
+        async with registry.use(body.get("model") or registry.default_name) as served:
+            assert served.model is not None
+            vocab = served.model.tokenizer.vocab_size
+            bad = [t for t in tokens if not 0 <= t < vocab]
+            if bad:
+                raise HTTPError(400, f"token ids {bad[:5]} are out of range 0..{vocab - 1}",
+                                param="tokens")
+            text = served.model.tokenizer.decode(tokens)
+        return JSONResponse({"content": text})
+
+    def r(path: str, handler: Handler, methods: list[str]) -> Route:
+        return Route(path, route("openai", metrics, path, handler), methods=methods)
+
+    return [r("/health", health, ["GET"]), r("/v1/health", health, ["GET"]),
+            r("/metrics", prometheus, ["GET"]), r("/tokenize", tokenize, ["POST"]),
+            r("/detokenize", detokenize, ["POST"])]
+
+
+def sse(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+def ndjson(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
+
+
+__all__ = ["Message", "ServerConfig", "create_app"]
