@@ -14,8 +14,10 @@
 CTX is the context per sequence that ``localllm.plan(model, parallel=8)`` chooses on this
 machine (``--context`` overrides it); all three use the same threads (``--threads``, 2).
 Each server is started by this script on a free port of 127.0.0.1, waited for
-(``GET /health``; ``/v1/models`` for llama-cpp-python, which has no health route), warmed
-with one short request and killed (its whole process group) before the next one starts.
+(``GET /health``; ``/v1/models`` for llama-cpp-python, which has no health route), asked
+for its model's id (``/v1/models``; localllm requires ``model``), warmed with one short
+request (which also loads a lazily loaded model) and killed (its whole process group)
+before the next one starts.
 
 Load: N concurrent clients (N = 1, 4, 8, 16), each sending R requests back to back
 (asyncio + httpx, one stream per client). Every request is a ``/v1/completions`` stream
@@ -277,13 +279,27 @@ def quantile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def measure(server: Server, base: str, loads: tuple[int, ...], reps: int,
+async def model_id(client: httpx.AsyncClient, base: str, path: Path) -> str:
+    """The id the server lists for ``path`` (localllm requires ``model``; the others
+    serve one model whatever the field says)."""
+    resp = await client.get(base + "/v1/models")
+    resp.raise_for_status()
+    ids = [m["id"] for m in resp.json().get("data", [])]
+    for wanted in (str(path), path.name, path.stem):
+        if wanted in ids:
+            return wanted
+    return next((i for i in ids if path.stem in i), ids[0] if ids else path.stem)
+
+
+async def measure(server: Server, base: str, path: Path, loads: tuple[int, ...], reps: int,
                   requests: int, prompts: dict[tuple[int, int], list[list[str]]],
                   deadline: float) -> dict[str, Any]:
     url = base + "/v1/completions"
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT, connect=10),
                                  limits=limits, trust_env=False) as client:
+        server.extra["model"] = await model_id(client, base, path)
+        print(f"  model id: {server.extra['model']}", flush=True)
         warm = {"prompt": "Warm up: the river", "max_tokens": 8, "temperature": 0,
                 "stream": True, **server.extra}
         await asyncio.wait_for(one_request(client, url, warm), TIMEOUT)
@@ -370,8 +386,8 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the run's --time-limit was reached")
                 with running(server, Path(logdir), deadline) as base:
-                    entry["loads"] = asyncio.run(measure(server, base, loads, reps, requests,
-                                                         prompts, deadline))
+                    entry["loads"] = asyncio.run(measure(server, base, path, loads, reps,
+                                                         requests, prompts, deadline))
             except Exception as exc:
                 entry["error"] = f"{type(exc).__name__}: {exc}"
                 print(f"  FAILED: {entry['error']}\n{log_tail(server, 1500)}", flush=True)

@@ -1,0 +1,93 @@
+"""Run ``localllm serve``'s app for tests: on 127.0.0.1, a free port, started and stopped
+by the test itself, either in this process (uvicorn on a thread) or as the real command."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from localllm.server import create_app
+
+
+APPS: dict[str, Any] = {}  # base URL -> the app served there (tests read its models)
+
+
+def served_model(base: str, name: str) -> Any:
+    """The loaded ``Model`` behind ``name`` on the in-process server at ``base``."""
+    model = APPS[base].state.localllm.registry.models[name].model
+    assert model is not None, f"{name} is not loaded"
+    return model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(base: str, timeout_s: float = 120.0, headers: dict[str, str] | None = None
+                 ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=2, headers=headers).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"the server at {base} did not become healthy in {timeout_s} s")
+
+
+@contextlib.contextmanager
+def served_in_thread(models: list[str], **options: Any) -> Iterator[str]:
+    """The app under uvicorn on a thread; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    app = create_app(models, **options)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="test-server", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    APPS[base] = app
+    try:
+        wait_healthy(base)
+        yield base
+    finally:
+        APPS.pop(base, None)
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the test server did not stop"
+
+
+@contextlib.contextmanager
+def served_process(args: list[str], env: dict[str, str] | None = None
+                   ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``localllm serve ARGS --port P`` as a child process; yields (base URL, process)."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("localllm")
+    proc = subprocess.Popen([str(exe), "serve", *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base)
+        yield base, proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
