@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.localllm-installed
 
-.PHONY: demo test lint typecheck unit docs bench setup model tools clean
+.PHONY: demo test lint typecheck unit docs bench setup model tools soak serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ test: lint typecheck docs unit
 
 bench: model tools
 	$(BIN)/python benchmarks/report.py
+
+# the server's long soak (make test runs 2,000 requests; this runs 20,000)
+soak: model
+	LOCALLLM_SOAK_REQUESTS=20000 $(BIN)/python -m pytest tests/test_server_load.py -k soak -s
+
+serve: model
+	$(BIN)/localllm serve
 
 # llama-batched-bench and llama-server, the reference for batching and serving (cached)
 tools: setup

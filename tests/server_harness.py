@@ -19,7 +19,6 @@ import httpx
 
 from localllm.server import create_app
 
-
 APPS: dict[str, Any] = {}  # base URL -> the app served there (tests read its models)
 
 
