@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).parent.parent / "docs"
-PAGES = ["concurrency.md", "structured-output.md"]
+PAGES = ["concurrency.md", "structured-output.md", "tools.md"]
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -26,3 +26,17 @@ def test_page_examples_run(page: str) -> None:
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip()
+
+
+def test_serving_examples_run_against_a_real_server() -> None:
+    """The serving page's client examples, pointed at a `localllm serve` started here."""
+    from server_harness import served_process
+
+    blocks = python_blocks(DOCS / "serving.md")
+    assert len(blocks) >= 2
+    with served_process(["--context", "512", "--parallel", "2"]) as (url, _):
+        code = "\n\n".join(blocks).replace("http://127.0.0.1:8000", url)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(proc.stdout.strip().splitlines()) >= 2
