@@ -11,8 +11,8 @@ _PARAMS = [p for p in SamplingParams.model_fields if p not in ("max_tokens", "st
 
 def feature_matrix() -> str:
     """Markdown table: backends × features, from ``Engine.capabilities`` and class data."""
-    header = ["backend", "reads", "streaming", "logits (structured output, tools, logprobs)", "GPU offload",
-              "batching (parallel requests)", *_PARAMS]
+    header = ["backend", "reads", "streaming", "logits (structured output, tools, logprobs)",
+              "GPU offload", "batching (parallel requests)", *_PARAMS]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in BUILTIN_BACKENDS:
         cls = get_backend(name)

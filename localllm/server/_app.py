@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import _errors as errors
 from ._metrics import Metrics
@@ -48,7 +48,6 @@ class ServerConfig:
     threads: int | None = None
     context_length: int | None = None
     preload: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class HTTPError(Exception):
@@ -333,5 +332,3 @@ def sse(payload: Any) -> bytes:
 def ndjson(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
 
-
-__all__ = ["Message", "ServerConfig", "create_app"]
