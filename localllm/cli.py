@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=None, help="CPU threads per model")
     serve.add_argument("--context", type=int, default=None,
                        help="context length per sequence")
+    serve.add_argument("--ram-budget", type=int, default=None, metavar="MIB",
+                       help="RAM all loaded models may take; past it the least recently "
+                            "used idle model is unloaded (default: free RAM decides)")
     serve.add_argument("--max-body", type=int, default=8 * 1024 * 1024,
                        help="request body limit in bytes")
     serve.set_defaults(func=cmd_serve)

@@ -47,6 +47,7 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     threads: int | None = None
     context_length: int | None = None
+    ram_budget: int | None = None  # bytes for all loaded models (None: free RAM decides)
     preload: bool = True
 
 
@@ -239,7 +240,7 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
     config = ServerConfig(models=tuple(models), **options)
     registry = Registry(config.models, parallel=config.parallel, max_queue=config.max_queue,
                         keep_alive_s=config.keep_alive_s, threads=config.threads,
-                        context_length=config.context_length)
+                        context_length=config.context_length, ram_budget=config.ram_budget)
     state = ServerState(config, registry)
     routes = [*_ops_routes(state), *_openai.routes(state), *_ollama.routes(state)]
 

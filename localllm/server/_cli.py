@@ -49,7 +49,8 @@ def serve(args: argparse.Namespace) -> int:
                      max_queue=args.max_queue, api_keys=keys,
                      cors_origins=args.cors_origin or (),
                      keep_alive_s=parse_keep_alive(args.keep_alive), threads=args.threads,
-                     context_length=args.context, max_body_bytes=args.max_body)
+                     context_length=args.context, max_body_bytes=args.max_body,
+                     ram_budget=args.ram_budget * 1024 * 1024 if args.ram_budget else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("localllm.llama_cpp").setLevel(logging.WARNING)  # runtime chatter
     print(f"localllm serve: http://{args.host}:{args.port} (OpenAI /v1, Ollama /api)",

@@ -86,8 +86,9 @@ class Registry:
     def __init__(self, sources: Sequence[str], *, parallel: int | None = None,
                  max_queue: int = 256, keep_alive_s: float | None = 300.0,
                  threads: int | None = None, context_length: int | None = None,
-                 store: ModelStore | None = None) -> None:
+                 ram_budget: int | None = None, store: ModelStore | None = None) -> None:
         self.parallel = parallel
+        self.ram_budget = ram_budget  # bytes all loaded models may take (their plans')
         self.max_queue = max_queue
         self.keep_alive_s = keep_alive_s
         self.threads = threads
@@ -170,24 +171,39 @@ class Registry:
         try:
             while True:
                 try:
-                    await asyncio.to_thread(localllm.plan, served.source,
-                                            context_length=kwargs["context_length"],
-                                            threads=kwargs["threads"],
-                                            parallel=kwargs["parallel"])
-                    break
+                    plan = await asyncio.to_thread(localllm.plan, served.source,
+                                                   context_length=kwargs["context_length"],
+                                                   threads=kwargs["threads"],
+                                                   parallel=kwargs["parallel"])
+                    reason = self._over_budget(plan.predicted_ram_after_load)
+                    if reason is None:
+                        break
                 except WillNotFitError as exc:
-                    victim = self._least_recently_used_idle(served)
-                    if victim is None:
-                        raise ModelUnavailableError(
-                            f"{served.name} does not fit in free memory now and no idle "
-                            f"model can be unloaded: {exc}") from exc
-                    await self._unload(victim)
+                    reason = f"it does not fit in free memory now: {exc}"
+                victim = self._least_recently_used_idle(served)
+                if victim is None:
+                    raise ModelUnavailableError(
+                        f"{served.name} cannot be loaded: {reason}; no idle model is left "
+                        "to unload, retry when a request ends")
+                await self._unload(victim)
             served.model = await asyncio.to_thread(localllm.load, served.source, **kwargs)
         finally:
             self.loading -= 1
         served.load_options = options
         served.loaded_at = served.last_used = time.monotonic()
         served.keep_alive_s = self.keep_alive_s
+
+    def _over_budget(self, need: int) -> str | None:
+        """Why a model needing ``need`` bytes does not fit the RAM budget, or None."""
+        if self.ram_budget is None:
+            return None
+        used = sum(m.model.info.plan.predicted_ram_after_load for m in self.loaded()
+                   if m.model is not None and m.model.info.plan is not None)
+        if used + need <= self.ram_budget:
+            return None
+        mib = 1024 * 1024
+        return (f"it needs {need / mib:,.0f} MiB and the loaded models take "
+                f"{used / mib:,.0f} MiB of the {self.ram_budget / mib:,.0f} MiB budget")
 
     def _least_recently_used_idle(self, keep: ServedModel) -> ServedModel | None:
         idle = [m for m in self.models.values()
