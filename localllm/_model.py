@@ -522,8 +522,9 @@ class _Consumer:
         if not text and not deltas:
             return None
         self.emitted.append(text)
-        return StreamChunk(text=text, tool_calls=tuple(deltas),
-                           logprobs=self._take_logprobs())
+        # built without validation: the fields are ours, and this runs once per token
+        return StreamChunk.model_construct(text=text, tool_calls=tuple(deltas),
+                                           logprobs=self._take_logprobs())
 
     def _take_logprobs(self) -> tuple[TokenLogprob, ...]:
         n, self.unsent_logprobs = self.unsent_logprobs, 0

@@ -18,6 +18,7 @@ import contextlib
 import queue
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,21 +40,60 @@ _END = object()  # outbox marker: the request is over (its reason travels with i
 PREFILL_CHUNK_WHILE_DECODING = 64
 
 
+class _Mailbox:
+    """Items for one event loop's queues, handed over with one wake-up for however many
+    arrive before the loop runs: a decode step delivering a token to each of 16 streams
+    wakes the loop once, not 16 times."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: list[tuple[asyncio.Queue[Any], Any]] = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def put(self, target: asyncio.Queue[Any], item: Any) -> None:
+        with self.lock:
+            self.items.append((target, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for target, item in items:
+            target.put_nowait(item)
+
+
+_MAILBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
+    weakref.WeakKeyDictionary())
+_MAILBOXES_LOCK = threading.Lock()
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    with _MAILBOXES_LOCK:
+        box = _MAILBOXES.get(loop)
+        if box is None:
+            box = _MAILBOXES[loop] = _Mailbox(loop)
+        return box
+
+
 class Outbox:
     """Tokens from the scheduler thread to one consumer, sync or on an event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._loop = loop
         self._sync: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop else None
+        self._mailbox = _mailbox(loop) if loop is not None else None
 
     def put(self, item: Any) -> None:
-        if self._loop is None:
+        if self._mailbox is None:
             self._sync.put(item)
         else:
             assert self._async is not None
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-                self._loop.call_soon_threadsafe(self._async.put_nowait, item)
+            self._mailbox.put(self._async, item)
 
     def get(self) -> Any:
         return self._sync.get()
