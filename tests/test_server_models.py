@@ -5,13 +5,12 @@ under two names through symlinks, as two models)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import served_in_thread
+from server_harness import served_in_thread, served_model
 
 import localllm
 from localllm.server._registry import parse_keep_alive
@@ -44,21 +43,17 @@ def test_lru_idle_model_is_unloaded_for_a_new_one(default_model_path: Path,
         assert generate(url, "beta").status_code == 200
         assert loaded(url) == ["beta"]  # alpha was idle: unloaded to make room
 
-        # beta busy with a long stream: alpha cannot be loaded, and says why
-        body = {"model": "beta", "prompt": "Count: 1, 2,", "raw": True,
-                "options": {"num_predict": 200}}
-        first_line = threading.Event()
-
-        def hold() -> None:
-            with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=120) as r:
-                for _ in r.iter_lines():
-                    first_line.set()
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        assert first_line.wait(60)
-        refused = generate(url, "alpha")
-        holder.join(timeout=120)
+        # beta busy with an open stream (no end token can end it): alpha cannot be
+        # loaded, and says why
+        engine = served_model(url, "beta")._engine
+        no_eos = {str(t): -100 for t in range(engine.vocab_size)
+                  if engine.is_end_of_generation(t)}
+        body = {"model": "beta", "prompt": "Count: 1, 2,", "stream": True,
+                "logit_bias": no_eos}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as held:
+            lines = held.iter_lines()  # kept: dropping it would close the connection
+            next(lines)
+            refused = generate(url, "alpha")
         assert refused.status_code == 503 and "budget" in refused.json()["error"]
         assert refused.headers["retry-after"]
         assert generate(url, "alpha").status_code == 200  # beta idle again: swapped
