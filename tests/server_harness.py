@@ -35,20 +35,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(base: str, timeout_s: float = 120.0, headers: dict[str, str] | None = None
-                 ) -> None:
+def wait_healthy(base: str, timeout_s: float = 120.0, *, loaded: bool = True) -> None:
+    """Until /health answers 200 (or, with ``loaded=False``, answers at all)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/health", timeout=2, headers=headers).status_code == 200:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200 or not loaded:
                 return
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise TimeoutError(f"the server at {base} did not become healthy in {timeout_s} s")
 
 
 @contextlib.contextmanager
-def served_in_thread(models: list[str], **options: Any) -> Iterator[str]:
-    """The app under uvicorn on a thread; yields its base URL."""
+def served_in_thread(models: list[str], *, wait_loaded: bool = True, **options: Any
+                     ) -> Iterator[str]:
+    """The app under uvicorn on a thread; yields its base URL once /health is 200 (or,
+    with ``wait_loaded=False``, once it answers at all)."""
     import uvicorn
 
     port = free_port()
@@ -60,7 +62,7 @@ def served_in_thread(models: list[str], **options: Any) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     APPS[base] = app
     try:
-        wait_healthy(base)
+        wait_healthy(base, loaded=wait_loaded)
         yield base
     finally:
         APPS.pop(base, None)

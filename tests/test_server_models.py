@@ -51,6 +51,7 @@ def test_lru_idle_model_is_unloaded_for_a_new_one(default_model_path: Path,
         body = {"model": "beta", "prompt": "Count: 1, 2,", "stream": True,
                 "logit_bias": no_eos}
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as held:
+            assert held.status_code == 200
             lines = held.iter_lines()  # kept: dropping it would close the connection
             next(lines)
             refused = generate(url, "alpha")

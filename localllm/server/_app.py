@@ -226,7 +226,10 @@ class ServerState:
         self.config = config
         self.registry = registry
         self.metrics = Metrics()
-        self.max_body = config.max_body_bytes
+
+    @property
+    def max_body(self) -> int:
+        return self.config.max_body_bytes
 
 
 def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
@@ -298,8 +301,7 @@ def _ops_routes(state: ServerState) -> list[Route]:
             raise HTTPError(400, "tokenize needs {'content': '<text>'}", param="content")
         add_special = body.get("add_special", False)
         async with registry.use(body.get("model") or registry.default_name) as served:
-            assert served.model is not None
-            ids = served.model.tokenizer.encode(content, add_special=bool(add_special))
+            ids = served.live.tokenizer.encode(content, add_special=bool(add_special))
         return JSONResponse({"tokens": ids})
 
     async def detokenize(request: Request) -> Response:
@@ -309,13 +311,12 @@ def _ops_routes(state: ServerState) -> list[Route]:
                 isinstance(t, int) and not isinstance(t, bool) for t in tokens):
             raise HTTPError(400, "detokenize needs {'tokens': [ids]}", param="tokens")
         async with registry.use(body.get("model") or registry.default_name) as served:
-            assert served.model is not None
-            vocab = served.model.tokenizer.vocab_size
+            vocab = served.live.tokenizer.vocab_size
             bad = [t for t in tokens if not 0 <= t < vocab]
             if bad:
                 raise HTTPError(400, f"token ids {bad[:5]} are out of range 0..{vocab - 1}",
                                 param="tokens")
-            text = served.model.tokenizer.decode(tokens)
+            text = served.live.tokenizer.decode(tokens)
         return JSONResponse({"content": text})
 
     def r(path: str, handler: Handler, methods: list[str]) -> Route:

@@ -1,7 +1,8 @@
 """One generation request, as both protocols hand it to ``Model``.
 
 The OpenAI and Ollama routes only translate fields; the call itself, the context cap on
-``max_tokens``, ``n`` parallel choices and the metrics are here once.
+``max_tokens``, ``n`` parallel choices, the log-probability shape and the metrics are
+here once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from .._errors import ContextOverflowError
 from .._model import Model
-from .._types import Completion, StreamChunk
+from .._types import Completion, StreamChunk, TokenLogprob
 from ._metrics import Metrics
 
 
@@ -31,40 +32,62 @@ class Generation:
     context_limit: int | None = None  # a per-request window smaller than the model's
 
     def options(self) -> dict[str, Any]:
+        # no max_tokens means up to the context's end, as in both APIs (not the library's
+        # default of 256)
         opts: dict[str, Any] = {"response_format": self.response_format,
-                                "logprobs": self.logprobs, **self.params}
+                                "logprobs": self.logprobs, "max_tokens": None, **self.params}
         if self.messages is not None:
             opts.update(tools=self.tools, tool_choice=self.tool_choice)
         return opts
 
 
-def capped(model: Model, gen: Generation) -> Generation:
-    """``max_tokens`` bounded by what is left of the context after the prompt: a request
-    never reserves more than the context, and an unbounded one runs to its end."""
+def _limited(model: Model, gen: Generation) -> Generation:
+    """A request with its own smaller window (Ollama's ``num_ctx``): ``max_tokens`` so that
+    prompt and answer fit in it. Only this case counts the prompt here."""
+    if gen.context_limit is None or gen.context_limit >= model.info.context_length:
+        return gen
     if gen.messages is not None:
         text = model.render_chat(gen.messages, tools=gen.tools, tool_choice=gen.tool_choice)
     else:
         assert gen.prompt is not None
         text = gen.prompt
     n_prompt = model.count_tokens(text)
-    window = model.info.context_length
-    if gen.context_limit is not None:
-        window = min(window, gen.context_limit)
     requested = gen.params.get("max_tokens")
-    room = window - n_prompt
+    room = gen.context_limit - n_prompt
     if room < 1:
-        raise ContextOverflowError(n_prompt, requested or 1, window)
-    max_tokens = room if requested is None else min(requested, room)
+        raise ContextOverflowError(n_prompt, requested or 1, gen.context_limit)
+    return _with_max_tokens(gen, room if requested is None else min(requested, room))
+
+
+def _with_max_tokens(gen: Generation, max_tokens: int) -> Generation:
     return replace(gen, params={**gen.params, "max_tokens": max_tokens})
 
 
-async def complete(model: Model, gen: Generation, metrics: Metrics) -> Completion:
-    gen = capped(model, gen)
+def _call(model: Model, gen: Generation, streaming: bool) -> Any:
     if gen.messages is not None:
-        result = await model.achat(gen.messages, **gen.options())
-    else:
-        assert gen.prompt is not None
-        result = await model.acomplete(gen.prompt, **gen.options())
+        chat = model.astream_chat if streaming else model.achat
+        return chat(gen.messages, **gen.options())
+    assert gen.prompt is not None
+    plain = model.astream if streaming else model.acomplete
+    return plain(gen.prompt, **gen.options())
+
+
+def _capped(gen: Generation, exc: ContextOverflowError) -> Generation:
+    """A ``max_tokens`` past the context's end, capped to it: the server never reserves
+    more than the context. The error counted the prompt, so nothing is tokenized twice;
+    a prompt that fills the context alone stays an error."""
+    room = exc.context_length - exc.prompt_tokens
+    if room < 1 or gen.params.get("max_tokens") is None:
+        raise exc
+    return _with_max_tokens(gen, room)
+
+
+async def complete(model: Model, gen: Generation, metrics: Metrics) -> Completion:
+    gen = _limited(model, gen)
+    try:
+        result: Completion = await _call(model, gen, streaming=False)
+    except ContextOverflowError as exc:
+        result = await _call(model, _capped(gen, exc), streaming=False)
     record(metrics, result)
     return result
 
@@ -77,12 +100,11 @@ async def complete_n(model: Model, gen: Generation, n: int, metrics: Metrics
 
 
 def stream(model: Model, gen: Generation, metrics: Metrics) -> AsyncIterator[StreamChunk]:
-    gen = capped(model, gen)
-    if gen.messages is not None:
-        chunks = model.astream_chat(gen.messages, **gen.options())
-    else:
-        assert gen.prompt is not None
-        chunks = model.astream(gen.prompt, **gen.options())
+    gen = _limited(model, gen)
+    try:  # the stream's request is validated (and sized) when it is created
+        chunks = _call(model, gen, streaming=True)
+    except ContextOverflowError as exc:
+        chunks = _call(model, _capped(gen, exc), streaming=True)
     return _recorded(chunks, metrics)
 
 
@@ -148,3 +170,10 @@ def sampling_params(fields: Mapping[str, Any], names: Mapping[str, str]) -> dict
         if value is not None:
             out[ours] = value
     return out
+
+
+def logprob_entry(lp: TokenLogprob) -> dict[str, Any]:
+    """One token's log probability in the wire shape both APIs share."""
+    return {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.bytes),
+            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+                             for t in lp.top_logprobs]}

@@ -34,7 +34,7 @@ from ._app import (
 )
 from ._generation import Generation
 from ._registry import ServedModel, parse_keep_alive
-from ._streaming import EventStream, first_then_rest
+from ._streaming import EventStream, hold_while_streaming
 
 API_VERSION = "0.12.0"  # the Ollama API level these routes follow
 NS = 1_000_000_000
@@ -169,12 +169,6 @@ def _ollama_calls(r: Completion) -> list[dict[str, Any]]:
             for c in r.tool_calls]
 
 
-def _logprobs(entries: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
-    return [{"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.bytes),
-             "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
-                              for t in lp.top_logprobs]} for lp in entries]
-
-
 def _details(served: ServedModel) -> dict[str, Any]:
     facts = _facts(served.source, served.size)
     return {"parent_model": "", "format": "gguf", "family": facts["architecture"],
@@ -227,7 +221,7 @@ def routes(state: ServerState) -> list[Route]:
 
     async def show(request: Request) -> Response:
         body = await read_json(request, state.max_body)
-        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        name = (body.get("model") or body.get("name")) if isinstance(body, dict) else None
         served = registry.lookup(name)
         facts = _facts(served.source, served.size)
         capabilities = ["completion"] + (["tools"] if facts["chat_template"] else [])
@@ -289,20 +283,14 @@ def routes(state: ServerState) -> list[Route]:
             return JSONResponse(head)
         if not req.stream:
             async with registry.use(req.model, load, keep) as served:
-                assert served.model is not None
                 load_s = _load_s(served, started)
                 result = await until_disconnect(request, generation.complete(
-                    served.model, gen, metrics))
+                    served.live, gen, metrics))
             return JSONResponse(_final(req.model, chat, result, load_s, result.text))
-        cm = registry.use(req.model, load, keep)
-        served = await cm.__aenter__()
+        served, body = await hold_while_streaming(
+            registry.use(req.model, load, keep),
+            lambda served: generation.stream(served.live, gen, metrics))
         load_s = _load_s(served, started)
-        try:
-            assert served.model is not None
-            body = await first_then_rest(generation.stream(served.model, gen, metrics))
-        except BaseException:
-            await cm.__aexit__(None, None, None)
-            raise
 
         async def lines() -> AsyncIterator[bytes]:
             try:
@@ -314,8 +302,6 @@ def routes(state: ServerState) -> list[Route]:
                         yield ndjson(_part(req.model, chat, chunk.text, chunk.logprobs))
             except Exception as exc:
                 yield ndjson({"error": http_error(exc).message})
-            finally:
-                await cm.__aexit__(None, None, None)
 
         return EventStream(lines(), media_type="application/x-ndjson")
 
@@ -327,7 +313,7 @@ def routes(state: ServerState) -> list[Route]:
         else:
             out["response"] = text
         if logprobs:
-            out["logprobs"] = _logprobs(logprobs)
+            out["logprobs"] = [generation.logprob_entry(lp) for lp in logprobs]
         return out
 
     def _final(model: str, chat: bool, r: Completion, load_s: float,
@@ -336,7 +322,7 @@ def routes(state: ServerState) -> list[Route]:
         if chat and r.tool_calls:
             out["message"]["tool_calls"] = _ollama_calls(r)
         if r.logprobs is not None and text == r.text:  # not streamed: all of them here
-            out["logprobs"] = _logprobs(r.logprobs)
+            out["logprobs"] = [generation.logprob_entry(lp) for lp in r.logprobs]
         reason = "stop" if r.finish_reason == "tool_calls" else r.finish_reason
         out.update(done=True, done_reason=reason, **_stats(r, load_s))
         return out

@@ -31,7 +31,7 @@ from ._app import (
     validate,
 )
 from ._generation import Generation
-from ._streaming import EventStream, first_then_rest
+from ._streaming import EventStream, hold_while_streaming
 
 # OpenAI field -> localllm sampling parameter (the last five are extensions, as in vLLM)
 SAMPLING_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
@@ -144,19 +144,19 @@ def _top_logprobs(req: ChatRequest) -> int | None:
     return (req.top_logprobs or 0) if req.logprobs else None
 
 
-def _logprob_entry(lp: TokenLogprob) -> dict[str, Any]:
-    return {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.bytes),
-            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
-                             for t in lp.top_logprobs]}
+def _entries(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+    return [generation.logprob_entry(lp) for lp in logprobs]
 
 
-def _usage(results: list[Completion]) -> dict[str, Any]:
-    prompt = sum(r.usage.prompt_tokens for r in results[:1]) if results else 0
+def _usage(results: list[Completion], n: int) -> dict[str, Any]:
+    """Usage of ``n`` choices per prompt: each prompt counts once, every choice's output."""
+    firsts = results[::n]
+    prompt = sum(r.usage.prompt_tokens for r in firsts)
     completion = sum(r.usage.completion_tokens for r in results)
-    cached = sum(r.usage.cached_prompt_tokens for r in results[:1])
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+            "prompt_tokens_details": {
+                "cached_tokens": sum(r.usage.cached_prompt_tokens for r in firsts)}}
 
 
 def _tool_calls(result: Completion) -> list[dict[str, Any]] | None:
@@ -217,12 +217,11 @@ def routes(state: ServerState) -> list[Route]:
             return await _respond(request, req, gens[0], chat=False)
         created, rid = int(time.time()), "cmpl-" + secrets.token_hex(12)
         async with registry.use(req.model) as served:
-            assert served.model is not None
             results: list[Completion] = []
             for gen in gens:
                 results += await until_disconnect(request, generation.complete_n(
-                    served.model, gen, req.n, metrics))
-        usage = _completion_usage(results, req.n)
+                    served.live, gen, req.n, metrics))
+        usage = _usage(results, req.n)
         return JSONResponse({
             "id": rid, "object": "text_completion", "created": created, "model": req.model,
             "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
@@ -234,26 +233,19 @@ def routes(state: ServerState) -> list[Route]:
         created = int(time.time())
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         if req.stream:
-            cm = registry.use(req.model)
-            served = await cm.__aenter__()
-            try:
-                assert served.model is not None
-                chunks = generation.stream_n(served.model, gen, req.n, metrics)
-                body = await first_then_rest(chunks)
-            except BaseException:
-                await cm.__aexit__(None, None, None)
-                raise
+            _, body = await hold_while_streaming(
+                registry.use(req.model),
+                lambda served: generation.stream_n(served.live, gen, req.n, metrics))
             shape = _chat_chunks if chat else _completion_chunks
-            return EventStream(_sse_events(shape(body, rid, created, req), cm),
+            return EventStream(_sse_events(shape(body, rid, created, req)),
                                media_type="text/event-stream")
         async with registry.use(req.model) as served:
-            assert served.model is not None
             results = await until_disconnect(request, generation.complete_n(
-                served.model, gen, req.n, metrics))
+                served.live, gen, req.n, metrics))
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": created, "model": req.model,
             "choices": [_chat_choice(i, r) for i, r in enumerate(results)],
-            "usage": _usage(results), "system_fingerprint": "localllm"})
+            "usage": _usage(results, req.n), "system_fingerprint": "localllm"})
 
     async def embeddings(request: Request) -> Response:
         body = await read_json(request, state.max_body)
@@ -285,7 +277,7 @@ def _chat_choice(i: int, r: Completion) -> dict[str, Any]:
         message["tool_calls"] = calls
     logprobs = None
     if r.logprobs is not None:
-        logprobs = {"content": [_logprob_entry(lp) for lp in r.logprobs], "refusal": None}
+        logprobs = {"content": _entries(r.logprobs), "refusal": None}
     return {"index": i, "message": message, "logprobs": logprobs,
             "finish_reason": r.finish_reason}
 
@@ -303,13 +295,6 @@ def _legacy_logprobs(r: Completion) -> dict[str, Any] | None:
             "top_logprobs": [{t.token: t.logprob for t in lp.top_logprobs}
                              for lp in r.logprobs],
             "text_offset": offsets}
-
-
-def _completion_usage(results: list[Completion], n: int) -> dict[str, Any]:
-    prompt = sum(r.usage.prompt_tokens for r in results[::n])
-    completion = sum(r.usage.completion_tokens for r in results)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
 
 
 async def _chat_chunks(chunks: AsyncIterator[tuple[int, StreamChunk]], rid: str,
@@ -330,7 +315,7 @@ async def _chat_chunks(chunks: AsyncIterator[tuple[int, StreamChunk]], rid: str,
         choice: dict[str, Any] = {"index": i, "delta": delta, "finish_reason": None,
                                   "logprobs": None}
         if chunk.logprobs:
-            choice["logprobs"] = {"content": [_logprob_entry(lp) for lp in chunk.logprobs]}
+            choice["logprobs"] = {"content": _entries(chunk.logprobs)}
         if delta or chunk.logprobs:
             yield {**base, "choices": [choice]}
         if chunk.completion is not None:
@@ -338,7 +323,7 @@ async def _chat_chunks(chunks: AsyncIterator[tuple[int, StreamChunk]], rid: str,
             yield {**base, "choices": [{"index": i, "delta": {}, "logprobs": None,
                                         "finish_reason": chunk.completion.finish_reason}]}
     if req.include_usage:
-        yield {**base, "choices": [], "usage": _usage(finals)}
+        yield {**base, "choices": [], "usage": _usage(finals, req.n)}
 
 
 async def _completion_chunks(chunks: AsyncIterator[tuple[int, StreamChunk]], rid: str,
@@ -353,20 +338,16 @@ async def _completion_chunks(chunks: AsyncIterator[tuple[int, StreamChunk]], rid
         if done is not None:
             finals.append(done)
     if req.include_usage:
-        yield {**base, "choices": [], "usage": _completion_usage(finals, req.n)}
+        yield {**base, "choices": [], "usage": _usage(finals, req.n)}
 
 
-async def _sse_events(events: AsyncIterator[dict[str, Any]], cm: Any) -> AsyncIterator[bytes]:
+async def _sse_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     """SSE frames ending in [DONE]; a failure mid-stream is an error event (the status
-    line is already sent). The model is released when the stream ends, however it ends."""
+    line is already sent)."""
     try:
-        try:
-            async for event in events:
-                yield sse(event)
-        except Exception as exc:
-            yield sse(openai_error_body(http_error(exc)))
-            return
-        yield b"data: [DONE]\n\n"
-    finally:
-        await cm.__aexit__(None, None, None)
-
+        async for event in events:
+            yield sse(event)
+    except Exception as exc:
+        yield sse(openai_error_body(http_error(exc)))
+        return
+    yield b"data: [DONE]\n\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,12 @@ class ServedModel:
     load_options: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def live(self) -> Model:
+        """The loaded model; ``Registry.acquire`` loads it before handing this out."""
+        assert self.model is not None, f"{self.name} is not loaded"
+        return self.model
+
+    @property
     def expires_at(self) -> float | None:
         if self.model is None or self.keep_alive_s is None:
             return None
@@ -65,8 +72,6 @@ _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _duration(text: str) -> float:
-    import re
-
     try:
         return float(text)
     except ValueError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import anyio
@@ -17,6 +18,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 class EventStream(StreamingResponse):
@@ -46,6 +48,29 @@ async def first_then_rest(items: AsyncIterator[T]) -> AsyncIterator[T]:
             yield item
 
     return rest()
+
+
+async def hold_while_streaming(held: AbstractAsyncContextManager[S],
+                               start: Callable[[S], AsyncIterator[T]]
+                               ) -> tuple[S, AsyncIterator[T]]:
+    """Enter ``held`` (a model in use), start a stream on it and wait for its first item.
+    The returned iterator leaves ``held`` when the stream ends, however it ends; an error
+    before the first item leaves it at once and propagates (so it gets its status)."""
+    value = await held.__aenter__()
+    try:
+        body = await first_then_rest(start(value))
+    except BaseException:
+        await held.__aexit__(None, None, None)
+        raise
+
+    async def releasing() -> AsyncIterator[T]:
+        try:
+            async for item in body:
+                yield item
+        finally:
+            await held.__aexit__(None, None, None)
+
+    return value, releasing()
 
 
 async def _empty() -> AsyncIterator[Any]:
