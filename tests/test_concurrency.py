@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import localllm
-from localllm.testing import NEAR_TIE, first_divergence, greedy_with_margins
+from localllm.testing import assert_batched_agrees, greedy_trace
 
 PROMPTS = [
     "The capital of France is", "Once upon a time", "1, 2, 3,", "def main():",
@@ -66,7 +66,7 @@ def test_batched_greedy_equals_solo_up_to_near_ties(batched: localllm.Model) -> 
     """16 prompts, run 8 at a time, against their solo greedy runs: equal, or the first
     divergence is at a near-tied step of the solo run. The count and margins are printed
     for the record (pytest -s)."""
-    solo = {p: greedy_with_margins(batched, p, 24) for p in PROMPTS}
+    solo = {p: greedy_trace(batched, p, 24) for p in PROMPTS}
     results: dict[str, tuple[int, ...]] = {}
 
     def run(prompt: str) -> None:
@@ -81,11 +81,9 @@ def test_batched_greedy_equals_solo_up_to_near_ties(batched: localllm.Model) -> 
     assert len(results) == len(PROMPTS)
     diverged = []
     for prompt, ids in results.items():
-        tokens, margins = solo[prompt]
-        at = first_divergence(tokens, ids)
+        at = assert_batched_agrees(solo[prompt], ids)
         if at is not None:
-            diverged.append((prompt, at, round(margins[at], 3)))
-            assert margins[at] < NEAR_TIE, (prompt, at, margins)
+            diverged.append((prompt, at, round(solo[prompt].margins[at], 3)))
     print(f"\nbatched vs solo: {len(diverged)}/{len(PROMPTS)} diverged: {diverged}")
     assert_all_sequences_free(batched)
 
@@ -119,14 +117,12 @@ def test_no_interference_under_load(batched: localllm.Model) -> None:
     in five cancelled at a random point. Nothing hangs, every completed greedy output
     matches its own prompt's solo run (up to near ties), every sequence ends free."""
     rng = random.Random(1234)
-    refs = {p: greedy_with_margins(batched, p, 16) for p in PROMPTS}
+    refs = {p: greedy_trace(batched, p, 16) for p in PROMPTS}
     errors: list[BaseException] = []
     done: list[int] = []
 
     def check(prompt: str, ids: tuple[int, ...]) -> None:
-        tokens, margins = refs[prompt]
-        at = first_divergence(tokens, ids)
-        assert at is None or margins[at] < NEAR_TIE, (prompt, ids, tokens, margins)
+        assert_batched_agrees(refs[prompt], ids)
 
     def sync_worker(jobs: list[tuple[str, int, int]]) -> None:
         try:

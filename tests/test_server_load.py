@@ -19,7 +19,7 @@ import httpx
 import pytest
 from server_harness import served_in_thread, served_model, served_process
 
-from localllm.testing import NEAR_TIE, greedy_with_margins
+from localllm.testing import greedy_trace
 
 pytestmark = pytest.mark.real_model
 MODEL = "smollm2-135m-instruct"
@@ -63,8 +63,8 @@ async def stream_text(client: httpx.AsyncClient, body: dict[str, object]) -> tup
 
 def test_32_streaming_clients_match_requests_run_alone(base: str) -> None:
     """32 clients x 4 requests, 8 decoded at a time: no errors, every stream complete,
-    and each greedy text equal to its prompt run alone, up to a near tie (the batch's
-    cache layout moves logits by a few tenths at most, see localllm.testing)."""
+    and each greedy text equal to its prompt run alone, or parting from it at a near tie
+    to a token near the top there (see localllm.testing.BATCH_NEAR_TIE)."""
     max_tokens = 16
 
     async def client_loop(i: int, client: httpx.AsyncClient) -> list[tuple[str, str]]:
@@ -90,12 +90,15 @@ def test_32_streaming_clients_match_requests_run_alone(base: str) -> None:
     model._scheduler.clear_cache()
     for topic in TOPICS:
         prompt = model.render_chat(messages(topic))
-        ids, margins = greedy_with_margins(model, prompt, max_tokens)
+        ids, _, contenders = greedy_trace(model, prompt, max_tokens)
         reference = [model.tokenizer.decode(list(ids[:k])) for k in range(len(ids) + 1)]
         for got in {text for t, text in results if t == topic}:
             agree = max(k for k, ref in enumerate(reference) if got.startswith(ref))
             if agree < len(ids) and reference[-1] != got:
-                assert margins[agree] < NEAR_TIE, (topic, got, reference[-1], agree)
+                allowed = [model.tokenizer.decode([*ids[:agree], token])
+                           for token in contenders[agree] - {ids[agree]}]
+                assert any(got.startswith(text) for text in allowed), (
+                    topic, got, reference[-1], agree)
 
 
 def test_soak_with_random_disconnects(default_model_path: Path) -> None:
