@@ -18,6 +18,7 @@ from ._errors import (
     ChecksumMismatchError,
     ConfigError,
     ContextOverflowError,
+    IndexFileError,
     LocalLLMError,
     ModelClosedError,
     ModelFormatError,
@@ -35,7 +36,15 @@ from ._errors import (
 from ._gguf import GGUFFile, read_gguf
 from ._loader import load, plan
 from ._model import Model, Tokenizer
-from ._store import CATALOG, DEFAULT_MODEL, CatalogEntry, HubSource, ModelStore, PyPISource
+from ._store import (
+    CATALOG,
+    DEFAULT_EMBEDDER,
+    DEFAULT_MODEL,
+    CatalogEntry,
+    HubSource,
+    ModelStore,
+    PyPISource,
+)
 from ._types import (
     Capabilities,
     Completion,
@@ -55,6 +64,8 @@ __version__ = "0.1.0"
 _logging.getLogger("localllm").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "AddReport",
+    "Answer",
     "BackendError",
     "BackendUnavailableError",
     "CATALOG",
@@ -65,10 +76,15 @@ __all__ = [
     "Completion",
     "ConfigError",
     "ContextOverflowError",
+    "DEFAULT_EMBEDDER",
     "DEFAULT_MODEL",
     "DevicePlacement",
+    "Embeddings",
     "GGUFFile",
+    "Hit",
     "HubSource",
+    "Index",
+    "IndexFileError",
     "LoadPlan",
     "LocalLLMError",
     "MemoryEstimate",
@@ -99,6 +115,7 @@ __all__ = [
     "UnsupportedModelError",
     "Usage",
     "WillNotFitError",
+    "answer",
     "backend_names",
     "load",
     "plan",
@@ -113,6 +130,8 @@ __all__ = [
 _LAZY = {
     "LoadPlan": "._planner", "MemoryEstimate": "._planner", "RECOMMENDED": "._recommend",
     "ModelFacts": "._recommend", "Recommendation": "._recommend", "recommend": "._recommend",
+    "Embeddings": "._embed", "Index": "._index", "Hit": "._index", "AddReport": "._index",
+    "Answer": "._answer", "answer": "._answer",
 }
 
 

@@ -90,10 +90,14 @@ class UnsupportedFeatureError(LocalLLMError):
 class ContextOverflowError(LocalLLMError, ValueError):
     """The prompt plus the requested completion does not fit in the context window."""
 
-    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int,
+                 message: str | None = None) -> None:
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.context_length = context_length
+        if message is not None:
+            super().__init__(message)
+            return
         if prompt_tokens >= context_length:
             need = f"the prompt alone has {prompt_tokens} tokens"
         else:
@@ -153,3 +157,7 @@ class ChecksumMismatchError(StoreError):
 
 class OfflineError(StoreError):
     """A fetch was needed but ``LOCALLLM_OFFLINE=1`` forbids network access."""
+
+
+class IndexFileError(LocalLLMError):
+    """An index file cannot be used: built by another embedder, damaged, or not an index."""

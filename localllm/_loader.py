@@ -32,6 +32,7 @@ from ._store import DEFAULT_MODEL, ModelStore
 from ._types import ModelInfo
 
 DEFAULT_BATCH = 512
+POOLINGS = ("mean", "cls", "last")
 
 if TYPE_CHECKING:
     from ._planner import LoadPlan
@@ -219,6 +220,7 @@ def load(
     max_queue: int = 256,
     allow_fallback: bool = False,
     chat_template: str | None = None,
+    pooling: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
     store: ModelStore | None = None,
 ) -> Model:
@@ -234,8 +236,10 @@ def load(
     memory. ``parallel`` is how many requests are decoded together (continuous batching;
     default: up to 4 as memory allows, see the plan's reasons); each gets up to
     ``context_length`` tokens. ``max_queue`` bounds the requests waiting beyond those
-    (``QueueFullError`` past it). ``backend_options`` are the chosen backend's own settings
-    (unknown ones are errors).
+    (``QueueFullError`` past it). ``pooling`` ("mean", "cls", "last") loads the model as
+    an embedding model pooled that way, for decoders whose file declares no pooling;
+    embedding files (BERT-family GGUF, sentence-transformers ONNX folders) need none.
+    ``backend_options`` are the chosen backend's own settings (unknown ones are errors).
     """
     started = time.perf_counter()
     path, file_format, engine_cls, gguf = _resolve(source, backend, store)
@@ -244,10 +248,12 @@ def load(
     the_plan = _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
                          gpu_layers, allow_fallback, None, kv_type, parallel)
     _check_int("max_queue", max_queue, 0, None, "0 refuses any request beyond the running ones")
+    if pooling is not None and pooling not in POOLINGS:
+        raise ConfigError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
     options = EngineOptions(context_length=the_plan.context_length, threads=the_plan.threads,
                             batch_size=the_plan.batch_size, gpu_layers=the_plan.gpu_layers,
                             kv_type=the_plan.kv_type, parallel=the_plan.parallel,
-                            backend_options=dict(backend_options or {}))
+                            backend_options=dict(backend_options or {}), pooling=pooling)
     for reason in the_plan.reasons:
         if "CPU-only build" in reason:  # a GPU is here but will not be used: say it loudly
             logging.getLogger("localllm").warning("%s", reason)
@@ -263,7 +269,7 @@ def load(
             backend_version=engine.backend_version, threads=options.threads,
             batch_size=options.batch_size, placement=engine.placement,
             parallel=engine.max_sequences,
-            has_chat_template=template is not None, plan=the_plan)
+            has_chat_template=template is not None, pooling=engine.pooling, plan=the_plan)
         bos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.bos_token_id"))
         eos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.eos_token_id"))
     except BaseException:

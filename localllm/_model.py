@@ -42,6 +42,7 @@ from ._types import (
 )
 
 if TYPE_CHECKING:
+    from ._embed import Embeddings
     from ._tools import ToolSetup
     from .sampling import LogitsProcessor
     from .tokenizer import LocalTokenizer
@@ -101,6 +102,7 @@ class Model:
         self._eos_text = eos_text
         self._load_s = load_s
         self._lock = threading.Lock()
+        self._embed_lock = threading.Lock()
         self._scheduler = Scheduler(engine, max_queue=max_queue)
         self.tokenizer = Tokenizer(engine)
         self._tokenizer_factory = tokenizer_factory
@@ -174,6 +176,27 @@ class Model:
         # A template that writes BOS itself must not get a second one from the tokenizer.
         add_special = not (engine.add_bos and self._bos_text and text.startswith(self._bos_text))
         return engine.tokenize(text, add_special=add_special, parse_special=True)
+
+    # ----------------------------------------------------------------- embeddings
+    def embed(self, texts: str | Sequence[str], *, normalize: bool = True,
+              overflow: Literal["error", "truncate_right", "truncate_left"] = "error"
+              ) -> Embeddings:
+        """Vectors of ``texts`` (one str or a list) from an embedding model: a float32
+        array ``(n, dim)`` in ``.vectors``, unit length unless ``normalize=False``, pooled
+        as the model says (``.pooling``). An input over the model's limit raises
+        ``ContextOverflowError`` unless ``overflow`` cuts it, reported in ``.truncated``.
+        Thread-safe: calls run one at a time, each batching its inputs."""
+        from ._embed import embed
+
+        with self._embed_lock:
+            return embed(self._live(), texts, normalize=normalize, overflow=overflow)
+
+    async def aembed(self, texts: str | Sequence[str], *, normalize: bool = True,
+                     overflow: Literal["error", "truncate_right", "truncate_left"] = "error"
+                     ) -> Embeddings:
+        """:meth:`embed` off the event loop (in a worker thread)."""
+        return await asyncio.to_thread(self.embed, texts, normalize=normalize,
+                                       overflow=overflow)
 
     # ----------------------------------------------------------------- public generation
     def complete(self, prompt: str, *, overflow: OverflowPolicy = "error",
@@ -424,6 +447,11 @@ class Model:
              decoding: _Decoding, timeout: float | None) -> _Job:
         if not prompt:
             raise ConfigError("the prompt is empty (no tokens); give at least one character")
+        if self._live().pooling is not None:
+            raise UnsupportedFeatureError(
+                self._info.backend, "text generation with an embedding model",
+                "this model turns text into vectors: use embed(), and load a generative "
+                "model for completions")
         if timeout is not None and not timeout > 0:
             raise ConfigError(f"timeout={timeout!r} is invalid; give seconds > 0 or None")
         seed = sampling.seed if sampling.seed is not None else secrets.randbelow(2**32 - 1)

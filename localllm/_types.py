@@ -24,7 +24,8 @@ from pydantic import (
 from ._errors import ConfigError, StructuredOutputError
 
 FinishReason = Literal["stop", "length", "tool_calls"]
-OverflowPolicy = Literal["error", "truncate_left", "drop_oldest"]
+#: truncate_right (cut the end) is for embed(); generation keeps the end of a prompt
+OverflowPolicy = Literal["error", "truncate_left", "truncate_right", "drop_oldest"]
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -307,4 +308,7 @@ class ModelInfo(_Frozen):
     placement: DevicePlacement
     parallel: int = Field(1, description="requests decoded together (continuous batching)")
     has_chat_template: bool
+    pooling: str | None = Field(
+        None, description="mean, cls or last for an embedding model (embed()); None for a "
+                          "generative one")
     plan: Any = Field(None, description="the LoadPlan load() executed (None for FakeModel)")

@@ -201,8 +201,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ._loader import resolve_source
     from ._progress import ProgressBar
 
+    source = resolve_source(args.model)
+    folder = source if source.is_dir() else source.parent
+    if (folder / "model.safetensors").is_file():  # a sentence-transformers BERT folder
+        from ._convert_bert import convert_bert_to_gguf
+
+        dtype = {"fp32": "f32", "fp16": "f16"}.get(args.dtype, args.dtype)
+        print(convert_bert_to_gguf(folder, args.out_dir, dtype=dtype))
+        return 0
     bar = ProgressBar("dequantizing", 0, unit="tensors")
-    out = convert_gguf_to_onnx(resolve_source(args.model), args.out_dir, dtype=args.dtype,
+    out = convert_gguf_to_onnx(source, args.out_dir, dtype=args.dtype,
                                progress=lambda done, total: bar(done, total))
     print(out)
     return 0
@@ -247,10 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ._convert import DTYPES
 
-    convert = sub.add_parser("convert", help="convert a llama-family GGUF to an ONNX folder")
-    convert.add_argument("model", help="catalog name or .gguf path")
-    convert.add_argument("out_dir")
-    convert.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    convert = sub.add_parser("convert", help="a llama-family GGUF to an ONNX folder, or a "
+                                             "BERT safetensors folder to a GGUF file")
+    convert.add_argument("model", help="catalog name, .gguf path or BERT folder")
+    convert.add_argument("out_dir", help="ONNX folder, or the .gguf file for BERT")
+    convert.add_argument("--dtype", default="fp32",
+                         choices=[*DTYPES, "f32", "f16", "q8_0"],
+                         help="ONNX: fp32/fp16/int8/int4; BERT GGUF: f32/f16/q8_0")
     convert.set_defaults(func=cmd_convert)
 
     doctor = sub.add_parser("doctor", help="this machine's hardware, runtimes and health "
@@ -265,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
+
+    from ._rag_cli import add_parsers
+
+    add_parsers(sub)
 
     serve = sub.add_parser("serve", help="an OpenAI- and Ollama-compatible HTTP server "
                                          "(needs the 'server' extra)")

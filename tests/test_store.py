@@ -119,7 +119,7 @@ def test_corrupt_file_in_store_is_refetched_never_loaded(hub: str, tmp_path: Pat
 
 def test_checksum_mismatch_is_an_error_and_leaves_nothing(hub: str, tmp_path: Path) -> None:
     store = ModelStore(tmp_path, {"tiny": entry(sha="0" * 64)})
-    with pytest.raises(localllm.ChecksumMismatchError, match="expected 0000"):
+    with pytest.raises(localllm.ChecksumMismatchError, match="sha256 0000"):
         store.ensure("tiny", progress=False)
     assert not store.path_for(store.entry("tiny")).exists()
 

@@ -33,6 +33,9 @@ class EngineOptions:
     kv_type: str = "f16"
     parallel: int = 1  # sequences generated at once (a KV cache of parallel x context)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    #: "mean", "cls" or "last": load as an embedding model pooled this way (None: as the
+    #: file says; a file that declares no pooling is a generative model)
+    pooling: str | None = None
 
 
 @dataclass
@@ -195,6 +198,20 @@ class Engine(ABC):
 
     def free_native_sampler(self, sampler: Any) -> None:
         raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+
+    # ------------------------------------------------------------ embeddings
+    #: how an embedding model pools token states into one vector ("mean", "cls" or
+    #: "last"); None for a generative model, which has no embed_batch
+    pooling: str | None = None
+
+    @property
+    def embedding_dim(self) -> int:
+        raise UnsupportedFeatureError(self.backend_name, "embeddings")
+
+    def embed_batch(self, sequences: Sequence[Sequence[int]]) -> Any:
+        """Pooled, un-normalised vectors (numpy float32, one row per sequence) of token
+        sequences that each fit the context; the engine packs them into runs."""
+        raise UnsupportedFeatureError(self.backend_name, "embeddings")
 
     @abstractmethod
     def close(self) -> None:

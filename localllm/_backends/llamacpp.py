@@ -30,6 +30,10 @@ _NATIVE_PARAMS = frozenset({
     "max_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty",
     "repeat_last_n", "frequency_penalty", "presence_penalty", "logit_bias", "seed", "stop",
 })
+#: llama_pooling_type ids; 0 is NONE (per-token states) and 4 RANK (rerankers)
+POOLING_IDS = {"mean": 1, "cls": 2, "last": 3}
+#: sequences one embedding run packs together
+EMBED_SEQUENCES = 64
 # ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the last line)
 _LOG_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
                4: logging.ERROR}
@@ -97,6 +101,18 @@ class _Runtime:
             log.log(py_level, "%s", line)
 
 
+def _pooling(gguf: GGUFFile, options: EngineOptions) -> str | None:
+    """The pooling asked for, else the file's (``<arch>.pooling_type``); None: generative."""
+    if options.pooling is not None:
+        return options.pooling
+    declared = int(gguf.arch_value("pooling_type", 0) or 0)
+    if declared == 4:
+        raise UnsupportedModelError(
+            f"{gguf.path.name} is a reranking model (pooling type 'rank'); localllm runs "
+            "generative and embedding models, not rerankers")
+    return {v: k for k, v in POOLING_IDS.items()}.get(declared)
+
+
 class LlamaCppEngine(Engine):
     backend_name: ClassVar[str] = "llama.cpp"
     extra: ClassVar[str] = "llama-cpp"
@@ -148,6 +164,7 @@ class LlamaCppEngine(Engine):
             if found:
                 self._offloaded = int(found.group(1))
         cparams = lib.llama_context_default_params()
+        self.pooling = _pooling(gguf, options)
         # one unified KV cache shared by `parallel` sequences of up to context_length each
         self._n_seq = options.parallel
         cparams.n_ctx = options.context_length * options.parallel
@@ -155,6 +172,16 @@ class LlamaCppEngine(Engine):
         cparams.kv_unified = True
         cparams.n_batch = options.batch_size
         cparams.n_ubatch = options.batch_size
+        self._n_batch = options.batch_size
+        if self.pooling is not None:
+            # an embedding run holds whole sequences in one micro-batch (non-causal
+            # attention sees all of a sequence at once), several sequences per run
+            self._n_seq = 1
+            self._n_batch = max(options.batch_size, options.context_length)
+            cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = self._n_batch
+            cparams.n_seq_max = EMBED_SEQUENCES
+            cparams.embeddings = True
+            cparams.pooling_type = POOLING_IDS[self.pooling]
         cparams.n_threads = options.threads
         cparams.n_threads_batch = options.threads
         cparams.no_perf = True
@@ -175,7 +202,7 @@ class LlamaCppEngine(Engine):
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self._n_ctx_total = lib.llama_n_ctx(self._ctx)
         self._n_ctx = min(options.context_length, self._n_ctx_total)
-        self._batch = lib.llama_batch_init(options.batch_size, 0, 1)
+        self._batch = lib.llama_batch_init(self._n_batch, 0, 1)
         self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
@@ -304,6 +331,52 @@ class LlamaCppEngine(Engine):
                 out.append(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).copy())
         return out
 
+    # ---------------------------------------------------------------- embeddings
+    @property
+    def embedding_dim(self) -> int:
+        return int(self._lib.llama_model_n_embd(self._model))
+
+    def embed_batch(self, sequences: Sequence[Sequence[int]]) -> Any:
+        if self.pooling is None:
+            raise UnsupportedFeatureError("llama.cpp", "embeddings with a generative model",
+                                          "load it with pooling='last' or 'mean'")
+        out = np.empty((len(sequences), self.embedding_dim), dtype=np.float32)
+        run: list[int] = []
+        used = 0
+        for i, seq in enumerate(sequences):
+            if run and (used + len(seq) > self._n_batch or len(run) == EMBED_SEQUENCES):
+                self._embed_run(sequences, run, out)
+                run, used = [], 0
+            run.append(i)
+            used += len(seq)
+        if run:
+            self._embed_run(sequences, run, out)
+        return out
+
+    def _embed_run(self, sequences: Sequence[Sequence[int]], run: list[int], out: Any) -> None:
+        """One llama_decode of several whole sequences, then each one's pooled vector."""
+        lib, batch = self._lib, self._batch
+        n = 0
+        for slot, i in enumerate(run):
+            seq = sequences[i]
+            for k, t in enumerate(seq):
+                batch.token[n] = t
+                batch.pos[n] = k
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot
+                batch.logits[n] = k == len(seq) - 1
+                n += 1
+        batch.n_tokens = n
+        if self._memory:  # decoders keep a KV cache; encoders (BERT) have none
+            lib.llama_memory_clear(self._memory, True)
+        self._check_decode(lib.llama_decode(self._ctx, batch))
+        dim = out.shape[1]
+        for slot, i in enumerate(run):
+            vector = lib.llama_get_embeddings_seq(self._ctx, slot)
+            if not vector:
+                raise BackendError(f"llama.cpp returned no pooled embedding for input {i}")
+            out[i] = np.ctypeslib.as_array(vector, shape=(dim,))
+
     def seq_remove(self, seq: int, start: int) -> None:
         if not self._lib.llama_memory_seq_rm(self._memory, seq, start, -1):
             raise BackendError(f"llama.cpp could not free sequence {seq} from {start}")
@@ -345,7 +418,8 @@ class LlamaCppEngine(Engine):
         self._cached = list(prompt)
 
     def _forget_cache(self) -> None:
-        self._lib.llama_memory_clear(self._memory, True)
+        if self._memory:
+            self._lib.llama_memory_clear(self._memory, True)
         self._cached = []
 
     def _reuse_prefix(self, prompt: list[int]) -> int:

@@ -21,6 +21,7 @@ from .._gguf import GGUFFile, TensorInfo
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from ..hardware import GPU_PROVIDERS
 from .base import (
+    Engine,
     EngineOptions,
     LocalTokenizerEngine,
     distribution_version,
@@ -98,7 +99,9 @@ def describe_folder(folder: Path) -> GGUFFile:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelFormatError(f"{folder} has no readable config.json: {exc}") from None
-    arch = "llama"
+    from .onnx_embed import ENCODER_TYPES
+
+    arch = "bert" if cfg.get("model_type") in ENCODER_TYPES else "llama"
     n_head = int(cfg.get("num_attention_heads", 1))
     md: dict[str, Any] = {
         "general.architecture": arch,
@@ -162,8 +165,16 @@ class OnnxEngine(LocalTokenizerEngine):
         return any(p in GPU_PROVIDERS for p in ort.get_available_providers())
 
     @classmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> OnnxEngine:
+    def open(cls, gguf: GGUFFile, options: EngineOptions) -> Engine:
         cls.check_options(options)
+        if gguf.architecture == "bert":  # an encoder folder: sentence embeddings
+            from .onnx_embed import OnnxEmbeddingEngine
+
+            return OnnxEmbeddingEngine.open(gguf, options)
+        if options.pooling is not None:
+            raise UnsupportedFeatureError(
+                "onnxruntime", "pooling a decoder's states",
+                "embeddings run on encoder folders (config.json model_type bert and kin)")
         return cls(gguf, options)
 
     def __init__(self, gguf: GGUFFile, options: EngineOptions) -> None:

@@ -32,6 +32,8 @@ from ._app import (
     until_disconnect,
     validate,
 )
+from ._embeddings import embed as embed_texts
+from ._embeddings import texts_of
 from ._generation import Generation
 from ._registry import ServedModel, parse_keep_alive
 from ._streaming import EventStream, hold_while_streaming
@@ -187,7 +189,8 @@ def _facts(source: str, size: int) -> dict[str, Any]:
     return {"architecture": gguf.architecture, "quantization": gguf.quantization,
             "parameter_count": params, "context_length": gguf.context_length,
             "parameter_size": f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M",
-            "chat_template": gguf.chat_template or ""}
+            "chat_template": gguf.chat_template or "",
+            "embedding": bool(gguf.arch_value("pooling_type", 0))}
 
 
 def _load_s(served: ServedModel, started: float) -> float:
@@ -224,7 +227,8 @@ def routes(state: ServerState) -> list[Route]:
         name = (body.get("model") or body.get("name")) if isinstance(body, dict) else None
         served = registry.lookup(name)
         facts = _facts(served.source, served.size)
-        capabilities = ["completion"] + (["tools"] if facts["chat_template"] else [])
+        capabilities = ["embedding"] if facts["embedding"] else \
+            ["completion"] + (["tools"] if facts["chat_template"] else [])
         return JSONResponse({
             "modelfile": "", "parameters": "", "template": facts["chat_template"],
             "details": _details(served), "capabilities": capabilities,
@@ -328,10 +332,38 @@ def routes(state: ServerState) -> list[Route]:
         return out
 
     async def embed(request: Request) -> Response:
+        """/api/embed: unit vectors; ``truncate`` defaults to true as in Ollama, and the
+        reply lists what was cut under ``truncated`` (Ollama says nothing)."""
         body = await read_json(request, state.max_body)
-        served = registry.lookup(body.get("model") if isinstance(body, dict) else None)
-        raise HTTPError(400, f"{served.name} does not produce embeddings; serve an "
-                        "embedding model for /api/embed")
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the request body must be a JSON object")
+        truncate = body.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise HTTPError(400, "truncate must be true or false")
+        texts = texts_of(body.get("input"), "input")
+        started = time.perf_counter()
+        async with registry.use(body.get("model")) as served:
+            result = await embed_texts(served.live, texts, normalize=True,
+                                       truncate=truncate, dimensions=body.get("dimensions"))
+        out: dict[str, Any] = {
+            "model": served.name, "embeddings": result.vectors.tolist(),
+            "total_duration": int((time.perf_counter() - started) * 1e9),
+            "load_duration": 0, "prompt_eval_count": result.usage.prompt_tokens}
+        if result.truncated:
+            out["truncated"] = [{"index": i, "dropped_tokens": t.dropped_tokens}
+                                for i, t in sorted(result.truncated.items())]
+        return JSONResponse(out)
+
+    async def legacy_embeddings(request: Request) -> Response:
+        """/api/embeddings (Ollama's older route): one prompt, a raw (unnormalised)
+        vector, and an error instead of truncation."""
+        body = await read_json(request, state.max_body)
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+            raise HTTPError(400, "the body must be a JSON object with a string prompt")
+        async with registry.use(body.get("model")) as served:
+            result = await embed_texts(served.live, [body["prompt"]], normalize=False,
+                                       truncate=False)
+        return JSONResponse({"embedding": result.vectors[0].tolist()})
 
     def r(path: str, handler: Any, methods: list[str]) -> Route:
         return Route(path, route("ollama", metrics, path, handler), methods=methods)
@@ -344,4 +376,4 @@ def routes(state: ServerState) -> list[Route]:
             r("/api/tags", tags, ["GET"]), r("/api/show", show, ["POST"]),
             r("/api/ps", ps, ["GET"]), r("/api/chat", chat, ["POST"]),
             r("/api/generate", generate, ["POST"]), r("/api/embed", embed, ["POST"]),
-            r("/api/embeddings", embed, ["POST"]), *management]
+            r("/api/embeddings", legacy_embeddings, ["POST"]), *management]

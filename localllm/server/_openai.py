@@ -30,6 +30,7 @@ from ._app import (
     until_disconnect,
     validate,
 )
+from ._embeddings import as_base64, embed, texts_of
 from ._generation import Generation
 from ._streaming import EventStream, hold_while_streaming
 
@@ -251,9 +252,21 @@ def routes(state: ServerState) -> list[Route]:
         body = await read_json(request, state.max_body)
         if not isinstance(body, dict):
             raise HTTPError(400, "the request body must be a JSON object")
-        served = registry.lookup(body.get("model"))
-        raise HTTPError(400, f"{served.name} does not produce embeddings; serve an "
-                        "embedding model for /v1/embeddings", param="model")
+        texts = texts_of(body.get("input"), "input")
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise HTTPError(400, f"encoding_format={encoding!r} is not 'float' or 'base64'",
+                            param="encoding_format")
+        async with registry.use(body.get("model")) as served:
+            result = await embed(served.live, texts, normalize=True, truncate=False,
+                                 dimensions=body.get("dimensions"))
+        shape = as_base64 if encoding == "base64" else (lambda row: row.tolist())
+        n = result.usage.prompt_tokens
+        return JSONResponse({
+            "object": "list", "model": served.name,
+            "data": [{"object": "embedding", "index": i, "embedding": shape(row)}
+                     for i, row in enumerate(result.vectors)],
+            "usage": {"prompt_tokens": n, "total_tokens": n}})
 
     def r(path: str, handler: Any, methods: list[str]) -> Route:
         return Route(path, route("openai", metrics, path, handler), methods=methods)
