@@ -189,6 +189,15 @@ def _vocab(src: Path, n_vocab: int) -> tuple[list[str], list[int], Any, dict[str
     return tokens, types, normalizer, specials
 
 
+def _late_block(name: str, n_layers: int) -> bool:
+    """Whether a tensor is in the second half of the blocks. q8_0 files keep those in F16:
+    their rounding reaches the pooled vector least damped, and with every block in Q8_0
+    a three-token input ("!!!") fell to cosine 0.9982 against the fp32 weights (0.9995
+    with the last three of six blocks in F16, at 30 MB instead of 25 MB)."""
+    parts = name.split(".")
+    return parts[0] == "blk" and int(parts[1]) >= n_layers // 2
+
+
 def convert_bert_to_gguf(source_dir: str | os.PathLike[str], out_path: str | os.PathLike[str],
                          *, dtype: str = "f16", name: str | None = None) -> Path:
     """Convert a sentence-transformers BERT folder to a llama.cpp embedding GGUF at
@@ -266,6 +275,8 @@ def convert_bert_to_gguf(source_dir: str | os.PathLike[str], out_path: str | os.
                     or not new_name.endswith(".weight")
                     or new_name in ("position_embd.weight", "token_types.weight"))
         qtype = q.F32 if keep_f32 else getattr(q, dtype.upper())
+        if dtype == "q8_0" and qtype != q.F32 and _late_block(new_name, n_layers):
+            qtype = q.F16
         try:
             packed = gguf.quants.quantize(data, qtype)
         except gguf.QuantError:  # rows not a multiple of 32: F16, as llama.cpp falls back

@@ -364,7 +364,7 @@ class LlamaCppEngine(Engine):
                 batch.pos[n] = k
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = slot
-                batch.logits[n] = k == len(seq) - 1
+                batch.logits[n] = True  # pooling reads every token's state
                 n += 1
         batch.n_tokens = n
         if self._memory:  # decoders keep a KV cache; encoders (BERT) have none
