@@ -76,13 +76,17 @@ def connect(path: str | os.PathLike[str]) -> Any:
             raise ConfigError("this Python's sqlite3 cannot load extensions; pip install "
                               "'localllm[rag]' (brings sqlean.py)") from exc
         module = sqlean
-    conn = module.connect(str(path), timeout=30.0, check_same_thread=False,
-                          isolation_level=None)
-    conn.enable_load_extension(True)
-    sqlite_vec.load(conn)
-    conn.enable_load_extension(False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA foreign_keys=ON")
+    try:
+        conn = module.connect(str(path), timeout=30.0, check_same_thread=False,
+                              isolation_level=None)
+        conn.enable_load_extension(True)
+        sqlite_vec.load(conn)
+        conn.enable_load_extension(False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except module.Error as exc:
+        raise IndexFileError(f"{path} is not a localllm index (SQLite says: {exc}); give a "
+                             "new file name or an index built by localllm") from exc
     return conn
 
 
