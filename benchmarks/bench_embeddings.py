@@ -154,7 +154,8 @@ def bench_onnx(sentences: list[str], threads: int, reps: int) -> dict[str, Any]:
         session = ort.InferenceSession(str(path), sess_options=so,
                                        providers=["CPUExecutionProvider"])
         tokenizer = tokenizers.Tokenizer.from_file(str(path.parent / "tokenizer.json"))
-        tokenizer.no_padding(), tokenizer.no_truncation()
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         out = compare("onnxruntime int8", lambda: model.embed(sentences).vectors,
                       lambda: raw_onnx(session, tokenizer, sentences), len(sentences), reps)
     return {**out, "raw": f"onnxruntime {ort.__version__} + tokenizers {tokenizers.__version__}"}
@@ -202,16 +203,16 @@ def bench_search(model: localllm.Model, n_vectors: int, reps: int) -> dict[str, 
             "rank": lambda q, v: index._rank(v, 5),
             "matrix": lambda q, v: index._rank(v, 5, force_matrix=True),
             "sql": lambda q, v: index._db.execute(KNN_SQL, (v.tobytes(), 5)).fetchall()}
-        agree, top = 0, []
+        agree, top = 0, set()
         for _ in range(reps):
             for query, vector in zip(queries, qvecs, strict=True):
                 for key, fn in steps.items():
                     t, value = timed(fn, query, vector)
                     ms[key].append(t * 1000)
                     if key == "matrix":
-                        top = [cid for cid, _ in value]
+                        top = {cid for cid, _ in value}
                     elif key == "sql":
-                        agree += [int(r[0]) for r in value] == top
+                        agree += {int(r[0]) for r in value} == top
         stats = {k: dict(zip(("p50_ms", "p95_ms"), map(float, np.percentile(v, [50, 95])),
                              strict=True)) for k, v in ms.items()}
     return {"vectors": n_vectors, "queries": len(queries), "insert_s": insert_s,
@@ -245,9 +246,11 @@ def machine() -> dict[str, Any]:
             "usable_cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
 
 
+def mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
 def table(r: dict[str, Any]) -> str:
-    def mark(ok: bool) -> str:
-        return "✓" if ok else "✗"
     rows = []
     for key, label in (("llamacpp", "llama.cpp f16"), ("onnx", "onnxruntime int8")):
         e = r["embeddings"][key]

@@ -12,13 +12,13 @@ _PARAMS = [p for p in SamplingParams.model_fields if p not in ("max_tokens", "st
 def feature_matrix() -> str:
     """Markdown table: backends × features, from ``Engine.capabilities`` and class data."""
     header = ["backend", "reads", "streaming", "logits (structured output, tools, logprobs)",
-              "GPU offload", "batching (parallel requests)", *_PARAMS]
+              "GPU offload", "batching (parallel requests)", "embeddings (embed())", *_PARAMS]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in BUILTIN_BACKENDS:
         cls = get_backend(name)
         caps = cls.capabilities
         cells = [name, ", ".join(cls.formats), _mark(caps.streaming), _mark(caps.logits),
-                 _mark(caps.gpu_offload), _mark(cls.batching)]
+                 _mark(caps.gpu_offload), _mark(cls.batching), _mark(caps.embeddings)]
         cells += [_mark(p in caps.sampling_params) for p in _PARAMS]
         rows.append("| " + " | ".join(cells) + " |")
     intro = ("# Feature matrix\n\nGenerated from the capabilities each backend declares "

@@ -119,7 +119,8 @@ class LlamaCppEngine(Engine):
     formats: ClassVar[tuple[str, ...]] = ("gguf",)
     runtime_module: ClassVar[str] = "llama_cpp"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, sampling_params=_NATIVE_PARAMS, logits=True, gpu_offload=True)
+        streaming=True, sampling_params=_NATIVE_PARAMS, logits=True, gpu_offload=True,
+        embeddings=True)
 
 
     @classmethod

@@ -153,7 +153,8 @@ class OnnxEngine(LocalTokenizerEngine):
     extra: ClassVar[str] = "onnx"
     formats: ClassVar[tuple[str, ...]] = ("onnx",)
     runtime_module: ClassVar[str] = "onnxruntime"
-    capabilities: ClassVar[Capabilities] = sampled_by_localllm()
+    capabilities: ClassVar[Capabilities] = sampled_by_localllm().model_copy(
+        update={"embeddings": True})  # encoder folders: see onnx_embed
     options_accepted: ClassVar[dict[str, str]] = {
         "provider": "execution provider name, e.g. 'CUDAExecutionProvider' (default: the "
                     "plan's device: a GPU provider this build has, else OpenVINO or CPU)"}
