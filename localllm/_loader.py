@@ -133,6 +133,11 @@ def _resolve(source: Source, backend: str, store: ModelStore | None
     return path, file_format, engine_cls, gguf
 
 
+def describe_source(source: Source) -> GGUFFile:
+    """The header facts of a model (GGUF, GGML or ONNX folder), without loading it."""
+    return _resolve(source, "auto", None)[3]
+
+
 def plan(
     source: Source = None,
     *,

@@ -87,7 +87,8 @@ class CatalogEntry:
     description: str
     license: str
     companions: tuple[Companion, ...] = ()
-    #: "generate" (chat and completion) or "embed" (sentence vectors)
+    #: "generate" (chat and completion), "embed" (sentence vectors) or "source" (input to
+    #: a conversion, not loadable itself)
     task: str = "generate"
 
 
@@ -127,7 +128,7 @@ CATALOG.update({e.name: e for e in (
         license="Apache-2.0",
         companions=tuple(Companion(path, sha, member=_MINILM + path)
                          for path, sha in _MINILM_FILES),
-        task="embed",
+        task="source",
     ),
     CatalogEntry(
         name=DEFAULT_EMBEDDER,
@@ -239,8 +240,11 @@ class ModelStore:
         return path.is_file() and sha256_of(path) == companion.sha256
 
     def list_local(self) -> list[StoredModel]:
+        """The loadable catalog models present in the store (conversion sources left out)."""
         out = []
         for entry in self.catalog.values():
+            if entry.task == "source":
+                continue
             path = self.path_for(entry)
             if path.is_file():
                 out.append(StoredModel(entry.name, path, path.stat().st_size,

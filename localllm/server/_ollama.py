@@ -181,10 +181,9 @@ def _details(served: ServedModel) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=64)
 def _facts(source: str, size: int) -> dict[str, Any]:
-    from .._gguf import read_gguf
-    from .._loader import resolve_source
+    from .._loader import describe_source
 
-    gguf = read_gguf(resolve_source(source))
+    gguf = describe_source(source)
     params = gguf.parameter_count
     return {"architecture": gguf.architecture, "quantization": gguf.quantization,
             "parameter_count": params, "context_length": gguf.context_length,
