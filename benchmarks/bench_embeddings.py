@@ -14,9 +14,10 @@ The embeddings / RAG acceptance goals; reps alternate localllm / raw, medians of
    longest, masked mean pool, L2 norm.
 2. **Search latency** at 100,000 vectors: an ``Index`` (default embedder) whose tables are
    filled directly with clustered synthetic unit vectors (2,000 gaussian centres + noise)
-   rather than by embedding 100k texts. ``Index.search(k=5)`` over 50 text queries, p50 /
-   p95 (the first search, which loads the vector matrix, apart), split into query embedding
-   and ranking (``Index._rank``), next to sqlite-vec's SQL KNN. Goal: p50 < 20 ms.
+   rather than by embedding 100k texts. ``Index.search(vector, k=5)`` over 50 synthetic
+   query vectors (noisy copies of stored ones), p50 / p95: goal p50 < 20 ms. Then over 50
+   text queries (the first search, which loads the vector matrix, apart), split into query
+   embedding and ranking (``Index._rank``), next to sqlite-vec's SQL KNN, for the record.
 3. **Indexing throughput**: ``Index.add`` of ``tests/data/rag/docs`` into a fresh index,
    ``--reps`` times: documents, chunks and chunk tokens per second.
 
@@ -213,6 +214,16 @@ def bench_search(model: localllm.Model, n_vectors: int, reps: int) -> dict[str, 
                         top = {cid for cid, _ in value}
                     elif key == "sql":
                         agree += {int(r[0]) for r in value} == top
+        # the gate: vector search, as the goal's synthetic queries are vectors (noisy copies
+        # of stored ones), without the query embedding that text search adds
+        rng = np.random.default_rng(11)
+        probes = vectors[rng.integers(0, n_vectors, len(queries))] + rng.standard_normal(
+            (len(queries), vectors.shape[1])).astype(np.float32) * np.float32(0.03)
+        ms["vector"] = []
+        for _ in range(reps):
+            for probe in probes:
+                t, _ = timed(index.search, probe, 5)
+                ms["vector"].append(t * 1000)
         stats = {k: dict(zip(("p50_ms", "p95_ms"), map(float, np.percentile(v, [50, 95])),
                              strict=True)) for k, v in ms.items()}
     return {"vectors": n_vectors, "queries": len(queries), "insert_s": insert_s,
@@ -260,13 +271,14 @@ def table(r: dict[str, Any]) -> str:
                  f"| embed {label}: lowest cosine localllm vs raw | {e['min_cosine']:.6f} | "
                  f"≥ 0.9999 {mark(e['min_cosine'] >= 0.9999)} |"]
     s, n = r["search"], f"{r['search']['vectors']:,}"
-    for key, label in (("search", f"Index.search k=5, {n} vectors"),
+    for key, label in (("vector", f"Index.search(vector) k=5, {n} vectors"),
+                       ("search", f"Index.search(text) k=5, {n} vectors"),
                        ("embed", "  of which query embedding"),
                        ("rank", f"  of which ranking `_rank` ({s['rank_path']})"),
                        ("matrix", "ranking, numpy matrix (force_matrix)"),
                        ("sql", "ranking, sqlite-vec SQL KNN")):
         m = s["ms"][key]
-        goal = f"p50 < 20 ms {mark(m['p50_ms'] < 20)}" * (key == "search")
+        goal = f"p50 < 20 ms {mark(m['p50_ms'] < 20)}" * (key == "vector")
         rows.append(f"| {label}: p50 / p95 | {m['p50_ms']:.2f} / {m['p95_ms']:.2f} ms | {goal} |")
     how = "loads the matrix" if s["rank_path"] == "matrix" else "SQL path, no matrix"
     rows += [f"| first search ({how}) | {s['first_search_ms']:.1f} ms | |",

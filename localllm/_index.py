@@ -125,6 +125,7 @@ class Index:
         self._lock = threading.RLock()
         self._closed = False
         self._matrix: tuple[int, Any, Any] | None = None  # (data generation, ids, vectors)
+        self._count: tuple[int, int] | None = None  # (data generation, chunks)
         try:
             self._db = connect(self.path)
             self._settings = self._open_schema(chunk_tokens, overlap)
@@ -255,37 +256,55 @@ class Index:
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
 
-    def search(self, query: str, k: int = 5) -> list[Hit]:
-        """The ``k`` chunks most similar to ``query`` (cosine), best first."""
+    def search(self, query: str | Sequence[float] | Any, k: int = 5) -> list[Hit]:
+        """The ``k`` chunks most similar to ``query`` (cosine), best first. ``query`` is a
+        text (embedded here; a text over the embedder's limit keeps its start) or a vector
+        from the same embedder (e.g. from one ``embed()`` of many queries)."""
+        import numpy as np
+
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k must be an int >= 1, not {k!r}")
-        vector = self.embedder.embed(query, overflow="truncate_right").vectors[0]
+        if isinstance(query, str):
+            vector = self.embedder.embed(query, overflow="truncate_right").vectors[0]
+        else:
+            vector = np.asarray(query, dtype=np.float32)
+            dim = int(self._settings["dim"])
+            if vector.shape != (dim,) or not np.isfinite(vector).all():
+                raise ConfigError(f"a query vector must be {dim} finite floats (this index's "
+                                  f"embedder), not shape {vector.shape}")
+            norm = float(np.linalg.norm(vector))
+            vector = vector / norm if norm > 0 else vector
         with self._lock:
             ranked = self._rank(vector, k)
             return self._hits(ranked)
 
+    def _generation(self) -> int:
+        """Bumped by every committed change (by any process): what caches key on."""
+        return int(self._db.execute(
+            "SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
     def _rank(self, vector: Any, k: int, *, force_matrix: bool = False
               ) -> list[tuple[int, float]]:
-        count = len(self)
-        if count <= SQL_SEARCH_LIMIT and not force_matrix:
+        generation = self._generation()
+        if self._count is None or self._count[0] != generation:
+            self._count = (generation, len(self))  # COUNT(*) scans: ~5 ms at 100k chunks
+        if self._count[1] <= SQL_SEARCH_LIMIT and not force_matrix:
             rows = self._db.execute("SELECT rowid, distance FROM vectors WHERE embedding "
                                     "MATCH ? AND k = ?", (vector.tobytes(), k)).fetchall()
             return [(int(r), 1.0 - float(d)) for r, d in rows]
         import numpy as np
 
-        ids, matrix = self._vectors()
+        ids, matrix = self._vectors(generation)
         scores = matrix @ vector
         top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k] if len(scores) > k \
             else np.arange(len(scores))
         top = top[np.argsort(-scores[top])]
         return [(int(ids[i]), float(scores[i])) for i in top]
 
-    def _vectors(self) -> tuple[Any, Any]:
+    def _vectors(self, generation: int) -> tuple[Any, Any]:
         """Every vector as a unit-row float32 matrix, cached until the file changes."""
         import numpy as np
 
-        generation = int(self._db.execute(
-            "SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
         if self._matrix is None or self._matrix[0] != generation:
             rows = self._db.execute("SELECT rowid, embedding FROM vectors").fetchall()
             dim = int(self._settings["dim"])

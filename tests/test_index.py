@@ -91,6 +91,19 @@ def test_reopening_gives_the_same_results(built: Path, embedder: localllm.Model)
     assert first == again
 
 
+def test_a_query_vector_searches_like_its_text(built: Path, embedder: localllm.Model) -> None:
+    question = QUESTIONS[7]["question"]
+    with localllm.Index(built, embedder) as index:
+        by_text = [h.chunk_id for h in index.search(question, k=5)]
+        vector = embedder.embed(question, normalize=False).vectors[0]
+        assert [h.chunk_id for h in index.search(vector, k=5)] == by_text
+        assert [h.chunk_id for h in index.search(list(map(float, vector)), k=5)] == by_text
+        with pytest.raises(localllm.ConfigError, match="384 finite floats"):
+            index.search(np.zeros(10, dtype=np.float32))
+        with pytest.raises(localllm.ConfigError, match="384 finite floats"):
+            index.search(np.full(384, np.nan, dtype=np.float32))
+
+
 def test_exact_search_paths_agree(built: Path, embedder: localllm.Model) -> None:
     """sqlite-vec's KNN (small indexes) and the cached matrix (large ones) rank alike."""
     with localllm.Index(built, embedder) as index:
