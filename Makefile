@@ -32,7 +32,8 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: model
+# the remote-backend tests run llama.cpp's llama-server, built once (cached) by `tools`
+unit: model tools
 	$(BIN)/python -m pytest
 
 docs: setup

@@ -12,6 +12,7 @@ import logging as _logging
 from ._backends import backend_names, register_backend
 from ._chat import NAMED_TEMPLATES, render_chat
 from ._errors import (
+    AuthenticationError,
     BackendError,
     BackendUnavailableError,
     ChatTemplateError,
@@ -25,6 +26,10 @@ from ._errors import (
     ModelNotFoundError,
     OfflineError,
     QueueFullError,
+    RemoteBusyError,
+    RemoteConnectionError,
+    RemoteError,
+    RemoteTimeoutError,
     RequestTimeoutError,
     StoreError,
     StructuredOutputError,
@@ -66,6 +71,7 @@ _logging.getLogger("localllm").addHandler(_logging.NullHandler())
 __all__ = [
     "AddReport",
     "Answer",
+    "AuthenticationError",
     "BackendError",
     "BackendUnavailableError",
     "CATALOG",
@@ -100,6 +106,11 @@ __all__ = [
     "OfflineError",
     "PyPISource",
     "QueueFullError",
+    "RemoteBusyError",
+    "RemoteConnectionError",
+    "RemoteError",
+    "RemoteModel",
+    "RemoteTimeoutError",
     "RECOMMENDED",
     "Recommendation",
     "RequestTimeoutError",
@@ -117,6 +128,7 @@ __all__ = [
     "WillNotFitError",
     "answer",
     "backend_names",
+    "connect",
     "load",
     "plan",
     "read_gguf",
@@ -132,6 +144,7 @@ _LAZY = {
     "ModelFacts": "._recommend", "Recommendation": "._recommend", "recommend": "._recommend",
     "Embeddings": "._embed", "Index": "._index", "Hit": "._index", "AddReport": "._index",
     "Answer": "._answer", "answer": "._answer",
+    "RemoteModel": "._remote_model", "connect": "._remote_model",
 }
 
 

@@ -80,13 +80,21 @@ def embed(engine: Engine, texts: str | Sequence[str], *, normalize: bool,
         sequences.append(ids)
     dim = engine.embedding_dim
     vectors = engine.embed_batch(sequences) if sequences else np.zeros((0, dim), np.float32)
-    if normalize and len(vectors):
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.where(norms > 0, norms, 1.0)
     n = sum(len(s) for s in sequences)
-    return Embeddings(vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+    return Embeddings(vectors=normalized(vectors, normalize),
                       usage=Usage(prompt_tokens=n, completion_tokens=0, total_tokens=n),
                       pooling=engine.pooling, normalized=normalize, truncated=truncated)
+
+
+def normalized(rows: Any, normalize: bool) -> Any:
+    """Rows as a contiguous float32 array, L2-normalised when asked (zero rows stay zero)."""
+    import numpy as np
+
+    vectors = np.ascontiguousarray(rows, dtype=np.float32)
+    if normalize and vectors.size:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0))
+    return vectors
 
 
 def _cut(engine: Engine, text: str, ids: list[int], limit: int, policy: OverflowPolicy

@@ -161,3 +161,27 @@ class OfflineError(StoreError):
 
 class IndexFileError(LocalLLMError):
     """An index file cannot be used: built by another embedder, damaged, or not an index."""
+
+
+class AuthenticationError(LocalLLMError):
+    """A server refused the credentials (HTTP 401/403): a missing or wrong API key."""
+
+
+class RemoteError(BackendError):
+    """A model server failed, timed out or could not be reached."""
+
+
+class RemoteConnectionError(RemoteError, ConnectionError):
+    """The server's URL could not be reached (refused, unresolvable, reset)."""
+
+
+class RemoteTimeoutError(RemoteError, TimeoutError):
+    """The server did not answer within the remote model's ``timeout``."""
+
+
+class RemoteBusyError(RemoteError):
+    """The server stayed busy (429/503, or 502/504 from a proxy) through every retry."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)

@@ -245,7 +245,17 @@ def load(
     an embedding model pooled that way, for decoders whose file declares no pooling;
     embedding files (BERT-family GGUF, sentence-transformers ONNX folders) need none.
     ``backend_options`` are the chosen backend's own settings (unknown ones are errors).
+
+    A source ``"http://host:port[/v1]#MODEL"`` is a model on a server, with ``backend``
+    "auto", "openai" or "ollama" and ``backend_options`` as :func:`localllm.connect`'s
+    keywords (api_key, timeout, retries, capabilities); the local options do not apply.
     """
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        from ._remote_model import RemoteModel, split_source
+
+        url, model = split_source(source)
+        api = "auto" if backend == "auto" else backend
+        return RemoteModel(url, model, api=api, **dict(backend_options or {}))  # type: ignore[return-value]
     started = time.perf_counter()
     path, file_format, engine_cls, gguf = _resolve(source, backend, store)
     template = resolve_template(chat_template, gguf.chat_template) \

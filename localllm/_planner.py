@@ -22,6 +22,7 @@ from ._gguf import GGUFFile
 from .hardware import HardwareProfile
 
 MIB = 1 << 20
+GIB = 1 << 30
 RUNTIME_OVERHEAD = 3 * MIB      # llama.cpp backend, threads and allocator slack
 BYTES_PER_VOCAB_TOKEN = 305     # runtime token tables + the header's walked string array
 BYTES_PER_MERGE = 175           # BPE merge ranks, both sides
@@ -381,5 +382,49 @@ def _will_not_fit(gguf: GGUFFile, shape: ModelShape, est: MemoryEstimate, budget
         parts.append(f"; the weights alone are {weights / MIB:,.0f} MiB: use a smaller "
                      "quantization (e.g. Q4_K_M instead of Q8_0) or a smaller model — "
                      "localllm.recommend() lists what fits")
+    elsewhere = scale_out(shape, est.context_length, kv_type=kv_type)
+    if elsewhere:
+        parts.append("; or serve it on GPUs and reach it with localllm.connect(url, model): "
+                     + "; ".join(elsewhere))
     return " ".join(parts)
 
+
+
+#: common data-centre and workstation GPU sizes, GiB
+GPU_SIZES_GIB = (24, 48, 80)
+#: vLLM's default --gpu-memory-utilization: the share of each GPU it plans to use
+GPU_UTILIZATION = 0.9
+
+
+def scale_out(shape: ModelShape, context_length: int, *, kv_type: str = "f16",
+              parallel: int = 1) -> list[str]:
+    """What would serve a model that does not fit here: per GPU size, the fewest GPUs that
+    hold it with tensor parallelism (weights and KV cache split over them, each keeping its
+    own activations), by the same arithmetic as :func:`estimate_memory`. Tensor-parallel
+    sizes are powers of two that divide the attention heads, as vLLM requires; past 8 (one
+    node) the rest is pipeline parallelism across nodes."""
+    est = estimate_memory(shape, context_length, kv_type=kv_type, parallel=parallel,
+                          gpu_layers=shape.n_layer + 1)
+    assert est.gpu is not None
+    weights = shape.weight_bytes
+    kv = est.gpu.kv_cache + est.host.kv_cache
+    lines = []
+    for size in GPU_SIZES_GIB:
+        usable = size * GIB * GPU_UTILIZATION
+        for n in (1, 2, 4, 8, 16, 32, 64):
+            if shape.n_head % min(n, 8):
+                continue
+            per_gpu = (weights + kv) / n + est.gpu.compute + GPU_RESERVE
+            if per_gpu <= usable:
+                tp, pp = min(n, 8), max(1, n // 8)
+                how = ("llama-server -ngl 999" + " across them" * (n > 1) + ", or ") * (
+                    n <= 8) + \
+                    f"vLLM --tensor-parallel-size {tp}" + (
+                    f" --pipeline-parallel-size {pp} ({pp} nodes)" if pp > 1 else "")
+                gpus = f"{n} x {size} GB GPU" + "s" * (n > 1)
+                lines.append(f"{gpus}: {per_gpu / GIB:,.1f} GiB each "
+                             f"(weights {weights / n / GIB:,.1f} + KV cache "
+                             f"{kv / n / GIB:,.1f} + compute and runtime "
+                             f"{(est.gpu.compute + GPU_RESERVE) / GIB:,.1f}); {how}")
+                break
+    return lines

@@ -116,6 +116,24 @@ def assert_batched_agrees(trace: GreedyTrace, got: Sequence[int]) -> int | None:
     return at
 
 
+def assert_text_agrees(model: Model, prompt: str, text: str, max_tokens: int) -> int | None:
+    """``text`` (a greedy text of ``prompt`` from another float path: a batch, a server)
+    equals ``model``'s solo greedy text, or parts from it where it took a token within
+    :data:`BATCH_NEAR_TIE` of the top. Compares decoded prefixes, for callers that only
+    have text (a character cut by ``max_tokens`` mid-way is left out, as servers do).
+    Returns the step where they part, or None."""
+    ids, _, contenders = greedy_trace(model, prompt, max_tokens)
+    reference = [model.tokenizer.decode(list(ids[:k])).rstrip("\ufffd")
+                 for k in range(len(ids) + 1)]
+    agree = max(k for k, ref in enumerate(reference) if text.startswith(ref))
+    if agree == len(ids) or reference[-1] == text:
+        return None
+    allowed = [model.tokenizer.decode([*ids[:agree], token]).rstrip("\ufffd")
+               for token in contenders[agree] - {ids[agree]}]
+    assert any(text.startswith(a) for a in allowed), (prompt, text, reference[-1], agree)
+    return agree
+
+
 def first_divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
     """Index of the first differing token of two runs (None when one is a prefix)."""
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,12 +36,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(base: str, timeout_s: float = 120.0, *, loaded: bool = True) -> None:
-    """Until /health answers 200 (or, with ``loaded=False``, answers at all)."""
+def wait_healthy(base: str, timeout_s: float = 120.0, *, loaded: bool = True,
+                 path: str = "/health") -> None:
+    """Until ``path`` answers 200 (or, with ``loaded=False``, answers at all)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200 or not loaded:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200 or not loaded:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"the server at {base} did not become healthy in {timeout_s} s")
@@ -75,20 +77,32 @@ def served_in_thread(models: list[str], *, wait_loaded: bool = True, **options: 
 def served_process(args: list[str], env: dict[str, str] | None = None
                    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``localllm serve ARGS --port P`` as a child process; yields (base URL, process)."""
-    port = free_port()
     exe = Path(sys.executable).with_name("localllm")
-    proc = subprocess.Popen([str(exe), "serve", *args, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base)
-        yield base, proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+    with running_server([str(exe), "serve", *args, "--port", "{port}"], env=env) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], *, health: str = "/health",
+                   env: dict[str, str] | None = None
+                   ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Any server command (``{port}`` in it becomes a free loopback port) as a child
+    process, until ``health`` answers 200; stopped (SIGTERM, then SIGKILL) on exit."""
+    port = free_port()
+    # a log file, not a pipe: a pipe nobody reads would stall a chatty server
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([part.replace("{port}", str(port)) for part in command],
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            wait_healthy(base, path=health)
+            yield base, proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

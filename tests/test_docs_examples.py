@@ -28,12 +28,14 @@ def test_page_examples_run(page: str) -> None:
     assert proc.stdout.strip()
 
 
-def test_serving_examples_run_against_a_real_server() -> None:
-    """The serving page's client examples, pointed at a `localllm serve` started here."""
+@pytest.mark.parametrize("page", ["serving.md", "remote.md"])
+def test_client_examples_run_against_a_real_server(page: str) -> None:
+    """The client examples of the serving and remote pages, pointed at a `localllm serve`
+    started here."""
     from server_harness import served_process
 
-    blocks = python_blocks(DOCS / "serving.md")
-    assert len(blocks) >= 2
+    blocks = python_blocks(DOCS / page)
+    assert len(blocks) >= 1
     with served_process(["--context", "512", "--parallel", "2"]) as (url, _):
         code = "\n\n".join(blocks).replace("http://127.0.0.1:8000", url)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -19,7 +19,14 @@ import pytest
 import localllm
 from localllm._doctor import run_checks
 from localllm._gguf import GGUFFile, TensorInfo
-from localllm._planner import MIB, ModelShape, current_rss, estimate_memory, make_plan
+from localllm._planner import (
+    MIB,
+    ModelShape,
+    current_rss,
+    estimate_memory,
+    make_plan,
+    scale_out,
+)
 from localllm._recommend import RECOMMENDED, ModelFacts, recommend
 from localllm.hardware import GPU_PROVIDERS, HardwareProfile, RuntimeInfo, probe
 
@@ -233,6 +240,9 @@ def test_will_not_fit_says_what_would(laptop: HardwareProfile) -> None:
                   laptop, backend="llama.cpp", gpu_offload_supported=False)
     assert "MiB of RAM" in str(info.value)
     assert isinstance(info.value, MemoryError)
+    # ... and what would serve it elsewhere, by the planner's own arithmetic
+    assert "1 x 24 GB GPU: " in str(info.value) and "localllm.connect" in str(info.value)
+    assert "llama-server -ngl 999" in str(info.value)
     # a 7B at Q4_K with room for a 2048 context only: the planner finds the largest that
     # fits (the budget counts this process's own RSS, so it is set relative to it)
     need = estimate_memory(ModelShape.from_gguf(fake_gguf(OPENCHAT)), 2048).host.total
@@ -245,6 +255,23 @@ def test_will_not_fit_says_what_would(laptop: HardwareProfile) -> None:
     with pytest.raises(localllm.WillNotFitError, match="context_length="):
         make_plan(fake_gguf(OPENCHAT), tight, backend="llama.cpp", gpu_offload_supported=False,
                   context_length=8192)
+
+
+def test_scale_out_splits_a_big_model_over_gpus() -> None:
+    """A 32B model in F16 at a 32k context: 2 x 48 GB hold it (weights and KV cache halved,
+    compute and runtime per GPU), 1 x 48 GB does not."""
+    shape = next(f for f in RECOMMENDED if f.name == "qwen1.5-32b-chat").shape("F16")
+    lines = scale_out(shape, 32768)
+    by_size = {line.split(" GB")[0].split(" x ")[1]: line for line in lines}
+    assert by_size["48"].startswith("2 x 48 GB GPUs") and "--tensor-parallel-size 2" in \
+        by_size["48"]
+    assert by_size["24"].startswith("4 x 24 GB GPUs")
+    est = estimate_memory(shape, 32768, gpu_layers=shape.n_layer + 1)
+    per_gpu = (shape.weight_bytes + est.gpu.kv_cache + est.host.kv_cache) / 2 \
+        + est.gpu.compute + 512 * MIB  # type: ignore[union-attr]
+    assert f"{per_gpu / (1 << 30):,.1f} GiB each" in by_size["48"]
+    one_gpu = 2 * per_gpu - est.gpu.compute - 512 * MIB  # type: ignore[union-attr]
+    assert one_gpu > 48 * (1 << 30) * 0.9  # so one 48 GB GPU would not do
 
 
 def test_recommend_per_machine(rtx: HardwareProfile, laptop: HardwareProfile,

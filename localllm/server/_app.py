@@ -287,8 +287,8 @@ def _ops_routes(state: ServerState) -> list[Route]:
 
     async def health(request: Request) -> Response:
         if registry.loading:
-            return JSONResponse({"status": "loading"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+            return JSONResponse({"status": "loading", "server": "localllm"}, status_code=503)
+        return JSONResponse({"status": "ok", "server": "localllm"})
 
     async def prometheus(request: Request) -> Response:
         return PlainTextResponse(metrics.render(registry),

@@ -174,6 +174,14 @@ class Registry:
                                   "context_length": self.context_length, **options}
         self.loading += 1
         try:
+            if "context_length" not in options and self.context_length is not None:
+                # --context is for every model: one trained on fewer tokens (an embedder)
+                # gets its own length, not a load error
+                from .._loader import describe_source
+
+                facts = await asyncio.to_thread(describe_source, served.source)
+                if facts.context_length:
+                    kwargs["context_length"] = min(self.context_length, facts.context_length)
             while True:
                 try:
                     plan = await asyncio.to_thread(localllm.plan, served.source,
