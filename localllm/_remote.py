@@ -127,12 +127,14 @@ class Transport:
             raise ConfigError("remote models need httpx: pip install 'localllm[remote]'"
                               ) from exc
         self._httpx = httpx
+        #: failures while reading a response: the stream broke
+        self.transport_errors = (httpx.TransportError,)
         self.root = root.rstrip("/")
         self.retry = retry
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._sync: Any = None
-        self._async: dict[int, Any] = {}  # one client per event loop
+        self._async: dict[Any, Any] = {}  # one client per event loop
 
     def _client(self) -> Any:
         if self._sync is None:
@@ -141,9 +143,13 @@ class Transport:
         return self._sync
 
     def _aclient(self) -> Any:
-        loop = id(asyncio.get_running_loop())
+        """The running loop's client: an httpx.AsyncClient belongs to one loop. Clients of
+        loops that have closed since are dropped (their connections died with the loop)."""
+        loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
+            for old in [lp for lp in self._async if lp.is_closed()]:
+                del self._async[old]
             client = self._async[loop] = self._httpx.AsyncClient(
                 base_url=self.root, headers=self._headers, timeout=self._timeout)
         return client

@@ -9,14 +9,20 @@ and leaving a stream early closes its HTTP response, which stops the generation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ._chat import normalize_messages
-from ._errors import ConfigError, ModelNotFoundError, UnsupportedFeatureError
+from ._errors import (
+    ConfigError,
+    ModelNotFoundError,
+    RemoteConnectionError,
+    UnsupportedFeatureError,
+)
 from ._remote import RemoteCapabilities, RetryPolicy, Transport, capabilities_for, probe_flavour
 from ._structured import CompiledFormat, strict_schema
 from ._text import StopMatcher
@@ -42,6 +48,10 @@ _OLLAMA_OPTIONS = {"max_tokens": "num_predict", "temperature": "temperature", "t
                    "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n",
                    "frequency_penalty": "frequency_penalty",
                    "presence_penalty": "presence_penalty", "seed": "seed", "stop": "stop"}
+
+
+class StreamBroken(RemoteConnectionError):
+    """The connection failed after the answer had started (a server or proxy died)."""
 
 
 def split_source(source: str) -> tuple[str, str]:
@@ -127,10 +137,32 @@ class RemoteModel:
 
     # ------------------------------------------------------------------ generation
     def complete(self, prompt: str, **options: Any) -> Completion:
-        return _collect(self.stream(prompt, **options))
+        return self._whole(lambda: _collect(self.stream(prompt, **options)))
 
     def chat(self, messages: Messages, **options: Any) -> Completion:
-        return _collect(self.stream_chat(messages, **options))
+        return self._whole(lambda: _collect(self.stream_chat(messages, **options)))
+
+    def _whole(self, run: Callable[[], Completion]) -> Completion:
+        """A whole answer; a stream that broke mid-way (a replica died behind a proxy) is
+        sent again, since nothing of it reached the caller yet."""
+        for attempt in range(self._t.retry.tries):
+            try:
+                return run()
+            except StreamBroken:
+                if attempt + 1 == self._t.retry.tries:
+                    raise
+                time.sleep(self._t.retry.wait(attempt, None))
+        raise AssertionError("unreachable")
+
+    async def _awhole(self, run: Callable[[], Awaitable[Completion]]) -> Completion:
+        for attempt in range(self._t.retry.tries):
+            try:
+                return await run()
+            except StreamBroken:
+                if attempt + 1 == self._t.retry.tries:
+                    raise
+                await asyncio.sleep(self._t.retry.wait(attempt, None))
+        raise AssertionError("unreachable")
 
     def stream(self, prompt: str, **options: Any) -> Iterator[StreamChunk]:
         return self._sync(self._request(prompt, False, options))
@@ -139,10 +171,10 @@ class RemoteModel:
         return self._sync(self._request(messages, True, options))
 
     async def acomplete(self, prompt: str, **options: Any) -> Completion:
-        return await _acollect(self.astream(prompt, **options))
+        return await self._awhole(lambda: _acollect(self.astream(prompt, **options)))
 
     async def achat(self, messages: Messages, **options: Any) -> Completion:
-        return await _acollect(self.astream_chat(messages, **options))
+        return await self._awhole(lambda: _acollect(self.astream_chat(messages, **options)))
 
     def astream(self, prompt: str, **options: Any) -> AsyncIterator[StreamChunk]:
         return self._async(self._request(prompt, False, options))
@@ -157,10 +189,13 @@ class RemoteModel:
             if not request.streamed:
                 yield from assembler.feed_whole(response.json())
             else:
-                for line in response.iter_lines():
-                    yield from assembler.feed_line(line)
-                    if assembler.over:
-                        break  # leaving the block closes the response: the server stops
+                try:
+                    for line in response.iter_lines():
+                        yield from assembler.feed_line(line)
+                        if assembler.over:
+                            break  # leaving the block closes the response: the server stops
+                except self._t.transport_errors as exc:
+                    raise StreamBroken(f"the stream from {self._t.root} broke: {exc}") from exc
         yield assembler.final()
 
     async def _async(self, request: _Request) -> AsyncIterator[StreamChunk]:
@@ -171,11 +206,14 @@ class RemoteModel:
                 for chunk in assembler.feed_whole(response.json()):
                     yield chunk
             else:
-                async for line in response.aiter_lines():
-                    for chunk in assembler.feed_line(line):
-                        yield chunk
-                    if assembler.over:
-                        break
+                try:
+                    async for line in response.aiter_lines():
+                        for chunk in assembler.feed_line(line):
+                            yield chunk
+                        if assembler.over:
+                            break
+                except self._t.transport_errors as exc:
+                    raise StreamBroken(f"the stream from {self._t.root} broke: {exc}") from exc
         yield assembler.final()
 
     def _request(self, prompt: Any, chat: bool, options: dict[str, Any]) -> _Request:
@@ -377,7 +415,8 @@ class _Assembler:
         self.logprobs: list[TokenLogprob] = []
         self.started = time.perf_counter()
         self.first: float | None = None
-        self.over = False
+        self.over = False  # the client cut the answer (a stop string): stop reading
+        self.ended = False  # the server said the answer is complete
 
     def feed_line(self, line: str) -> list[StreamChunk]:
         if self.request.ollama:
@@ -386,6 +425,7 @@ class _Assembler:
             return []
         data = line[5:].strip()
         if data == "[DONE]":
+            self.ended = True
             return []
         event = json.loads(data)
         if isinstance(event.get("error"), (dict, str)):
@@ -421,7 +461,7 @@ class _Assembler:
                           for i, c in enumerate(message.get("tool_calls") or []))
             logprobs = self._logprobs(choice.get("logprobs"))
             chunk = self._chunk(text or "", calls, logprobs)
-            self.finish = str(choice.get("finish_reason") or "stop")
+            self.finish, self.ended = str(choice.get("finish_reason") or "stop"), True
             if chunk is not None:
                 out.append(chunk)
         return out
@@ -443,6 +483,7 @@ class _Assembler:
                 "function": {"name": fn.get("name"), "arguments": arguments if isinstance(
                     arguments, str) else json.dumps(arguments or {})}}))
         if event.get("done"):
+            self.ended = True
             self.finish = "tool_calls" if self.calls else str(event.get("done_reason") or
                                                                "stop")
             self.usage = (int(event.get("prompt_eval_count") or 0),
@@ -502,6 +543,9 @@ class _Assembler:
         return StreamChunk(text=safe, tool_calls=calls, logprobs=logprobs)
 
     def final(self) -> StreamChunk:
+        if not (self.ended or self.over or self.finish):
+            raise StreamBroken("the server's stream ended before the answer did (no "
+                               "finish reason, no [DONE]); the server or a proxy failed")
         tail = "" if self.stop.matched is not None else self.stop.flush()
         self.text.append(tail)
         end = time.perf_counter()

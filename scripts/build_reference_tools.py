@@ -1,4 +1,5 @@
-"""Build llama.cpp's reference tools, ``llama-batched-bench`` and ``llama-server``.
+"""Build llama.cpp's reference tools, ``llama-batched-bench`` and ``llama-server``
+(and provide nginx, for the replicas test).
 
 They are the yardstick for localllm's batching and serving, so they are built from the
 llama.cpp sources vendored in the pinned llama-cpp-python sdist, with the CPU flags of the
@@ -91,6 +92,35 @@ def build(version: str, args: list[str], out: Path) -> None:
     print(f"built {', '.join(TARGETS)} in {took:.0f} s", flush=True)
 
 
+def ensure_nginx(out: Path) -> None:
+    """nginx for the replicas test (load balancing two llama-servers): the system's when
+    installed, else Debian's package unpacked into ``out`` (``apt-get download`` and
+    ``dpkg -x``: nothing is installed into the system, no root needed)."""
+    target = out / "nginx"
+    if target.exists():
+        return
+    system = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx",
+                                                                      os.X_OK) else None)
+    if system:
+        target.symlink_to(system)
+        return
+    if not (shutil.which("apt-get") and shutil.which("dpkg")):
+        sys.exit("nginx is not installed and this is not a Debian system: install nginx")
+    work = out / "nginx-deb"
+    work.mkdir(exist_ok=True)
+    print("fetching Debian's nginx package (apt-get download)", flush=True)
+    subprocess.run(["apt-get", "download", "nginx"], cwd=work, check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    debs = sorted(work.glob("nginx_*.deb"))
+    if not debs:
+        sys.exit(f"apt-get download nginx left no package in {work}")
+    subprocess.run(["dpkg", "-x", str(debs[-1]), str(work / "root")], check=True)
+    binary = work / "root" / "usr" / "sbin" / "nginx"
+    if not binary.is_file():
+        sys.exit(f"{debs[-1].name} holds no usr/sbin/nginx")
+    target.symlink_to(binary)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default=VERSION)
@@ -105,6 +135,7 @@ def main() -> None:
         print(f"using cached build in {out}")
     else:
         build(opts.version, args, out)
+    ensure_nginx(out)
     print(out)
 
 
