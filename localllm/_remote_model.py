@@ -540,7 +540,10 @@ class _Assembler:
         if not safe and not calls and not logprobs:
             return None
         self.text.append(safe)
-        return StreamChunk(text=safe, tool_calls=calls, logprobs=logprobs)
+        # built without re-validation: the fields are already the right types (hot path)
+        return StreamChunk.model_construct(text=safe, token_ids=(), finish_reason=None,
+                                           completion=None, tool_calls=calls,
+                                           logprobs=logprobs)
 
     def final(self) -> StreamChunk:
         if not (self.ended or self.over or self.finish):
