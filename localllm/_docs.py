@@ -26,7 +26,26 @@ def feature_matrix() -> str:
              "equal to the code). Every backend also takes `max_tokens` and `stop`, which "
              "localllm enforces itself. A parameter marked no raises "
              "`UnsupportedFeatureError` when set.\n\n")
-    return intro + "\n".join(rows) + "\n"
+    return intro + "\n".join(rows) + "\n" + remote_matrix()
+
+
+def remote_matrix() -> str:
+    """Markdown table: what each server flavour honours (``_remote.FLAVOURS``)."""
+    from ._remote import FLAVOURS, RemoteCapabilities
+
+    flags = [f for f in RemoteCapabilities.__dataclass_fields__ if f not in ("sampling",
+                                                                              "tokenize")]
+    rows = ["| server | sampling parameters | " + " | ".join(flags) + " | tokenizer route |",
+            "|" + "---|" * (len(flags) + 3)]
+    for name, caps in FLAVOURS.items():
+        cells = [name, ", ".join(sorted(caps.sampling)) or "none",
+                 *(_mark(getattr(caps, f)) for f in flags), caps.tokenize or "none"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return ("\n## Remote models\n\nWhat `localllm.connect` lets through per server "
+            "(probed at connect time; see remote.md). Every server also takes `max_tokens` "
+            "and `stop` (stop strings are applied on the client too). A field marked no "
+            "raises `UnsupportedFeatureError` before the request is sent.\n\n"
+            + "\n".join(rows) + "\n")
 
 
 def _mark(value: bool) -> str:

@@ -39,7 +39,6 @@ class RemoteCapabilities:
     it is sent, because the server would accept it and silently do otherwise."""
 
     sampling: frozenset[str]       # SamplingParams fields it applies
-    n: bool = False                # several choices per request
     logprobs: bool = False         # OpenAI-shaped logprobs / top_logprobs
     json_schema: bool = False      # response_format json_schema, enforced
     json_object: bool = True       # response_format json_object
@@ -54,24 +53,24 @@ class RemoteCapabilities:
 _ALL = frozenset(OPENAI_FIELDS + EXTENSION_FIELDS)
 #: per flavour, from server.md's capability matrix and each server's source (see docs)
 FLAVOURS: dict[str, RemoteCapabilities] = {
-    "localllm": RemoteCapabilities(_ALL, n=True, logprobs=True, json_schema=True,
+    "localllm": RemoteCapabilities(_ALL, logprobs=True, json_schema=True,
                                    tool_choice_forced=True, stream_usage=True,
                                    max_completion_tokens=True, tokenize="llama"),
-    "llama-server": RemoteCapabilities(_ALL, n=False, logprobs=False, json_schema=True,
+    "llama-server": RemoteCapabilities(_ALL, logprobs=False, json_schema=True,
                                        tool_choice_forced=True, stream_usage=True,
                                        max_completion_tokens=True, tokenize="llama"),
     "llama-cpp-python": RemoteCapabilities(
-        _ALL - {"repeat_last_n"}, n=False, logprobs=True, json_schema=False,
+        _ALL - {"repeat_last_n"}, logprobs=True, json_schema=False,
         tools=True, tool_choice_forced=False, stream_usage=False,
         max_completion_tokens=False, tokenize="lcp"),
-    "vllm": RemoteCapabilities(_ALL - {"typical_p", "repeat_last_n"}, n=True, logprobs=True,
+    "vllm": RemoteCapabilities(_ALL - {"typical_p", "repeat_last_n"}, logprobs=True,
                                json_schema=True, tool_choice_forced=True, stream_usage=True,
                                max_completion_tokens=True, tokenize="vllm"),
     "lmstudio": RemoteCapabilities(
         frozenset(OPENAI_FIELDS) | {"top_k", "repeat_penalty"}, json_schema=True,
         tool_choice_forced=False),
     # Ollama through its native /api: options carry what /v1 drops; no logit_bias, no n
-    "ollama": RemoteCapabilities(_ALL - {"logit_bias"}, n=False, logprobs=False,
+    "ollama": RemoteCapabilities(_ALL - {"logit_bias"}, logprobs=False,
                                  json_schema=True, tool_choice_forced=False,
                                  stream_usage=True, max_completion_tokens=True),
     # any other /v1 server: only what OpenAI's API defines, nothing assumed beyond it
