@@ -115,6 +115,10 @@ class RetryPolicy:
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
 
+class StreamBroken(RemoteConnectionError):
+    """The connection failed after the answer had started (a server or proxy died)."""
+
+
 class Transport:
     """httpx clients (sync and async, created on first use) for one server root."""
 
@@ -163,6 +167,13 @@ class Transport:
             return RemoteConnectionError(f"cannot reach {url}: {exc}; check that the server "
                                          "runs and the URL (host, port) is right")
         return exc
+
+    def broken(self, exc: Exception) -> Exception:
+        """A failure while reading a response: a timeout stays a timeout (never resent),
+        anything else broke the stream (which complete()/chat() may resend)."""
+        if isinstance(exc, self._httpx.TimeoutException):
+            return self._fail(exc, "")
+        return StreamBroken(f"the stream from {self.root} broke: {exc}")
 
     def get_json(self, path: str) -> tuple[int, Any]:
         """One GET for probing: (status, JSON or None); no retries, short timeout."""

@@ -20,10 +20,16 @@ from ._chat import normalize_messages
 from ._errors import (
     ConfigError,
     ModelNotFoundError,
-    RemoteConnectionError,
     UnsupportedFeatureError,
 )
-from ._remote import RemoteCapabilities, RetryPolicy, Transport, capabilities_for, probe_flavour
+from ._remote import (
+    RemoteCapabilities,
+    RetryPolicy,
+    StreamBroken,
+    Transport,
+    capabilities_for,
+    probe_flavour,
+)
 from ._structured import CompiledFormat, strict_schema
 from ._text import StopMatcher
 from ._types import (
@@ -48,10 +54,6 @@ _OLLAMA_OPTIONS = {"max_tokens": "num_predict", "temperature": "temperature", "t
                    "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n",
                    "frequency_penalty": "frequency_penalty",
                    "presence_penalty": "presence_penalty", "seed": "seed", "stop": "stop"}
-
-
-class StreamBroken(RemoteConnectionError):
-    """The connection failed after the answer had started (a server or proxy died)."""
 
 
 def split_source(source: str) -> tuple[str, str]:
@@ -195,7 +197,7 @@ class RemoteModel:
                         if assembler.over:
                             break  # leaving the block closes the response: the server stops
                 except self._t.transport_errors as exc:
-                    raise StreamBroken(f"the stream from {self._t.root} broke: {exc}") from exc
+                    raise self._t.broken(exc) from exc
         yield assembler.final()
 
     async def _async(self, request: _Request) -> AsyncIterator[StreamChunk]:
@@ -213,7 +215,7 @@ class RemoteModel:
                         if assembler.over:
                             break
                 except self._t.transport_errors as exc:
-                    raise StreamBroken(f"the stream from {self._t.root} broke: {exc}") from exc
+                    raise self._t.broken(exc) from exc
         yield assembler.final()
 
     def _request(self, prompt: Any, chat: bool, options: dict[str, Any]) -> _Request:

@@ -246,6 +246,8 @@ def test_errors_are_typed(served: str, tmp_path: Path) -> None:
             remote.complete("x", overflow="truncate_left")
         with pytest.raises(localllm.ConfigError):
             remote.complete("x", temperature="hot")
+        with pytest.raises(localllm.RemoteTimeoutError, match="did not answer in time"):
+            remote.complete("Tell a long story.", max_tokens=400, timeout=0.001)
     with pytest.raises(localllm.ConfigError, match="URL#MODEL"):
         localllm.load(served)
     with served_in_thread([CHAT], api_keys=["k1"], threads=2) as locked:
