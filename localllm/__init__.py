@@ -86,6 +86,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DevicePlacement",
     "Embeddings",
+    "FoundModel",
     "GGUFFile",
     "Hit",
     "HubSource",
@@ -129,6 +130,7 @@ __all__ = [
     "answer",
     "backend_names",
     "connect",
+    "discover",
     "load",
     "plan",
     "read_gguf",
@@ -145,6 +147,7 @@ _LAZY = {
     "Embeddings": "._embed", "Index": "._index", "Hit": "._index", "AddReport": "._index",
     "Answer": "._answer", "answer": "._answer",
     "RemoteModel": "._remote_model", "connect": "._remote_model",
+    "FoundModel": "._discover", "discover": "._discover",
 }
 
 

@@ -286,13 +286,18 @@ class _Reader:
         raise self.fail(f"unknown metadata value type {type_id}")
 
 
-def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
-    """Parse and validate a GGUF header; raise ``ModelFormatError`` on anything odd."""
+def read_gguf(path: str | os.PathLike[str], *, offset: int = 0,
+              size: int | None = None) -> GGUFFile:
+    """Parse and validate a GGUF header; raise ``ModelFormatError`` on anything odd.
+    ``offset`` and ``size`` read a GGUF held inside a bigger file (a llamafile's zip
+    entry); offsets in the result are then relative to ``offset``."""
     path = Path(path)
     if not path.exists():
         raise ModelNotFoundError(f"model file not found: {path}")
     if not path.is_file():
         raise ModelFormatError(f"{path} is not a regular file")
+    if offset or size is not None:
+        return _read_embedded(path, offset, size)
     file_size = path.stat().st_size
     if file_size < 24:
         raise ModelFormatError(
@@ -301,6 +306,20 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
         )
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         return _parse(_Reader(mm, path), path, file_size)
+
+
+def _read_embedded(path: Path, offset: int, size: int | None) -> GGUFFile:
+    total = path.stat().st_size
+    size = total - offset if size is None else size
+    if offset < 0 or size < 24 or offset + size > total:
+        raise ModelFormatError(f"{path}: no GGUF of {size} bytes fits at offset {offset} of "
+                               f"a {total}-byte file")
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)[offset:offset + size]
+        try:
+            return _parse(_Reader(view, path), path, size)  # type: ignore[arg-type]
+        finally:
+            view.release()
 
 
 def _parse(r: _Reader, path: Path, file_size: int) -> GGUFFile:

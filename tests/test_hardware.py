@@ -27,7 +27,8 @@ from localllm._planner import (
     make_plan,
     scale_out,
 )
-from localllm._recommend import RECOMMENDED, ModelFacts, recommend
+from localllm._recommend import RECOMMENDED, ModelFacts, describe_fit, recommend
+from localllm._speed import SpeedProfile, bytes_per_token, ops_per_token
 from localllm.hardware import GPU_PROVIDERS, HardwareProfile, RuntimeInfo, probe
 
 MACHINES = Path(__file__).parent / "machines"
@@ -285,6 +286,31 @@ def test_recommend_per_machine(rtx: HardwareProfile, laptop: HardwareProfile,
     assert all(r.placement == "CPU only" for r in small.values())
     mac = {r.name: r for r in recommend(m2, gpu_offload=True)}
     assert mac["gemma-7b-it"].placement == "full GPU"
+
+
+def test_speed_estimates_flag_models_too_slow_to_use(laptop: HardwareProfile) -> None:
+    """With a 2-core-like profile (20 GB/s read, 40 GFLOP/s decode), a 32B model at Q4_K
+    "fits" a big-RAM CPU machine but is flagged slow; the 135M default is fast. The figures
+    follow the formula: 1 / (bytes ÷ bandwidth + operations ÷ compute)."""
+    speed = SpeedProfile(read_bandwidth=20e9, decode_ops=40e9, prompt_ops=70e9, machine="t")
+    roomy = laptop.model_copy(update={"memory": laptop.memory.model_copy(
+        update={"total": 256 * 2**30, "available": 200 * 2**30})})
+    recs = {r.name: r for r in recommend(roomy, gpu_offload=False, speed=speed)}
+    big, tiny = recs["qwen1.5-32b-chat"], recs["smollm2-135m-instruct"]
+    assert big.slow and big.decode_tokens_per_s is not None and big.decode_tokens_per_s < 5
+    assert not tiny.slow and tiny.decode_tokens_per_s is not None
+    shape = tiny.facts.shape(tiny.quantization)
+    expected = 1 / (bytes_per_token(shape) / 20e9 + ops_per_token(shape) / 40e9)
+    assert abs(tiny.decode_tokens_per_s - expected) < 1e-6 * expected
+    assert tiny.prompt_tokens_per_s == pytest.approx(
+        70e9 / ops_per_token(shape, output=False))
+    assert "SLOW: under 5 tok/s" in describe_fit(big) and "tok/s decode" in describe_fit(tiny)
+    moe = next(f for f in RECOMMENDED if f.n_experts)
+    dense_bytes = bytes_per_token(moe.shape("Q4_K_M"))
+    assert bytes_per_token(moe.shape("Q4_K_M"), moe.n_experts, moe.n_experts_used) < \
+        0.5 * dense_bytes  # a mixture reads only its active experts
+    # an explicit hardware profile without a speed profile: nothing is estimated
+    assert all(r.decode_tokens_per_s is None for r in recommend(laptop, gpu_offload=False))
 
 
 def test_doctor_flags_the_known_bad_cases(rtx: HardwareProfile, laptop: HardwareProfile
