@@ -49,10 +49,10 @@ class FoundModel:
 
 def default_roots() -> dict[str, list[Path]]:
     """Where each tool keeps its models on this platform (environment variables first)."""
+    from ._store import hub_cache
+
     home = Path.home()
     ollama = os.environ.get("OLLAMA_MODELS")
-    hf_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME") or home / ".cache" / "huggingface", "hub")
     if sys.platform == "darwin":
         gpt4all = [home / "Library" / "Application Support" / "nomic.ai" / "GPT4All"]
     elif sys.platform == "win32":
@@ -62,7 +62,7 @@ def default_roots() -> dict[str, list[Path]]:
                    / "nomic.ai" / "GPT4All"]
     return {"ollama": [Path(ollama) if ollama else home / ".ollama" / "models"],
             "lmstudio": [home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"],
-            "gpt4all": gpt4all, "hf": [Path(hf_cache)], "llamafile": []}
+            "gpt4all": gpt4all, "hf": [hub_cache()], "llamafile": []}
 
 
 def discover(roots: dict[str, list[Path]] | None = None,

