@@ -173,3 +173,12 @@ def test_models_local_command(stores: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli.main(["models", "--local"]) == 0
     text = capsys.readouterr().out
     assert "gpt4all:smol.gguf" in text and "Q4_1" in text
+
+
+def test_a_file_without_a_chat_template_says_so(stores: Path) -> None:
+    """Gemma 3 270M carries no template: the listing says to pass chat_template=."""
+    gemma = localllm.ModelStore().ensure("gemma-3-270m")
+    place(gemma, stores / ".local" / "share" / "nomic.ai" / "GPT4All" / "gemma.gguf")
+    found = resolve_short_form("gpt4all:gemma.gguf")
+    assert found.usable and any("chat_template=" in n for n in found.notes)
+    assert not any("chat_template=" in n for n in resolve_short_form("gpt4all:smol.gguf").notes)
