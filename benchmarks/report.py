@@ -25,8 +25,6 @@ import platform
 import re
 import subprocess
 import sys
-import threading
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -49,22 +47,10 @@ MEASURES = [("load_s", "load s", "{:.2f}"), ("ttft_s", "first token s", "{:.2f}"
 
 
 def read_bandwidth(threads: int, mib: int = 512, tries: int = 5) -> float:
-    """Bytes/s numpy reads with ``threads`` threads summing their own slices (numpy
-    releases the GIL inside the reduction)."""
-    import numpy as np
+    """Bytes/s numpy reads with ``threads`` threads (localllm's own measurement, bigger)."""
+    from localllm._speed import read_bandwidth as measure
 
-    data = np.ones(mib * 2**20 // 8, dtype=np.float64)
-    parts = np.array_split(data, threads)
-    best = 0.0
-    for _ in range(tries):
-        workers = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
-        start = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        best = max(best, data.nbytes / (time.perf_counter() - start))
-    return best
+    return measure(threads, mib, tries)
 
 
 def machine_facts() -> dict[str, Any]:
