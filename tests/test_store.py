@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -28,6 +29,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     ``cut_after`` makes the next response stop early (a dropped connection)."""
 
     cut_after: int | None = None
+    delay_s: float = 0.0  # a slow hub: seconds before each GET is answered
     requests: ClassVar[list[str | None]] = []
 
     def hub_headers(self) -> None:
@@ -45,10 +47,11 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self) -> None:
-        type(self).requests.append(self.headers.get("Range"))
-        if self.path != "/org/repo/resolve/main/model.gguf":
+        if self.path != "/org/repo/resolve/main/model.gguf":  # other hub API calls
             self.send_error(404)
             return
+        type(self).requests.append(self.headers.get("Range"))  # model downloads only
+        time.sleep(type(self).delay_s)
         start = 0
         rng = self.headers.get("Range")
         if rng:
@@ -88,6 +91,7 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactor
     monkeypatch.delenv("LOCALLLM_HUB_URL", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf")))
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("LOCALLLM_OFFLINE", raising=False)
     HubHandler.requests = []
     HubHandler.cut_after = None
