@@ -44,9 +44,11 @@ test: lint typecheck docs unit
 bench: model tools
 	$(BIN)/python benchmarks/report.py
 
-# the server's long soak (make test runs 2,000 requests; this runs 20,000)
+# the long soaks: the server's (make test runs 2,000 requests; this runs 20,000) and
+# load/close cycles (make test runs 200; this runs 1,000)
 soak: model
 	LOCALLLM_SOAK_REQUESTS=20000 $(BIN)/python -m pytest tests/test_server_load.py -k soak -s
+	LOCALLLM_LOAD_CYCLES=1000 $(BIN)/python -m pytest tests/test_soak_load.py -s
 
 serve: model
 	$(BIN)/localllm serve
