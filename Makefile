@@ -44,11 +44,12 @@ test: lint typecheck docs unit
 bench: model tools
 	$(BIN)/python benchmarks/report.py
 
-# the long soaks: the server's (make test runs 2,000 requests; this runs 20,000) and
-# load/close cycles (make test runs 200; this runs 1,000)
+# the long soaks: the server's (make test runs 2,000 requests; this runs 20,000), load/close
+# cycles (200; 1,000) and cancelled requests on one model (about 1,000; 5,000)
 soak: model
 	LOCALLLM_SOAK_REQUESTS=20000 $(BIN)/python -m pytest tests/test_server_load.py -k soak -s
 	LOCALLLM_LOAD_CYCLES=1000 $(BIN)/python -m pytest tests/test_soak_load.py -s
+	LOCALLLM_CANCEL_REQUESTS=5000 $(BIN)/python -m pytest tests/test_concurrency.py -k interference -s
 
 serve: model
 	$(BIN)/localllm serve
