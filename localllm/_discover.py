@@ -10,7 +10,6 @@ Short forms that ``load()`` accepts: ``ollama:NAME[:TAG]``, ``lmstudio:PUBLISHER
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -104,15 +103,13 @@ def resolve_short_form(source: str, roots: dict[str, list[Path]] | None = None
 
 def verify_ollama_blob(model: FoundModel) -> None:
     """An Ollama blob's file name is its sha256: check the content against it."""
-    expected = model.path.name.removeprefix("sha256-")
-    digest = hashlib.sha256()
-    with open(model.path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    if digest.hexdigest() != expected:
-        from ._errors import ChecksumMismatchError
+    from ._errors import ChecksumMismatchError
+    from ._store import sha256_of
 
-        raise ChecksumMismatchError(f"{model.path} has sha256 {digest.hexdigest()}, but "
+    expected = model.path.name.removeprefix("sha256-")
+    actual = sha256_of(model.path)
+    if actual != expected:
+        raise ChecksumMismatchError(f"{model.path} has sha256 {actual}, but "
                                     f"Ollama stored it as {expected}: the blob is damaged; "
                                     "pull it again with ollama")
 

@@ -316,14 +316,20 @@ class Index:
         return self._matrix[1], self._matrix[2]
 
     def _hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
+        """The ranked chunks' texts and sources, in one query."""
+        if not ranked:
+            return []
+        marks = ",".join("?" * len(ranked))
+        rows = {row[0]: row[1:] for row in self._db.execute(
+            "SELECT c.id, c.text, d.source, c.line_start, c.line_end, c.page FROM chunks c "
+            f"JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
+            [cid for cid, _ in ranked]).fetchall()}
         out = []
         for cid, score in ranked:
-            row = self._db.execute(
-                "SELECT c.text, d.source, c.line_start, c.line_end, c.page FROM chunks c "
-                "JOIN documents d ON d.id = c.doc_id WHERE c.id = ?", (cid,)).fetchone()
+            row = rows.get(cid)
             if row is None:
                 raise IndexFileError(f"{self.path}: vector {cid} has no chunk; the file is "
-                                       "damaged, index into a new file")
+                                     "damaged, index into a new file")
             out.append(Hit(score, row[0], row[1], row[2], row[3], row[4], cid))
         return out
 

@@ -22,6 +22,7 @@ from ._errors import (
     ModelNotFoundError,
     UnsupportedFeatureError,
 )
+from ._model import _acollect, _collect
 from ._remote import (
     RemoteCapabilities,
     RetryPolicy,
@@ -324,8 +325,6 @@ class RemoteModel:
 
     async def aembed(self, texts: str | Sequence[str], *, normalize: bool = True,
                      overflow: str = "error") -> Any:
-        import asyncio
-
         return await asyncio.to_thread(self.embed, texts, normalize=normalize,
                                        overflow=overflow)
 
@@ -577,22 +576,6 @@ class _Assembler:
             completion._complete = reason == "stop" and self.stop.matched is None
         return StreamChunk(text=tail, finish_reason=reason,  # type: ignore[arg-type]
                            completion=completion)
-
-
-def _collect(chunks: Iterator[StreamChunk]) -> Completion:
-    final = None
-    for chunk in chunks:
-        final = chunk.completion or final
-    assert final is not None
-    return final
-
-
-async def _acollect(chunks: AsyncIterator[StreamChunk]) -> Completion:
-    final = None
-    async for chunk in chunks:
-        final = chunk.completion or final
-    assert final is not None
-    return final
 
 
 def connect(url: str, model: str, *, api: str = "auto", api_key: str | None = None,

@@ -30,6 +30,23 @@ def served_model(base: str, name: str) -> Any:
     return model
 
 
+def reference_tools() -> Path:
+    """The folder with llama-server and nginx from `make tools` (built once, cached); a
+    missing build fails the calling test loudly."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "scripts" / "build_reference_tools.py")],
+                         check=True, stdout=subprocess.PIPE, text=True, timeout=3600).stdout
+    folder = Path(out.strip().splitlines()[-1])
+    for name in ("llama-server", "nginx"):
+        assert (folder / name).exists(), f"{name} is missing from {folder}: run make tools"
+    return folder
+
+
+def first_model_id(base: str) -> str:
+    """The first model a server lists on /v1/models (llama-server names its one file)."""
+    return str(httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,7 +7,6 @@ model (hard-linked or symlinked, never rewritten)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -146,6 +145,7 @@ def test_llamafiles_are_read_in_place_and_say_why_they_cannot_run(
         default_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = llamafile(default_model_path, tmp_path / "smol.llamafile", aligned=True)
     odd = llamafile(default_model_path, tmp_path / "odd.llamafile", aligned=False)
+    before = snapshot(tmp_path)
     found = {m.path.name: m for m in discover(roots={}, llamafiles=[tmp_path])}
     assert found["smol.llamafile"].offset % 4096 == 0
     assert found["smol.llamafile"].gguf is not None
@@ -158,7 +158,7 @@ def test_llamafiles_are_read_in_place_and_say_why_they_cannot_run(
         localllm.load(f"llamafile:{good}")
     with pytest.raises(localllm.UnsupportedModelError, match="boundary"):
         localllm.load(f"llamafile:{odd}")
-    assert hashlib.sha256(good.read_bytes()).hexdigest()  # still readable, untouched
+    assert snapshot(tmp_path) == before  # read in place, nothing written beside them
     assert cli.main(["models", "--local", "--scan", str(tmp_path), "--json"]) == 0
     listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert listed[f"llamafile:{good}"]["quantization"] == "Q4_1"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -20,13 +19,18 @@ import httpx
 import numpy as np
 import pydantic
 import pytest
-from server_harness import running_server, served_in_thread, served_model
+from server_harness import (
+    first_model_id,
+    reference_tools,
+    running_server,
+    served_in_thread,
+    served_model,
+)
 
 import localllm
 from localllm.testing import assert_text_agrees
 
 pytestmark = pytest.mark.real_model
-ROOT = Path(__file__).resolve().parent.parent
 CHAT = "smollm2-135m-instruct"
 EMBEDDER = "all-minilm-l6-v2"
 PROMPTS = ["Name the capital of France.", "Write one sentence about the sea.",
@@ -45,10 +49,7 @@ def served(default_model_path: Path) -> Iterator[str]:
 def llama_server(default_model_path: Path) -> Iterator[str]:
     """llama-server on the default model; its binary comes from `make tools` (make test
     builds it first), so a missing build fails here loudly."""
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_reference_tools.py")],
-                         check=True, stdout=subprocess.PIPE, text=True, timeout=3600).stdout
-    binary = Path(out.strip().splitlines()[-1]) / "llama-server"
-    assert binary.is_file(), f"llama-server was not built: {out}"
+    binary = reference_tools() / "llama-server"
     command = [str(binary), "-m", str(default_model_path), "-c", "1024", "-np", "1", "-t", "2",
                "--host", "127.0.0.1", "--port", "{port}", "--jinja"]
     with running_server(command) as (url, _):
@@ -89,7 +90,7 @@ def test_localllm_serve_through_both_apis_matches_local(served: str,
 
 
 def test_llama_server_matches_local(llama_server: str, shared_model: localllm.Model) -> None:
-    with localllm.connect(llama_server, _served_name(llama_server)) as remote:
+    with localllm.connect(llama_server, first_model_id(llama_server)) as remote:
         assert remote.flavour == "llama-server"
         check_greedy_like_local(remote, shared_model)
         ids = remote.tokenizer.encode("hello world", add_special=False)
@@ -99,12 +100,8 @@ def test_llama_server_matches_local(llama_server: str, shared_model: localllm.Mo
             remote.chat(chat("Hi"), max_tokens=2, logprobs=2)
 
 
-def _served_name(base: str) -> str:
-    return str(httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"])
-
-
 def test_llama_cpp_python_server_refuses_what_it_drops(lcp_server: str) -> None:
-    with localllm.connect(lcp_server, _served_name(lcp_server)) as remote:
+    with localllm.connect(lcp_server, first_model_id(lcp_server)) as remote:
         assert remote.flavour == "llama-cpp-python"
         assert remote.chat(chat("Name the capital of France."), max_tokens=8,
                            temperature=0).text
@@ -117,7 +114,7 @@ def test_llama_cpp_python_server_refuses_what_it_drops(lcp_server: str) -> None:
             with pytest.raises(localllm.UnsupportedFeatureError, match=needle):
                 remote.chat(chat("Hi"), max_tokens=4, **extra)
     # the table is data: a caller who knows better may override it
-    with localllm.connect(lcp_server, _served_name(lcp_server),
+    with localllm.connect(lcp_server, first_model_id(lcp_server),
                           capabilities={"sampling": ["temperature", "repeat_last_n"]}) as r:
         assert r.chat(chat("Hi"), max_tokens=2, repeat_last_n=16).text is not None
         with pytest.raises(localllm.UnsupportedFeatureError, match="top_p"):
@@ -137,8 +134,11 @@ class City(pydantic.BaseModel):
 
 
 def test_streams_tools_schemas_logprobs_and_async(served: str) -> None:
+    fresh = served_model(served, CHAT)._scheduler.clear_cache  # compared runs start empty
     with localllm.connect(served, CHAT) as remote:
+        fresh()
         whole = remote.chat(chat(PROMPTS[1]), max_tokens=16, temperature=0)
+        fresh()
         chunks = list(remote.stream_chat(chat(PROMPTS[1]), max_tokens=16, temperature=0))
         assert "".join(c.text for c in chunks) == whole.text
         assert chunks[-1].completion is not None and chunks[-1].completion.text == whole.text
@@ -159,21 +159,28 @@ def test_streams_tools_schemas_logprobs_and_async(served: str) -> None:
         assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in with_lp.logprobs)
 
         async def both() -> list[str]:
+            fresh()
             a = await remote.achat(chat(PROMPTS[0]), max_tokens=12, temperature=0)
+            fresh()
             parts = [c.text async for c in remote.astream("Once upon a time", max_tokens=6,
                                                            temperature=0)]
             return [a.text, "".join(parts)]
 
         texts = asyncio.run(both())
+        fresh()
         assert texts[0] == remote.chat(chat(PROMPTS[0]), max_tokens=12, temperature=0).text
+        fresh()
         assert texts[1] == remote.complete("Once upon a time", max_tokens=6,
                                            temperature=0).text != ""
 
 
 def test_stop_strings_hold_on_the_client(served: str) -> None:
+    fresh = served_model(served, CHAT)._scheduler.clear_cache  # compared runs start empty
     with localllm.connect(served, CHAT) as remote:
+        fresh()
         free = remote.complete("One, two, three, four,", max_tokens=16, temperature=0).text
         stop = " " + free.split()[2]  # a word the free text reaches
+        fresh()
         got = remote.complete("One, two, three, four,", max_tokens=16, temperature=0,
                               stop=[stop])
         assert got.text == free.split(stop)[0] and got.finish_reason == "stop"

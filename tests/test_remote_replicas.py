@@ -9,20 +9,23 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import pytest
-from server_harness import free_port, running_server, wait_healthy
+from server_harness import (
+    first_model_id,
+    free_port,
+    reference_tools,
+    running_server,
+    wait_healthy,
+)
 
 import localllm
 
 pytestmark = pytest.mark.real_model
-ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = """
 worker_processes 1;
 pid {dir}/nginx.pid;
@@ -54,19 +57,10 @@ http {{
 """
 
 
-def tools() -> Path:
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_reference_tools.py")],
-                         check=True, stdout=subprocess.PIPE, text=True, timeout=3600).stdout
-    folder = Path(out.strip().splitlines()[-1])
-    for name in ("llama-server", "nginx"):
-        assert (folder / name).exists(), f"{name} is missing from {folder}: run make tools"
-    return folder
-
-
 @pytest.fixture()
 def cluster(default_model_path: Path, tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
     """(nginx URL, [replica pids]); each replica: 4 slots, 1 thread, 512 tokens each."""
-    folder = tools()
+    folder = reference_tools()
     with ExitStack() as stack:
         replicas = []
         for _ in range(2):
@@ -94,8 +88,7 @@ def cluster(default_model_path: Path, tmp_path: Path) -> Iterator[tuple[str, lis
 def test_64_requests_through_nginx_survive_a_dead_replica(
         cluster: tuple[str, list[int]], tmp_path: Path) -> None:
     url, pids = cluster
-    name = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
-    remote = localllm.connect(url, name, retries=6)
+    remote = localllm.connect(url, first_model_id(url), retries=6)
     assert remote.flavour == "llama-server"
     done: list[str] = []
 

@@ -10,7 +10,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,8 +95,6 @@ def test_a_read_only_store_gives_a_clear_error_and_still_serves_its_files(
                                       description="test", license="none")
         store = ModelStore(catalog={"tiny": entry(), "more": other})
         assert store.ensure("tiny", progress=False).read_bytes() == PAYLOAD
-        started = time.monotonic()
         with pytest.raises(localllm.StoreError, match="LOCALLLM_HOME to a writable folder"):
             store.ensure("more", progress=False)
-        assert time.monotonic() - started < 10
         assert os.access(path, os.R_OK)
