@@ -13,6 +13,7 @@ from ._backends import backend_names, register_backend
 from ._chat import NAMED_TEMPLATES, render_chat
 from ._errors import (
     AuthenticationError,
+    BackendCrashedError,
     BackendError,
     BackendUnavailableError,
     ChatTemplateError,
@@ -72,6 +73,7 @@ __all__ = [
     "AddReport",
     "Answer",
     "AuthenticationError",
+    "BackendCrashedError",
     "BackendError",
     "BackendUnavailableError",
     "CATALOG",

@@ -77,6 +77,12 @@ class BackendError(LocalLLMError, RuntimeError):
     """The runtime reported a failure while loading or generating."""
 
 
+class BackendCrashedError(BackendError):
+    """The runtime's worker process died (a segfault, an abort, a kill) while running the
+    call; with ``isolation="process"`` the application lives on and the next call starts a
+    new worker."""
+
+
 class UnsupportedFeatureError(LocalLLMError):
     """A parameter or feature was asked for that the backend cannot honour."""
 

@@ -27,6 +27,7 @@ from ._errors import (
     UnsupportedModelError,
 )
 from ._gguf import GGUFFile, read_ggml, read_gguf
+from ._isolation import ProcessEngine, open_isolated, wants_process
 from ._model import Model
 from ._store import DEFAULT_MODEL, ModelStore
 from ._types import ModelInfo
@@ -248,6 +249,7 @@ def load(
     pooling: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
     store: ModelStore | None = None,
+    isolation: str = "none",
 ) -> Model:
     """Load a model: a catalog name, a path to a ``.gguf``, or None for the default model.
 
@@ -265,6 +267,10 @@ def load(
     an embedding model pooled that way, for decoders whose file declares no pooling;
     embedding files (BERT-family GGUF, sentence-transformers ONNX folders) need none.
     ``backend_options`` are the chosen backend's own settings (unknown ones are errors).
+    ``isolation="process"`` runs the runtime in a worker process: a segfault or abort there
+    raises ``BackendCrashedError`` instead of ending the application, and the next call
+    starts a new worker; ``"auto"`` does so for runtimes known to abort (gpt4all,
+    ctransformers).
 
     A source ``"http://host:port[/v1]#MODEL"`` is a model on a server, with ``backend``
     "auto", "openai" or "ollama" and ``backend_options`` as :func:`localllm.connect`'s
@@ -292,7 +298,10 @@ def load(
     for reason in the_plan.reasons:
         if "CPU-only build" in reason:  # a GPU is here but will not be used: say it loudly
             logging.getLogger("localllm").warning("%s", reason)
-    engine = engine_cls.open(gguf, options)
+    if wants_process(isolation, engine_cls):
+        engine: Engine = open_isolated(engine_cls, gguf, options)
+    else:
+        engine = engine_cls.open(gguf, options)
     try:
         _verify_placement(engine, the_plan, allow_fallback)
         info = ModelInfo(
@@ -304,7 +313,8 @@ def load(
             backend_version=engine.backend_version, threads=options.threads,
             batch_size=options.batch_size, placement=engine.placement,
             parallel=engine.max_sequences,
-            has_chat_template=template is not None, pooling=engine.pooling, plan=the_plan)
+            has_chat_template=template is not None, pooling=engine.pooling, plan=the_plan,
+            isolation="process" if isinstance(engine, ProcessEngine) else "none")
         bos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.bos_token_id"))
         eos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.eos_token_id"))
     except BaseException:
@@ -319,6 +329,10 @@ def _local_tokenizer(engine: Engine, gguf: GGUFFile) -> Any:
     vocabulary to rebuild it from); else one built from the file header."""
     if isinstance(engine, LocalTokenizerEngine):
         return engine._tokenizer
+    if isinstance(engine, ProcessEngine) and gguf.container == "onnx":
+        from .tokenizer import tokenizer_from_folder
+
+        return tokenizer_from_folder(gguf.path.parent)
     from .tokenizer import tokenizer_from_gguf
 
     return tokenizer_from_gguf(gguf)

@@ -312,3 +312,5 @@ class ModelInfo(_Frozen):
         None, description="mean, cls or last for an embedding model (embed()); None for a "
                           "generative one")
     plan: Any = Field(None, description="the LoadPlan load() executed (None for FakeModel)")
+    isolation: str = Field("none", description='"process" when the runtime runs in a worker '
+                           "process (a crash there raises BackendCrashedError)")

@@ -354,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ram-budget", type=int, default=None, metavar="MIB",
                        help="RAM all loaded models may take; past it the least recently "
                             "used idle model is unloaded (default: free RAM decides)")
+    serve.add_argument("--isolation", choices=("auto", "process", "none"), default="auto",
+                       help="run runtimes in worker processes, so a crash is a 500 and not "
+                            "the server's end (auto: for gpt4all and ctransformers, which "
+                            "are known to abort)")
     serve.add_argument("--max-body", type=int, default=8 * 1024 * 1024,
                        help="request body limit in bytes")
     serve.set_defaults(func=cmd_serve)

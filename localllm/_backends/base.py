@@ -88,6 +88,10 @@ class Engine(ABC):
 
         return not cls.runtime_module or importlib.util.find_spec(cls.runtime_module) is not None
 
+    #: True for runtimes seen to abort or exit the whole process on bad input; the server
+    #: (and ``load(isolation="auto")``) runs them in a worker process
+    aborts_process: ClassVar[bool] = False
+
     #: False when the runtime puts the whole model on one device (no per-layer split)
     partial_offload: ClassVar[bool] = True
 

@@ -119,6 +119,7 @@ class CTransformersEngine(LocalTokenizerEngine):
     extra: ClassVar[str] = "ctransformers"
     formats: ClassVar[tuple[str, ...]] = ("gguf", "ggml")
     runtime_module: ClassVar[str] = "ctransformers"
+    aborts_process: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = sampled_by_localllm()
 
 

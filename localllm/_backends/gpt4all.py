@@ -108,6 +108,7 @@ class GPT4AllEngine(LocalTokenizerEngine):
     extra: ClassVar[str] = "gpt4all"
     formats: ClassVar[tuple[str, ...]] = ("gguf",)
     runtime_module: ClassVar[str] = "gpt4all"
+    aborts_process: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=True,
                                                         sampling_params=_NATIVE_PARAMS)
     options_accepted: ClassVar[dict[str, str]] = {

@@ -48,6 +48,7 @@ class ServerConfig:
     threads: int | None = None
     context_length: int | None = None
     ram_budget: int | None = None  # bytes for all loaded models (None: free RAM decides)
+    isolation: str = "auto"  # runtimes known to abort run in a worker process
     preload: bool = True
 
 
@@ -84,6 +85,9 @@ def http_error(exc: BaseException) -> HTTPError:
     if isinstance(exc, (errors.ConfigError, errors.ChatTemplateError,
                         errors.StructuredOutputError, errors.UnsupportedFeatureError)):
         return HTTPError(400, msg)
+    if isinstance(exc, errors.BackendCrashedError):  # the runtime's fault, not a bug here
+        log.error("%s", msg)
+        return HTTPError(500, msg, kind="server_error", code="backend_crashed")
     log.exception("internal error", exc_info=exc)
     return HTTPError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
 
@@ -243,7 +247,8 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
     config = ServerConfig(models=tuple(models), **options)
     registry = Registry(config.models, parallel=config.parallel, max_queue=config.max_queue,
                         keep_alive_s=config.keep_alive_s, threads=config.threads,
-                        context_length=config.context_length, ram_budget=config.ram_budget)
+                        context_length=config.context_length, ram_budget=config.ram_budget,
+                        isolation=config.isolation)
     state = ServerState(config, registry)
     routes = [*_ops_routes(state), *_openai.routes(state), *_ollama.routes(state)]
 

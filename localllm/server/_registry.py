@@ -91,8 +91,10 @@ class Registry:
     def __init__(self, sources: Sequence[str], *, parallel: int | None = None,
                  max_queue: int = 256, keep_alive_s: float | None = 300.0,
                  threads: int | None = None, context_length: int | None = None,
-                 ram_budget: int | None = None, store: ModelStore | None = None) -> None:
+                 ram_budget: int | None = None, store: ModelStore | None = None,
+                 isolation: str = "auto") -> None:
         self.parallel = parallel
+        self.isolation = isolation  # load()'s: "auto" isolates runtimes known to abort
         self.ram_budget = ram_budget  # bytes all loaded models may take (their plans')
         self.max_queue = max_queue
         self.keep_alive_s = keep_alive_s
@@ -171,7 +173,8 @@ class Registry:
 
         kwargs: dict[str, Any] = {"parallel": self.parallel, "max_queue": self.max_queue,
                                   "threads": self.threads,
-                                  "context_length": self.context_length, **options}
+                                  "context_length": self.context_length,
+                                  "isolation": self.isolation, **options}
         self.loading += 1
         try:
             if "context_length" not in options and self.context_length is not None:

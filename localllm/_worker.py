@@ -1,0 +1,15 @@
+"""Entry point of an isolated runtime's worker process: ``python -m localllm._worker FD``
+(see ``localllm._isolation``). Kept apart so that the package never imports it."""
+
+import os
+import signal
+import sys
+from multiprocessing.connection import Connection
+
+from localllm._isolation import serve
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the application's to handle
+    serve(Connection(int(sys.argv[1])))
+    sys.stdout.flush()
+    os._exit(0)  # skip runtime destructors that may run after the engine was closed
