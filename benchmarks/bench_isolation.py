@@ -10,7 +10,8 @@ answer has the same length, in three shapes:
 * **localllm sampler**: one request sampled by localllm's sampler, so the full logits row
   (49,152 floats) crosses the process boundary every token.
 
-Rounds alternate in-process / isolated; the median over ``--reps`` is reported.
+Rounds alternate in-process / isolated; the median over ``--reps`` is reported. The load
+time of each (the worker's interpreter start included) is printed first.
 Goal: isolated / in-process decode time ≤ 1.05.
 
 Usage: cd benchmarks && ../.venv/bin/python bench_isolation.py [--reps 5] [--quick]
@@ -52,6 +53,12 @@ def main() -> None:
     reps = 1 if args.quick else args.reps
     options: dict[str, Any] = {"context_length": 1024, "threads": 2, "parallel": 4}
     results: dict[str, Any] = {}
+    load_s: dict[str, float] = {}
+    for isolation in ("none", "process"):  # a cold load of each, for the start-up cost
+        started = time.perf_counter()
+        localllm.load(isolation=isolation, **options).close()
+        load_s[isolation] = time.perf_counter() - started
+    print(f"load: in-process {load_s['none']:.2f} s, isolated {load_s['process']:.2f} s")
     with localllm.load(**options) as inproc, \
             localllm.load(isolation="process", **options) as isolated:
         engine = inproc._live()
@@ -73,7 +80,8 @@ def main() -> None:
                               "all_isolated_s": times["isolated"], "tokens": sorted(tokens)}
             print(f"{shape}: in-process {base:.3f} s, isolated {ours:.3f} s, ratio "
                   f"{ours / base:.3f} (tokens per round {sorted(tokens)})", flush=True)
-    write_result("isolation", {"reps": reps, "tokens_per_request": TOKENS, "results": results})
+    write_result("isolation", {"reps": reps, "tokens_per_request": TOKENS, "load_s": load_s,
+                               "results": results})
     print("\n| shape | in-process s | isolated s | ratio | goal |")
     print("|---|---|---|---|---|")
     for shape, r in results.items():

@@ -12,20 +12,23 @@ _PARAMS = [p for p in SamplingParams.model_fields if p not in ("max_tokens", "st
 def feature_matrix() -> str:
     """Markdown table: backends × features, from ``Engine.capabilities`` and class data."""
     header = ["backend", "reads", "streaming", "logits (structured output, tools, logprobs)",
-              "GPU offload", "batching (parallel requests)", "embeddings (embed())", *_PARAMS]
+              "GPU offload", "batching (parallel requests)", "embeddings (embed())",
+              "isolated by default (isolation='auto', the server)", *_PARAMS]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in BUILTIN_BACKENDS:
         cls = get_backend(name)
         caps = cls.capabilities
         cells = [name, ", ".join(cls.formats), _mark(caps.streaming), _mark(caps.logits),
-                 _mark(caps.gpu_offload), _mark(cls.batching), _mark(caps.embeddings)]
+                 _mark(caps.gpu_offload), _mark(cls.batching), _mark(caps.embeddings),
+                 _mark(cls.aborts_process)]
         cells += [_mark(p in caps.sampling_params) for p in _PARAMS]
         rows.append("| " + " | ".join(cells) + " |")
     intro = ("# Feature matrix\n\nGenerated from the capabilities each backend declares "
              "(`python -m localllm._docs > docs/feature-matrix.md`; a test keeps this page "
              "equal to the code). Every backend also takes `max_tokens` and `stop`, which "
              "localllm enforces itself. A parameter marked no raises "
-             "`UnsupportedFeatureError` when set.\n\n")
+             "`UnsupportedFeatureError` when set. Every backend runs in a worker process "
+             "with `load(..., isolation=\"process\")` (see reliability.md).\n\n")
     return intro + "\n".join(rows) + "\n" + remote_matrix()
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).parent.parent / "docs"
-PAGES = ["concurrency.md", "structured-output.md", "tools.md", "embeddings.md"]
+PAGES = ["concurrency.md", "structured-output.md", "tools.md", "embeddings.md",
+         "reliability.md"]
 
 
 def python_blocks(page: Path) -> list[str]:
