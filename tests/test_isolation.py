@@ -310,3 +310,32 @@ def test_ctransformers_in_a_worker_generates_what_it_does_in_process(tmp_path: P
             streamed = [c.text for c in model.stream("the fox", max_tokens=6, temperature=0)]
             runs[isolation] = (done.token_ids, done.text, "".join(streamed))
     assert runs["none"] == runs["auto"]
+
+
+@pytest.mark.parametrize("name", ["all-minilm-l6-v2", "all-minilm-l6-v2-onnx-int8"])
+def test_embedding_models_in_a_worker_give_the_in_process_vectors(name: str) -> None:
+    texts = ["a cat sat on the mat", "Quantum chromodynamics", "où est la gare ?"]
+    vectors = {}
+    for isolation in ("none", "process"):
+        with localllm.load(name, threads=2, isolation=isolation) as model:
+            assert model.info.isolation == isolation and model.info.pooling is not None
+            vectors[isolation] = model.embed(texts).vectors
+    np.testing.assert_array_equal(vectors["none"], vectors["process"])
+
+
+def test_an_onnx_folder_in_a_worker_keeps_its_own_tokenizer_for_constraints(
+        tmp_path: Path) -> None:
+    """An ONNX folder has no GGUF vocabulary: the grammar is built from its tokenizer.json."""
+    from synthetic_models import Shape
+
+    from localllm._convert import convert_gguf_to_onnx
+
+    tiny = Shape("onnx-tiny", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, n_ff=352,
+                 n_vocab=600, dtype="f32", n_ctx_train=512)
+    folder = convert_gguf_to_onnx(write_model(tiny, tmp_path / "tiny.gguf"), tmp_path / "onnx")
+    with localllm.load(folder, context_length=256, chat_template="chatml",
+                       isolation="process") as model:
+        assert model.info.backend == "onnxruntime" and model.info.isolation == "process"
+        result = model.complete("the fox", max_tokens=10, temperature=0,
+                                response_format={"type": "regex", "pattern": "[a-f]{3}"})
+    assert len(result.text) == 3 and set(result.text) <= set("abcdef")
