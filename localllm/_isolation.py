@@ -91,6 +91,7 @@ class ProcessEngine(Engine):
         self._token_bytes: list[bytes] = facts["token_bytes"]
         self._eog: frozenset[int] = facts["eog"]
         self.pooling = facts["pooling"]
+        self.shares_prefixes = facts["shares_prefixes"]
 
     # ------------------------------------------------------------ the worker's life
     def _start_worker(self) -> dict[str, Any]:
@@ -289,6 +290,9 @@ class ProcessEngine(Engine):
     def seq_copy(self, src: int, dst: int, n: int) -> None:
         self._call("seq_copy", src, dst, n)
 
+    def reusable_prefix(self, seq: int, n: int) -> int:
+        return int(self._call("reusable_prefix", seq, n)) if n else 0
+
     def native_sampler(self, params: SamplingParams, seed: int, prompt: list[int]) -> Any:
         handle = self._call("native_sampler", params, seed, list(prompt))
         return (self._restarts, handle)
@@ -343,6 +347,7 @@ class _Worker:
                 "context_length": e.context_length, "vocab_size": n, "add_bos": e.add_bos,
                 "max_sequences": e.max_sequences, "kv_capacity": e.kv_capacity,
                 "batch_size": e.batch_size, "pooling": e.pooling,
+                "shares_prefixes": e.shares_prefixes,
                 "token_bytes": [e.token_bytes(t) for t in range(n)],
                 "eog": frozenset(t for t in range(n) if e.is_end_of_generation(t))}
 
@@ -376,7 +381,7 @@ class _Worker:
         if name == "embedding_dim":
             return e.embedding_dim
         if name in ("decode", "token_text", "start", "push", "seq_remove", "seq_copy",
-                    "embed_batch"):
+                    "reusable_prefix", "embed_batch"):
             return getattr(e, name)(*args)
         raise BackendError(f"the worker has no call {name!r}")
 

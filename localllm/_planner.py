@@ -13,6 +13,7 @@ already imported. ``benchmarks/bench_memory.py`` (and a test) compare both figur
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
@@ -55,6 +56,8 @@ class ModelShape:
     layer_bytes: tuple[int, ...]
     embed_bytes: int     # token embedding (always in host memory in llama.cpp)
     output_bytes: int    # output norm + output matrix (offloaded with the last layer)
+    n_swa: int = 0       # sliding window of the layers flagged in swa_layers (0: none)
+    swa_layers: tuple[bool, ...] = ()
 
     @property
     def weight_bytes(self) -> int:
@@ -78,7 +81,9 @@ class ModelShape:
                 embed += t.n_bytes
             else:
                 output += t.n_bytes
+        n_swa, swa_layers = sliding_window_layers(gguf)
         return cls(
+            n_swa=n_swa, swa_layers=swa_layers,
             n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
             head_dim_k=head_k, head_dim_v=head_v,
             n_ff=_first(gguf.arch_value("feed_forward_length", 4 * n_embd)),
@@ -86,6 +91,26 @@ class ModelShape:
                                                  or ()),
             n_ctx_train=gguf.context_length or 4096, layer_bytes=tuple(layers),
             embed_bytes=embed, output_bytes=output)
+
+
+#: llama.cpp's sliding-window attention layout per architecture: of every ``n`` layers the
+#: last attends to the whole context and the others to the last ``sliding_window`` tokens
+SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "gemma-embedding": 6, "cohere2": 4, "gpt-oss": 2,
+                "exaone4": 4, "olmo2": 4}
+
+
+def sliding_window_layers(gguf: GGUFFile) -> tuple[int, tuple[bool, ...]]:
+    """The window and which layers use it, as llama.cpp reads them (a per-layer
+    ``sliding_window_pattern`` array, a period, or the architecture's default period)."""
+    window = gguf.arch_value("attention.sliding_window", 0)
+    arch, n_layer = gguf.architecture, gguf.block_count
+    if not isinstance(window, int) or window <= 0 or arch not in SWA_PATTERNS:
+        return 0, ()
+    pattern = gguf.arch_value("attention.sliding_window_pattern", SWA_PATTERNS[arch])
+    if isinstance(pattern, list) and len(pattern) >= n_layer:
+        return window, tuple(bool(flag) for flag in pattern[:n_layer])
+    period = pattern if isinstance(pattern, int) else SWA_PATTERNS[arch]
+    return window, tuple(period == 0 or il % period < period - 1 for il in range(n_layer))
 
 
 def _first(value: object) -> int:
@@ -141,6 +166,12 @@ def kv_bytes_per_layer(shape: ModelShape, context: int, kv_type: str) -> int:
     return int(_pad(context) * shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * per)
 
 
+def swa_cells(shape: ModelShape, cells: int, parallel: int, batch_size: int) -> int:
+    """KV cells of a sliding-window layer: llama.cpp keeps each sequence's window plus one
+    micro-batch (padded to 256), never more than the full cache."""
+    return min(_pad(cells), _pad(shape.n_swa * parallel + batch_size))
+
+
 def _pad(context: int) -> int:
     return (context + 255) // 256 * 256  # llama.cpp pads the context to 256
 
@@ -155,7 +186,13 @@ def estimate_memory(shape: ModelShape, context_length: int, *, kv_type: str = "f
     cells = context_length * parallel
     n_gpu = min(gpu_layers, shape.n_layer + 1)
     on_gpu = list(range(shape.n_layer - min(n_gpu, shape.n_layer), shape.n_layer))
-    kv_layer = kv_bytes_per_layer(shape, cells, kv_type)
+    kv_full = kv_bytes_per_layer(shape, cells, kv_type)
+    kv_window = kv_bytes_per_layer(shape, swa_cells(shape, cells, parallel, batch_size),
+                                   kv_type) if shape.n_swa else kv_full
+
+    def kv_of(layers: Iterable[int]) -> int:
+        return sum(kv_window if i < len(shape.swa_layers) and shape.swa_layers[i] else kv_full
+                   for i in layers)
     ubatch = min(batch_size, context_length)
     activations = ubatch * (4 * shape.n_embd + 3 * shape.n_ff) * 4
     mask = ubatch * _pad(cells) * 2
@@ -165,7 +202,7 @@ def estimate_memory(shape: ModelShape, context_length: int, *, kv_type: str = "f
     tables = shape.n_vocab * BYTES_PER_VOCAB_TOKEN + shape.n_merges * BYTES_PER_MERGE
     host = DeviceMemory(
         device="host RAM", weights=host_weights,
-        kv_cache=kv_layer * (shape.n_layer - len(on_gpu)),
+        kv_cache=kv_of(i for i in range(shape.n_layer) if i not in on_gpu),
         compute=(activations + mask + shape.n_vocab * 4 * parallel) if not on_gpu else
         (shape.n_vocab * 4 * parallel + ubatch * shape.n_embd * 4),
         overhead=RUNTIME_OVERHEAD + tables)
@@ -174,7 +211,7 @@ def estimate_memory(shape: ModelShape, context_length: int, *, kv_type: str = "f
         gpu_weights = sum(shape.layer_bytes[i] for i in on_gpu) + (
             shape.output_bytes if n_gpu > shape.n_layer else 0)
         gpu = DeviceMemory(
-            device="GPU", weights=gpu_weights, kv_cache=kv_layer * len(on_gpu),
+            device="GPU", weights=gpu_weights, kv_cache=kv_of(on_gpu),
             # the GPU reserves the full graph: every logit of the micro-batch included
             compute=activations + mask + ubatch * shape.n_vocab * 4,
             overhead=GPU_RESERVE)

@@ -328,14 +328,15 @@ class Scheduler:
         """Keep the slot's own cached prefix, or copy a longer one from another sequence
         (a shared system prompt); return how many prompt tokens need no evaluation."""
         limit = len(prompt) - 1  # the last prompt token is always evaluated (for logits)
+        engine = self.engine
         own = min(_common_prefix(slot.tokens, prompt), limit)
+        own = engine.reusable_prefix(slot.seq, own) if own else 0
         best, source = own, None
-        for other in self._slots:
+        for other in self._slots if engine.shares_prefixes else ():
             if other is not slot and other.tokens:
                 n = min(_common_prefix(other.tokens, prompt), limit)
                 if n > best:
                     best, source = n, other
-        engine = self.engine
         if source is None:
             engine.seq_remove(slot.seq, own)
             slot.tokens = prompt[:own]

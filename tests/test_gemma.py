@@ -118,15 +118,44 @@ def test_other_backends_refuse_it_clearly(gemma_path: Path, tmp_path: Path) -> N
 
 def test_memory_plan_within_five_percent(gemma_path: Path) -> None:
     """Predicted vs measured RSS (VmHWM) in fresh processes, after load and at the peak
-    (a prompt filling the context). llama-cpp-python's context keeps a full-size cache for
-    the sliding-window layers (swa_full), so the plan sizes every layer by the context."""
+    (a prompt filling the context). 15 of the 18 layers attend to a 512-token window and
+    llama.cpp sizes their KV cache by it (window + one micro-batch), so the plan does too:
+    at 32k tokens the cache is a fifth of a full-size one."""
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
     from bench_memory import run_case
 
-    for ctx in (1024, 4096):
-        for moment in ("after", "peak"):
+    shape = localllm.plan(gemma_path, context_length=32768, parallel=1, batch_size=512).memory
+    full = 18 * 32768 * 1024  # 1 KV head x 256 dims x (K + V) x f16 per token per layer
+    assert shape.host.kv_cache == 3 * 32768 * 1024 + 15 * 1024 * 1024 < full / 4
+    for ctx, moments in ((1024, ("after", "peak")), (4096, ("after", "peak")),
+                         (32768, ("after",))):
+        for moment in moments:
             r = run_case(gemma_path, ctx, "f16", moment)
             error = (r["predicted"] - r["measured"]) / r["measured"]
             print(f"\nGemma ctx {ctx} {moment}: predicted {r['predicted'] / 2**20:.0f} MiB, "
                   f"measured {r['measured'] / 2**20:.0f} MiB ({error:+.1%})")
             assert abs(error) <= 0.05, (ctx, moment, r)
+
+
+def test_cached_prefixes_are_reused_only_while_the_window_holds(gemma_path: Path) -> None:
+    """The sliding-window layers keep each sequence's last 512 positions plus a
+    micro-batch (1,024 cells with one sequence), dropping older ones as a sequence grows.
+    A request continuing a cached conversation (its window still there) reuses the cache;
+    one sharing only an early prefix (whose window is gone) is evaluated afresh. Either
+    way the greedy text is the one an empty cache gives."""
+    from localllm.testing import assert_text_agrees
+
+    story = " ".join(f"Day {i}: the river rose and the village moved its boats." for i in
+                     range(90))  # about 1,350 tokens: more than the window's cells
+    with localllm.load(gemma_path, context_length=2048, parallel=1, threads=2) as gemma:
+        first = gemma.complete(story, max_tokens=8, temperature=0)
+        assert first.usage.prompt_tokens > 1100
+        follow = story + first.text + " The next day"
+        continued = gemma.complete(follow, max_tokens=12, temperature=0)
+        assert continued.usage.cached_prompt_tokens > 1100  # the conversation's cache
+        branched = story[:200] + " Meanwhile, in the city"
+        fresh = gemma.complete(branched, max_tokens=12, temperature=0)
+        assert fresh.usage.cached_prompt_tokens == 0  # its window was dropped: no reuse
+        for prompt, done in ((follow, continued), (branched, fresh)):
+            gemma._scheduler.clear_cache()
+            assert_text_agrees(gemma, prompt, done.text, 12)

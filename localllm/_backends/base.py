@@ -196,6 +196,15 @@ class Engine(ABC):
         """Share the first ``n`` KV entries of ``src`` with ``dst`` (a common prefix)."""
         raise UnsupportedFeatureError(self.backend_name, "batched decoding")
 
+    #: False when a sequence's cached prefix cannot be copied to another (a KV cache that
+    #: keeps only a sliding window of each sequence has dropped the prefix's start)
+    shares_prefixes: bool = True
+
+    def reusable_prefix(self, seq: int, n: int) -> int:
+        """How many of the first ``n`` cached positions of ``seq`` a request may continue
+        from: ``n``, or 0 where the cache no longer holds what the next tokens attend to."""
+        return n
+
     def native_sampler(self, params: SamplingParams, seed: int, prompt: list[int]) -> Any:
         """The runtime's sampler for one request (prompt counted as penalty history)."""
         raise UnsupportedFeatureError(self.backend_name, "batched decoding")

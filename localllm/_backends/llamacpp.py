@@ -171,6 +171,9 @@ class LlamaCppEngine(Engine):
         cparams.n_ctx = options.context_length * options.parallel
         cparams.n_seq_max = options.parallel
         cparams.kv_unified = True
+        # sliding-window layers keep each sequence's window, not its whole context (the
+        # plan sizes them so); continuing a cached prefix is then checked, see below
+        cparams.swa_full = False
         cparams.n_batch = options.batch_size
         cparams.n_ubatch = options.batch_size
         self._n_batch = options.batch_size
@@ -203,6 +206,8 @@ class LlamaCppEngine(Engine):
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self._n_ctx_total = lib.llama_n_ctx(self._ctx)
         self._n_ctx = min(options.context_length, self._n_ctx_total)
+        self._n_swa = int(lib.llama_model_n_swa(self._model))
+        self.shares_prefixes = self._n_swa == 0
         self._batch = lib.llama_batch_init(self._n_batch, 0, 1)
         self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
@@ -385,6 +390,14 @@ class LlamaCppEngine(Engine):
     def seq_copy(self, src: int, dst: int, n: int) -> None:
         self._lib.llama_memory_seq_cp(self._memory, src, dst, 0, n)
 
+    def reusable_prefix(self, seq: int, n: int) -> int:
+        """With a sliding window the cache drops a sequence's oldest positions; continuing
+        at ``n`` needs the window before it (llama-server's check)."""
+        if not self._n_swa or n == 0:
+            return n
+        oldest = int(self._lib.llama_memory_seq_pos_min(self._memory, seq))
+        return n if 0 <= oldest <= max(0, n - self._n_swa) else 0
+
     def native_sampler(self, params: SamplingParams, seed: int, prompt: list[int]) -> Any:
         chain = build_sampler_chain(self._lib, params, seed, self._n_vocab)
         if _penalties_active(params):  # the prompt counts as history, as in llama-server
@@ -429,6 +442,7 @@ class LlamaCppEngine(Engine):
         limit = min(len(self._cached), len(prompt) - 1)  # the last token is always evaluated
         while keep < limit and self._cached[keep] == prompt[keep]:
             keep += 1
+        keep = self.reusable_prefix(0, keep)
         if keep == 0 or not self._lib.llama_memory_seq_rm(self._memory, -1, keep, -1):
             self._forget_cache()
             return 0
