@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ._errors import LocalLLMError, ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from ._gguf import GGUFFile, read_gguf
@@ -115,15 +116,42 @@ def verify_ollama_blob(model: FoundModel) -> None:
 
 
 # ---------------------------------------------------------------------------- stores
+#: turn markers of Ollama's Go chat templates → the named template that writes the same
+#: turns, offered when a GGUF carries no template of its own (a hint, never applied alone)
+GO_TEMPLATE_MARKERS = (("<|im_start|>", "chatml"), ("<start_of_turn>", "gemma"),
+                       ("<|user|>", "zephyr"), ("<<SYS>>", "llama-2"))
+MAX_TEMPLATE_LAYER = 64 * 1024
+
+
+def go_template_family(text: str) -> str | None:
+    """The named template whose turn markers an Ollama Go template uses, if any."""
+    return next((name for marker, name in GO_TEMPLATE_MARKERS if marker in text), None)
+
+
+def _ollama_template_hint(root: Path, layer: dict[str, Any] | None) -> str | None:
+    digest = str((layer or {}).get("digest", ""))
+    blob = root / "blobs" / ("sha256-" + digest.removeprefix("sha256:"))
+    try:
+        if not digest.startswith("sha256:") or blob.stat().st_size > MAX_TEMPLATE_LAYER:
+            return None
+        return go_template_family(blob.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+
+
 def _examine(source: str, name: str, path: Path, offset: int = 0, size: int | None = None,
-             notes: tuple[str, ...] = (), problem: str = "") -> FoundModel:
+             notes: tuple[str, ...] = (), problem: str = "",
+             template_hint: str | None = None) -> FoundModel:
     try:
         gguf = read_gguf(path, offset=offset, size=size) if (offset or size) else \
             read_gguf(path)
     except LocalLLMError as exc:
         return FoundModel(source, name, path, size or _size(path), offset, None, str(exc),
                           notes)
-    if gguf.chat_template is None:
+    if gguf.chat_template is None and template_hint is not None:
+        notes = (*notes, "no chat template in the file; Ollama's template for it writes "
+                 f"{template_hint} turns: pass chat_template={template_hint!r} to chat")
+    elif gguf.chat_template is None:
         notes = (*notes, "no chat template in the file: pass chat_template= (e.g. 'chatml' "
                  "or 'gemma') to chat with it")
     return FoundModel(source, name, path, size or gguf.file_size, offset, gguf, problem, notes)
@@ -168,7 +196,9 @@ def _ollama(root: Path) -> Iterator[FoundModel]:
             yield FoundModel("ollama", f"ollama:{short}", blob, 0,
                              problem=f"the manifest's model blob {blob.name} is missing")
             continue
-        yield _examine("ollama", f"ollama:{short}", blob, notes=notes)
+        yield _examine("ollama", f"ollama:{short}", blob, notes=notes,
+                       template_hint=_ollama_template_hint(root, kinds.get(
+                           OLLAMA_TEMPLATE_LAYER)))
 
 
 def _plain(root: Path, source: str, name_of: Callable[[Path, Path], str],

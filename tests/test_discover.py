@@ -182,3 +182,47 @@ def test_a_file_without_a_chat_template_says_so(stores: Path) -> None:
     found = resolve_short_form("gpt4all:gemma.gguf")
     assert found.usable and any("chat_template=" in n for n in found.notes)
     assert not any("chat_template=" in n for n in resolve_short_form("gpt4all:smol.gguf").notes)
+
+
+GEMMA_GO_TEMPLATE = """{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
+{{ .Content }}<end_of_turn>
+{{ if $last }}<start_of_turn>model
+{{ end }}
+{{- else if eq .Role "assistant" }}<start_of_turn>model
+{{ .Content }}{{ if not $last }}<end_of_turn>
+{{ end }}
+{{- end }}
+{{- end }}"""
+
+
+def test_an_ollama_model_without_a_gguf_template_names_the_matching_one(stores: Path) -> None:
+    """Ollama keeps Gemma's chat template in a Go template layer, not in the GGUF: the
+    listing recognises its turn markers and names the template to pass (Ollama's layout,
+    reproduced)."""
+    import hashlib
+
+    gemma = localllm.ModelStore().ensure("gemma-3-270m")
+    ollama = stores / ".ollama" / "models"
+    digest = hashlib.sha256(GEMMA_GO_TEMPLATE.encode()).hexdigest()
+    (ollama / "blobs" / f"sha256-{digest}").write_text(GEMMA_GO_TEMPLATE)
+    weights = hashlib.sha256(gemma.read_bytes()).hexdigest()
+    place(gemma, ollama / "blobs" / f"sha256-{weights}")
+    tag = ollama / "manifests" / "registry.ollama.ai" / "library" / "gemma3" / "270m"
+    tag.parent.mkdir(parents=True)
+    tag.write_text(json.dumps({"schemaVersion": 2, "layers": [
+        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{weights}"},
+        {"mediaType": "application/vnd.ollama.image.template", "digest": f"sha256:{digest}"}]}))
+    found = resolve_short_form("ollama:gemma3:270m")
+    assert found.usable
+    assert any("pass chat_template='gemma'" in n for n in found.notes), found.notes
+    with localllm.load("ollama:gemma3:270m", context_length=256,
+                       chat_template="gemma") as model:
+        assert model.render_chat([{"role": "user", "content": "hi"}]).count(
+            "<start_of_turn>user\nhi<end_of_turn>") == 1
+    chatml = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    from localllm._discover import go_template_family
+
+    assert go_template_family(chatml) == "chatml"
+    assert go_template_family("{{ .Prompt }}") is None
