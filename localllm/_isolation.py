@@ -8,7 +8,9 @@ request/reply over a socket pair. When the child dies mid-call the call raises
 :class:`BackendCrashedError` (naming the signal) and the next call starts a fresh worker,
 which reloads the model.
 
-What keeps the overhead small: one round trip per decode step (a batch of sequences), the
+What keeps the overhead small: one round trip per decode step (a batch of sequences), logits
+rows passed through a shared memory file instead of the socket (a row of 49,152 floats
+pickled and sent costs more than half a millisecond; through the shared file, a copy), the
 token-to-bytes table and the end-of-generation ids copied once at start (the consumer
 threads read them per token), and runtime samplers that stay in the worker behind handles.
 
@@ -20,13 +22,15 @@ run a user's top-level ``load()`` again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
+import mmap
+import os
 import pickle
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
@@ -85,9 +89,12 @@ class ProcessEngine(Engine):
         self._closed = False
         self._texts: dict[int, str] = {}
         self.kv_epoch = 0
+        self._rows_file = _shared_file()  # logits rows, written by the worker (see above)
+        self._rows: mmap.mmap | None = None
         with self._lock:
             facts = self._start_worker()
         self._facts = facts
+        self._n_vocab = int(facts["vocab_size"])
         self._token_bytes: list[bytes] = facts["token_bytes"]
         self._eog: frozenset[int] = facts["eog"]
         self.pooling = facts["pooling"]
@@ -96,10 +103,11 @@ class ProcessEngine(Engine):
     # ------------------------------------------------------------ the worker's life
     def _start_worker(self) -> dict[str, Any]:
         parent, child = socket.socketpair()
+        rows = self._rows_file.fileno()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "localllm._worker", str(child.fileno())],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
+                [sys.executable, "-m", "localllm._worker", str(child.fileno()), str(rows)],
+                pass_fds=(child.fileno(), rows), stdin=subprocess.DEVNULL)
         finally:
             child.close()
         self._conn = Connection(parent.detach())
@@ -111,6 +119,8 @@ class ProcessEngine(Engine):
                 f"isolation='process' cannot hand backend {self.backend_name!r} to a worker "
                 f"process ({exc}); its engine class must be importable by module path") from exc
         facts: dict[str, Any] = self._receive("loading the model")
+        if self._rows is None and facts["rows_bytes"]:
+            self._rows = mmap.mmap(rows, facts["rows_bytes"])
         return facts
 
     def _receive(self, doing: str) -> Any:
@@ -192,6 +202,19 @@ class ProcessEngine(Engine):
         with self._lock:
             self._closed = True
             self._stop_worker()
+            if self._rows is not None:
+                self._rows.close()
+            self._rows_file.close()
+
+    def _row(self, value: Any) -> Any:
+        """A logits row the worker left in the shared file, copied out (the next call
+        overwrites it); any other value as it came."""
+        if type(value) is tuple and self._rows is not None:
+            import numpy as np
+
+            return np.frombuffer(self._rows, dtype=np.float32, count=self._n_vocab,
+                                 offset=value[1] * self._n_vocab * 4).copy()
+        return value
 
     # ------------------------------------------------------------ facts, copied once
     @property
@@ -265,17 +288,16 @@ class ProcessEngine(Engine):
                     self._call("gen_close", handle)
 
     def start(self, prompt: list[int]) -> Any:
-        return self._call("start", list(prompt))
+        return self._row(self._call("start", list(prompt)))
 
     def push(self, token: int) -> Any:
-        return self._call("push", token)
+        return self._row(self._call("push", token))
 
     def decode_batch(self, inputs: Sequence[SeqInput]) -> list[Any]:
-        sent = [inp if inp.native_sampler is None else
-                dataclasses.replace(inp, native_sampler=self._handle(inp.native_sampler))
+        sent = [(inp.seq, list(inp.tokens), inp.pos, inp.output,
+                 None if inp.native_sampler is None else self._handle(inp.native_sampler))
                 for inp in inputs]
-        outputs: list[Any] = self._call("decode_batch", sent)
-        return outputs
+        return [self._row(out) for out in self._call("decode_batch", sent)]
 
     def _handle(self, sampler: tuple[int, int]) -> int:
         worker, handle = sampler
@@ -307,6 +329,13 @@ class ProcessEngine(Engine):
 
 
 # ---------------------------------------------------------------- exceptions across
+def _shared_file() -> Any:
+    """An anonymous file both processes map: memory-only where the OS has memfd."""
+    if hasattr(os, "memfd_create"):
+        return open(os.memfd_create("localllm-logits"), "r+b", buffering=0)
+    return tempfile.TemporaryFile()  # closed by ProcessEngine.close
+
+
 def _portable(exc: BaseException) -> tuple[Any, ...]:
     """An exception as the parent can rebuild it: its class, message and attributes
     (localllm's errors take other constructor arguments than their message)."""
@@ -335,10 +364,29 @@ def _rebuild(portable: tuple[Any, ...]) -> BaseException:
 class _Worker:
     """The child's side: the real engine plus the samplers and generators it handed out."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, rows_fd: int) -> None:
         self.engine = engine
         self.objects: dict[int, Any] = {}
         self.next_handle = 0
+        self.n_vocab = engine.vocab_size
+        # room for one logits row per sequence a batch can hold (start/push use the first)
+        self.n_rows = 0 if engine.pooling is not None else max(1, engine.max_sequences)
+        self.rows_bytes = self.n_rows * self.n_vocab * 4
+        self.rows: Any = None
+        if self.rows_bytes:
+            os.ftruncate(rows_fd, self.rows_bytes)
+            import numpy as np
+
+            self.rows = np.frombuffer(mmap.mmap(rows_fd, self.rows_bytes), dtype=np.float32
+                                      ).reshape(self.n_rows, self.n_vocab)
+
+    def row(self, value: Any, slot: int) -> Any:
+        """Leave a logits row in the shared file; the reply carries only its slot."""
+        if self.rows is not None and slot < self.n_rows and getattr(value, "shape", None) \
+                == (self.n_vocab,):
+            self.rows[slot] = value
+            return ("row", slot)
+        return value
 
     def facts(self) -> dict[str, Any]:
         e = self.engine
@@ -347,7 +395,7 @@ class _Worker:
                 "context_length": e.context_length, "vocab_size": n, "add_bos": e.add_bos,
                 "max_sequences": e.max_sequences, "kv_capacity": e.kv_capacity,
                 "batch_size": e.batch_size, "pooling": e.pooling,
-                "shares_prefixes": e.shares_prefixes,
+                "shares_prefixes": e.shares_prefixes, "rows_bytes": self.rows_bytes,
                 "token_bytes": [e.token_bytes(t) for t in range(n)],
                 "eog": frozenset(t for t in range(n) if e.is_end_of_generation(t))}
 
@@ -362,10 +410,12 @@ class _Worker:
             text, add_special, parse_special = args
             return e.tokenize(text, add_special=add_special, parse_special=parse_special)
         if name == "decode_batch":
-            return e.decode_batch([
-                inp if inp.native_sampler is None else
-                dataclasses.replace(inp, native_sampler=self.objects[inp.native_sampler])
-                for inp in args[0]])
+            outputs = e.decode_batch([
+                SeqInput(seq, tokens, pos, output, None if handle is None else
+                         self.objects[handle]) for seq, tokens, pos, output, handle in args[0]])
+            return [self.row(out, slot) for slot, out in enumerate(outputs)]
+        if name in ("start", "push"):
+            return self.row(getattr(e, name)(*args), 0)
         if name == "native_sampler":
             return self.keep(e.native_sampler(*args))
         if name == "free_native_sampler":
@@ -380,17 +430,17 @@ class _Worker:
             return None
         if name == "embedding_dim":
             return e.embedding_dim
-        if name in ("decode", "token_text", "start", "push", "seq_remove", "seq_copy",
-                    "reusable_prefix", "embed_batch"):
+        if name in ("decode", "token_text", "seq_remove", "seq_copy", "reusable_prefix",
+                    "embed_batch"):
             return getattr(e, name)(*args)
         raise BackendError(f"the worker has no call {name!r}")
 
 
-def serve(conn: Connection) -> None:
+def serve(conn: Connection, rows_fd: int) -> None:
     """The worker's loop: open the engine, then answer calls until closed or orphaned."""
     engine_cls, gguf, options = conn.recv()
     try:
-        worker = _Worker(engine_cls.open(gguf, options))
+        worker = _Worker(engine_cls.open(gguf, options), rows_fd)
         conn.send(("ok", worker.facts(), worker.engine.kv_epoch))
     except BaseException as exc:
         conn.send(("err", _portable(exc), 0))

@@ -1,5 +1,6 @@
-"""Entry point of an isolated runtime's worker process: ``python -m localllm._worker FD``
-(see ``localllm._isolation``). Kept apart so that the package never imports it."""
+"""Entry point of an isolated runtime's worker process (see ``localllm._isolation``):
+``python -m localllm._worker SOCKET_FD ROWS_FD``. Kept apart so that the package never
+imports it."""
 
 import os
 import signal
@@ -10,6 +11,6 @@ from localllm._isolation import serve
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the application's to handle
-    serve(Connection(int(sys.argv[1])))
+    serve(Connection(int(sys.argv[1])), int(sys.argv[2]))
     sys.stdout.flush()
     os._exit(0)  # skip runtime destructors that may run after the engine was closed
