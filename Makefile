@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.localllm-installed
 
-.PHONY: demo test lint typecheck unit docs bench setup model tools soak serve clean
+.PHONY: demo test lint typecheck unit docs bench setup model tools soak fuzz serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ soak: model
 	LOCALLLM_SOAK_REQUESTS=20000 $(BIN)/python -m pytest tests/test_server_load.py -k soak -s
 	LOCALLLM_LOAD_CYCLES=1000 $(BIN)/python -m pytest tests/test_soak_load.py -s
 	LOCALLLM_CANCEL_REQUESTS=5000 $(BIN)/python -m pytest tests/test_concurrency.py -k interference -s
+
+# each fuzzer for 600 s (make test runs them for 60 s in tests/test_fuzz.py); what they learn
+# is kept in build/fuzz/corpus, and a failing input is saved in build/fuzz/TARGET/
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	for target in gguf ggml onnx-folder chat-template; do \
+		$(BIN)/python -m localllm._fuzz $$target --seconds $(FUZZ_SECONDS) \
+			--corpus build/fuzz/corpus/$$target || exit 1; \
+	done
 
 serve: model
 	$(BIN)/localllm serve

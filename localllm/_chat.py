@@ -10,21 +10,21 @@ limits on render time and output size.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import ChatTemplateError
+from ._template_sandbox import (
+    MAX_OUTPUT_CHARS,
+    RenderLimits,
+    environment_class,
+    limited_filter,
+)
 from ._types import Message
 
-if TYPE_CHECKING:
-    import jinja2
-
-MAX_RENDER_SECONDS = 2.0
-MAX_OUTPUT_CHARS = 4 * 1024 * 1024
+MAX_RENDER_SECONDS = 0.5  # real templates render in milliseconds
 
 NAMED_TEMPLATES: dict[str, str] = {
     "chatml": (
@@ -63,58 +63,16 @@ NAMED_TEMPLATES: dict[str, str] = {
 }
 
 
-_ACTIVE = threading.local()  # the limits of the render running on this thread
-
-
-def _check_active_limits() -> None:
-    limits: _RenderLimits | None = getattr(_ACTIVE, "limits", None)
-    if limits is not None:
-        limits.check()
-
-
-class _RenderLimits:
-    """Deadline shared by the sandbox hooks; checked on every call and attribute access."""
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-        self.seconds = seconds
-
-    def check(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise ChatTemplateError(
-                f"chat template rendering took longer than {self.seconds:g} s and was "
-                "stopped; the template loops too much or is hostile"
-            )
-
-
-@lru_cache(maxsize=1)
-def _environment_class() -> type[jinja2.sandbox.ImmutableSandboxedEnvironment]:
-    # jinja2 is imported here, not at module import, to keep `import localllm` fast.
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class LimitedEnvironment(ImmutableSandboxedEnvironment):
-        def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-            _check_active_limits()
-            return super().call(__context, __obj, *args, **kwargs)
-
-        def getattr(self, obj: Any, attribute: str) -> Any:
-            _check_active_limits()
-            return super().getattr(obj, attribute)
-
-        def getitem(self, obj: Any, argument: Any) -> Any:
-            _check_active_limits()
-            return super().getitem(obj, argument)
-
-    return LimitedEnvironment
-
-
 def _raise_exception(message: str) -> None:
     raise ChatTemplateError(f"the chat template refused the messages: {message}")
 
 
-def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False,
+def _tojson(value: Any, indent: int | str | None = None, ensure_ascii: bool = False,
             separators: Any = None, sort_keys: bool = False) -> str:
     # Hugging Face's variant: no HTML escaping, unicode kept, same keyword arguments.
+    if (len(indent) if isinstance(indent, str) else indent or 0) > 64:
+        raise ChatTemplateError(f"tojson(indent={indent!r:.20}) is past the 64 a chat "
+                                "template could need (every line would repeat it)")
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii,
                       separators=separators, sort_keys=sort_keys)
 
@@ -127,9 +85,9 @@ def _strftime_now(fmt: str) -> str:
 def _compile(source: str) -> Any:
     import jinja2
 
-    env = _environment_class()(trim_blocks=True, lstrip_blocks=True, autoescape=False,
-                               keep_trailing_newline=False)
-    env.filters["tojson"] = _tojson
+    env = environment_class()(trim_blocks=True, lstrip_blocks=True, autoescape=False,
+                              keep_trailing_newline=False)
+    env.filters["tojson"] = limited_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     try:
@@ -138,6 +96,11 @@ def _compile(source: str) -> Any:
         raise ChatTemplateError(
             f"the chat template is not valid Jinja (line {exc.lineno}: {exc.message})"
         ) from None
+    except ChatTemplateError:
+        raise
+    except Exception as exc:  # nesting past the parser's or Python's compiler's depth
+        raise ChatTemplateError(
+            f"the chat template cannot be compiled: {type(exc).__name__}: {exc}") from None
 
 
 def resolve_template(explicit: str | None, from_model: str | None) -> str:
@@ -202,21 +165,20 @@ def render_chat(
 
     _, compiled = _compile(template)
     msgs = [m.model_dump() for m in normalize_messages(messages)]
-    limits = _RenderLimits(max_seconds)
+    limits = RenderLimits(max_seconds, max_chars)
     context = {"messages": msgs, "bos_token": bos_token, "eos_token": eos_token,
                "add_generation_prompt": add_generation_prompt, **extra}
     parts: list[str] = []
     size = 0
-    _ACTIVE.limits = limits
     try:
-        for piece in compiled.generate(context):
-            size += len(piece)
-            if size > max_chars:
-                raise ChatTemplateError(
-                    f"chat template output exceeded {max_chars} characters and was stopped"
-                )
-            limits.check()
-            parts.append(piece)
+        with limits:
+            for piece in compiled.generate(context):
+                size += len(piece)
+                if size > max_chars:
+                    raise ChatTemplateError(f"chat template output exceeded {max_chars} "
+                                            "characters and was stopped")
+                limits.check()
+                parts.append(piece)
     except ChatTemplateError:
         raise
     except jinja2.exceptions.SecurityError as exc:
@@ -225,11 +187,8 @@ def render_chat(
         ) from None
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(f"the chat template failed to render: {exc}") from None
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError,
-            OverflowError, RecursionError) as exc:
+    except Exception as exc:  # the template is code from a file: its failure, whatever type
         raise ChatTemplateError(
-            f"the chat template failed to render: {type(exc).__name__}: {exc}"
+            f"the chat template failed to render: {type(exc).__name__}: {str(exc)[:500]}"
         ) from None
-    finally:
-        _ACTIVE.limits = None
     return "".join(parts)

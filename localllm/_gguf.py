@@ -7,6 +7,7 @@ file size and raises ``ModelFormatError`` naming what is wrong, without reading 
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -25,6 +26,11 @@ MAX_STRING_BYTES = 64 * 1024 * 1024
 MAX_KV_COUNT = 1 << 20
 MAX_TENSOR_COUNT = 1 << 20
 DEFAULT_ALIGNMENT = 32
+MAX_NAME_BYTES = 63  # ggml's GGML_MAX_NAME (64) less the terminating NUL
+MAX_HPARAM = (1 << 32) - 1  # llama.cpp reads hyper-parameters as uint32
+# the planner allocates and loops per layer: a file may claim at most one block per tensor
+# (vocabulary-only files, which hold no tensors, carry their model's real block count)
+MAX_BLOCKS_WITHOUT_TENSORS = 512
 
 # ggml type id -> (name, elements per block, bytes per block)
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -54,7 +60,9 @@ FILE_TYPES: dict[int, str] = {
 _SCALARS: dict[int, str] = {
     0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d",
 }
-_STRING, _ARRAY = 8, 9
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+_TYPE_NAMES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "bool",
+               "string", "array", "uint64", "int64", "float64")
 
 
 @dataclass(frozen=True)
@@ -256,7 +264,8 @@ class _Reader:
                 pos += width
                 if length > MAX_STRING_BYTES or pos + length > size:
                     self.pos = pos
-                    raise self.fail(f"absurd string length {length}")
+                    raise self.fail(f"absurd string length {length}" if length > MAX_STRING_BYTES
+                                    else f"string length {length} runs past the end of the file")
                 record(pos - start)
                 pos += length
         except struct.error:
@@ -341,26 +350,128 @@ def _parse(r: _Reader, path: Path, file_size: int) -> GGUFFile:
     n_tensors = r.count("tensor count", MAX_TENSOR_COUNT, 24)
     n_kv = r.count("metadata count", MAX_KV_COUNT, 12)
     metadata: dict[str, Any] = {}
+    types: dict[str, int] = {}
     for _ in range(n_kv):
+        at = r.pos
         key = r.string()
-        metadata[key] = r.value(int(r.unpack("I")))
-    tensors = [_tensor_info(r) for _ in range(n_tensors)]
-    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise r.fail(f"general.alignment {alignment!r} is not a power of two")
+        if key in metadata:  # llama.cpp refuses these; a dict would keep the last silently
+            r.pos = at
+            raise r.fail(f"metadata key {key!r} appears twice")
+        types[key] = int(r.unpack("I"))
+        metadata[key] = r.value(types[key])
+    tensors: list[TensorInfo] = []
+    names: set[str] = set()
+    for _ in range(n_tensors):
+        at = r.pos
+        tensors.append(_tensor_info(r))
+        if tensors[-1].name in names:
+            r.pos = at
+            raise r.fail(f"tensor name {tensors[-1].name!r} appears twice")
+        names.add(tensors[-1].name)
+    _check_metadata(r, metadata, types, n_tensors)
+    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
     data_offset = (r.pos + alignment - 1) // alignment * alignment
+    _check_tensor_data(path, tensors, data_offset, alignment, file_size)
+    return GGUFFile(path, version, metadata, tuple(tensors), data_offset, file_size)
+
+
+_STRINGS = ("general.architecture", "general.name", "tokenizer.ggml.model",
+            "tokenizer.ggml.pre", "tokenizer.chat_template")
+_TOKEN_IDS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+              "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id")
+# per-architecture hyper-parameters, which some architectures give per layer (arrays)
+_SCALAR_HPARAMS = ("context_length", "block_count", "embedding_length",
+                   "attention.key_length", "attention.value_length")
+_LAYERED_HPARAMS = ("feed_forward_length", "attention.head_count", "attention.head_count_kv")
+
+
+def _check_metadata(r: _Reader, md: dict[str, Any], types: dict[str, int],
+                    n_tensors: int) -> None:
+    """The values localllm and the runtimes read must have the type they are read as:
+    a hyper-parameter stored as a string or a float would fail far from the file (or,
+    for ``general.alignment``, abort llama.cpp), and an absurd one would make planning
+    allocate per layer for billions of layers."""
+
+    def fail(key: str, expected: str) -> ModelFormatError:
+        value = md[key]
+        shown = f"{_TYPE_NAMES[types[key]]} {value!r}" if types[key] != _ARRAY else (
+            f"an array of {len(value)} {_item_kind(value)}")
+        return ModelFormatError(
+            f"{r.path} is not a valid GGUF file: metadata {key!r} is {shown[:120]} but must "
+            f"be {expected}; the converter that wrote it is broken — convert the model again")
+
+    arch = md.get("general.architecture", "unknown")
+    for key in _STRINGS:
+        if key in md and types[key] != _STRING:
+            raise fail(key, "a string")
+    alignment = md.get("general.alignment")
+    if alignment is not None and (types["general.alignment"] != _UINT32 or alignment <= 0
+                                  or alignment & (alignment - 1)):
+        raise fail("general.alignment", "a power of two stored as a uint32")
+    limits = dict.fromkeys(_TOKEN_IDS, MAX_HPARAM)
+    limits.update((f"{arch}.{k}", MAX_HPARAM) for k in _SCALAR_HPARAMS + _LAYERED_HPARAMS)
+    limits[f"{arch}.block_count"] = max(n_tensors, MAX_BLOCKS_WITHOUT_TENSORS)
+    for key, limit in limits.items():
+        value = md.get(key)
+        if value is None:
+            continue
+        layered = key.removeprefix(f"{arch}.") in _LAYERED_HPARAMS
+        values = value if layered and isinstance(value, list) else [value]
+        if not all(type(v) is int and 0 <= v <= limit for v in values):
+            either = ", or a per-layer array of them" if layered else ""
+            raise fail(key, f"an integer from 0 to {limit}{either}")
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+        if key in md and not isinstance(md[key], StringArray):
+            raise fail(key, "an array of strings")
+    arrays: tuple[tuple[str, tuple[type, ...], str], ...] = (
+        ("tokenizer.ggml.scores", (int, float), "numbers"),
+        ("tokenizer.ggml.token_type", (int,), "integers"))
+    for key, kinds, expected in arrays:
+        value = md.get(key)  # one item type per array: its first item shows it
+        if value is not None and not (isinstance(value, list) and all(
+                type(v) in kinds for v in value[:1])):
+            raise fail(key, f"an array of {expected}")
+
+
+def _item_kind(value: Sequence[Any]) -> str:
+    if isinstance(value, StringArray):
+        return "strings"
+    kinds = {type(v).__name__ for v in value}
+    return f"{'/'.join(sorted(kinds))} values" if kinds else "items"
+
+
+def _check_tensor_data(path: Path, tensors: list[TensorInfo], data_offset: int,
+                       alignment: int, file_size: int) -> None:
+    """Each tensor's data must start aligned, end inside the file and not share bytes with
+    another tensor's: a runtime maps the data as laid out and trusts every extent."""
     for t in tensors:
+        if t.offset % alignment:
+            raise ModelFormatError(
+                f"{path} is corrupt: tensor {t.name!r} starts at data offset {t.offset}, "
+                f"which is misaligned (not a multiple of the alignment {alignment}); "
+                "download it again")
         end = data_offset + t.offset + t.n_bytes
-        if t.offset % alignment or end > file_size:
+        if end > file_size:
             raise ModelFormatError(
                 f"{path} is truncated or corrupt: tensor {t.name!r} needs bytes up to "
                 f"{end} but the file has {file_size}; download it again"
             )
-    return GGUFFile(path, version, metadata, tuple(tensors), data_offset, file_size)
+    by_start = sorted(tensors, key=lambda t: t.offset)
+    for before, after in itertools.pairwise(by_start):
+        if after.offset < before.offset + before.n_bytes:
+            raise ModelFormatError(
+                f"{path} is corrupt: the data of tensors {before.name!r} (bytes "
+                f"{before.offset}-{before.offset + before.n_bytes}) and {after.name!r} "
+                f"(from {after.offset}) overlap; download it again")
 
 
 def _tensor_info(r: _Reader) -> TensorInfo:
+    at = r.pos
     name = r.string()
+    if len(name.encode()) > MAX_NAME_BYTES:
+        r.pos = at
+        raise r.fail(f"tensor name {name[:80]!r} is {len(name.encode())} bytes long; ggml "
+                     f"takes at most {MAX_NAME_BYTES}")
     n_dims = int(r.unpack("I"))
     if not 1 <= n_dims <= MAX_DIMS:
         raise r.fail(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
@@ -479,6 +590,7 @@ def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
             if parsed is not None:
                 hp, tokens = parsed
                 tensors = _ggml_tensors(r, path, size)
+                _check_legacy_hparams(r, hp, tensors)
                 break
         else:
             raise UnsupportedModelError(
@@ -565,6 +677,7 @@ def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
     tensors = _ggml_tensors(r, path, size, align=32)
     if tensors and tensors[0].name.startswith("transformer.word_embeddings."):
         hp = dict(zip(_FALCON_HPARAMS, values, strict=True))
+        _check_legacy_hparams(r, hp, tensors)
         return GGUFFile(path, 0, {
             "general.architecture": "falcon", "general.name": path.stem,
             "falcon.context_length": 2048, "falcon.block_count": hp["n_layer"],
@@ -575,6 +688,7 @@ def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
             "tokenizer.ggml.tokens": [t.decode("latin-1") for t in raw],
         }, tuple(tensors), 0, size, container="ggml")
     hp = dict(zip(_GGJT_HPARAMS, values, strict=True))
+    _check_legacy_hparams(r, hp, tensors)
     tokens = [t.decode("utf-8", errors="replace") for t in raw]
     n_embd, n_mult = hp["n_embd"], max(1, hp["n_mult"])
     types = [2 if i == 0 else 3 if i in (1, 2) else
@@ -594,8 +708,19 @@ def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
     return GGUFFile(path, 0, metadata, tuple(tensors), 0, size, container="ggml")
 
 
+def _check_legacy_hparams(r: _Reader, hp: dict[str, int], tensors: list[TensorInfo]) -> None:
+    """The sizes planning reads must be positive, with no more layers than tensors (the
+    plan allocates per layer; every layer has its own tensors)."""
+    for name in ("n_ctx", "n_embd", "n_head", "n_head_kv", "n_layer"):
+        if hp.get(name, 1) <= 0:
+            raise r.fail(f"hyper-parameter {name} is {hp[name]}")
+    if hp["n_layer"] > len(tensors):
+        raise r.fail(f"n_layer {hp['n_layer']} is more than its {len(tensors)} tensors")
+
+
 def _ggml_tensors(r: _Reader, path: Path, size: int, align: int = 1) -> list[TensorInfo]:
-    tensors = []
+    tensors: list[TensorInfo] = []
+    names: set[str] = set()
     while r.pos < size:
         n_dims, name_len, type_id = (int(r.unpack("i")) for _ in range(3))
         if not 1 <= n_dims <= 2 or type_id not in GGML_TYPES or not 0 < name_len < 512:
@@ -604,6 +729,9 @@ def _ggml_tensors(r: _Reader, path: Path, size: int, align: int = 1) -> list[Ten
         if min(shape) <= 0:  # a negative size would walk backwards, maybe forever
             raise r.fail(f"tensor with a non-positive dimension in {shape}")
         name = bytes(r.buf[r.pos:r.pos + name_len]).decode("utf-8", errors="replace")
+        if name in names:
+            raise r.fail(f"tensor name {name!r} appears twice")
+        names.add(name)
         r.pos += name_len
         r.pos += -r.pos % align
         info = TensorInfo(name, shape, type_id, r.pos)

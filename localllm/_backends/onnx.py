@@ -70,49 +70,145 @@ def model_file(folder: Path) -> Path:
 
 
 def check_external_data(model_path: Path) -> int:
-    """Refuse external-data locations outside the model's folder; return their total size."""
+    """Refuse a file that is not an ONNX model, and external data that is outside the
+    model's folder (path traversal), missing, or shorter than a tensor needs; return the
+    external data's total size. onnxruntime would open these paths blindly."""
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo
 
     folder = model_path.parent.resolve()
-    proto = onnx.load(str(model_path), load_external_data=False)
-    files: set[Path] = set()
-    for tensor in proto.graph.initializer:
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, onnx's own checks
+        raise ModelFormatError(
+            f"{model_path} is not an ONNX model ({type(exc).__name__}: {exc}); export or "
+            "download it again") from None
+    if not proto.graph.node:
+        raise ModelFormatError(
+            f"{model_path} holds no ONNX graph (it may be an empty or foreign file); export "
+            "or download it again")
+    sizes: dict[Path, int] = {}
+    for tensor in _all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        location = ExternalDataInfo(tensor).location
-        target = (folder / location).resolve()
-        if Path(location).is_absolute() or ".." in Path(location).parts or \
-                not target.is_relative_to(folder):
+        location, offset, length = _external_record(model_path, tensor)
+        target = _external_file(model_path, folder, tensor.name, location)
+        if target not in sizes:
+            try:
+                is_file = target.is_file()
+                sizes[target] = target.stat().st_size if is_file else 0
+            except OSError as exc:  # a name too long for the file system
+                raise ModelFormatError(f"{model_path} refers to external data {location!r:.80}"
+                                       f", which cannot be opened: {exc.strerror}") from None
+            if not is_file:
+                raise ModelFormatError(
+                    f"{model_path} keeps tensor {tensor.name!r} in {location!r}, which "
+                    f"is not in {folder}; copy that file next to the model")
+        if offset + length > sizes[target]:
             raise ModelFormatError(
-                f"{model_path} refers to external data {location!r} outside its folder; "
-                "refusing to open it (path traversal)")
-        files.add(target)
-    return sum(f.stat().st_size for f in files if f.exists())
+                f"{model_path}: tensor {tensor.name!r} needs bytes up to {offset + length} "
+                f"of {location!r}, which has {sizes[target]}; the data file is truncated "
+                "— download or export it again")
+    return sum(sizes.values())
+
+
+def _external_record(model_path: Path, tensor: Any) -> tuple[str, int, int]:
+    """A tensor's external-data location, offset and length. Read here rather than by
+    onnx's ExternalDataInfo, which fails with a TypeError on keys that are not UTF-8
+    (protobuf hands those over as bytes)."""
+    record: dict[str, str] = {}
+    for entry in tensor.external_data:
+        if not isinstance(entry.key, str) or not isinstance(entry.value, str):
+            raise ModelFormatError(
+                f"{model_path} has an external-data record for tensor {tensor.name!r} that "
+                "is not UTF-8 text; export the model again")
+        if entry.key in record:  # which one would onnxruntime follow? neither
+            raise ModelFormatError(
+                f"{model_path} gives tensor {tensor.name!r} two external-data "
+                f"{entry.key!r} entries; export the model again")
+        record[entry.key] = entry.value
+    numbers = []
+    for key in ("offset", "length"):
+        text = record.get(key, "0")
+        if not re.fullmatch(r"[0-9]{1,19}", text):
+            raise ModelFormatError(
+                f"{model_path}: the external data {key} of tensor {tensor.name!r} is "
+                f"{text[:40]!r}, not a byte count; export the model again")
+        numbers.append(int(text))
+    return record.get("location", ""), numbers[0], numbers[1]
+
+
+def _external_file(model_path: Path, folder: Path, tensor: str, location: str) -> Path:
+    """The file an external-data location names, if it is a plain relative path that
+    stays inside the model's folder (symbolic links resolved)."""
+    where = f"{model_path} refers to external data {location!r}"
+    if not location or "\0" in location:
+        raise ModelFormatError(f"{where} for tensor {tensor!r}, which is no file name; "
+                               "export the model again")
+    try:
+        target = (folder / location).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # loops, names too long
+        raise ModelFormatError(f"{where}, which cannot be resolved: {exc}") from None
+    if Path(location).is_absolute() or ".." in Path(location).parts or \
+            not target.is_relative_to(folder) or target == folder:
+        raise ModelFormatError(
+            f"{where} outside its folder; refusing to open it (path traversal)")
+    return target
+
+
+def _all_tensors(proto: Any) -> Iterator[Any]:
+    """Every tensor of a model that may hold its data externally: initializers and the
+    tensors of node attributes, in subgraphs and functions too."""
+    graphs = [proto.graph]
+    nodes = [node for function in proto.functions for node in function.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            yield from (sparse.values for sparse in graph.sparse_initializer)
+            nodes.extend(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                graphs.append(attribute.g)
+            graphs.extend(attribute.graphs)
+
+
+#: more layers than any model has: planning allocates per layer
+MAX_LAYERS = 512
+#: more tokens than any vocabulary has: the token table is allocated at this size
+MAX_VOCAB = 1 << 22
+MAX_HPARAM = (1 << 32) - 1
 
 
 def describe_folder(folder: Path) -> GGUFFile:
-    """The facts planning needs, from config.json and the weight files."""
+    """The facts planning needs, from config.json and the weight files. Every value read
+    is checked here: a folder is downloaded data, and a wrong value must be named before
+    it fails inside the planner or onnxruntime."""
     model = model_file(folder)
     weights = check_external_data(model) + model.stat().st_size
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{folder} has no readable config.json: {exc}") from None
+    cfg = _read_json(folder / "config.json", required=True)
     from .onnx_embed import ENCODER_TYPES
 
-    arch = "bert" if cfg.get("model_type") in ENCODER_TYPES else "llama"
-    n_head = int(cfg.get("num_attention_heads", 1))
+    model_type = cfg.get("model_type")
+    arch = "bert" if isinstance(model_type, str) and model_type in ENCODER_TYPES else "llama"
+    n_head = _config_int(folder, cfg, "num_attention_heads", 1)
+    source = cfg.get("localllm_source")
+    name = source.get("name") if isinstance(source, dict) else None
     md: dict[str, Any] = {
         "general.architecture": arch,
-        "general.name": cfg.get("localllm_source", {}).get("name", folder.name),
-        f"{arch}.context_length": int(cfg.get("max_position_embeddings", 4096)),
-        f"{arch}.block_count": int(cfg.get("num_hidden_layers", 0)),
-        f"{arch}.embedding_length": int(cfg.get("hidden_size", 0)),
+        "general.name": name if isinstance(name, str) and name else folder.name,
+        f"{arch}.context_length": _config_int(folder, cfg, "max_position_embeddings", 4096),
+        f"{arch}.block_count": _config_int(folder, cfg, "num_hidden_layers", 0, MAX_LAYERS),
+        f"{arch}.embedding_length": _config_int(folder, cfg, "hidden_size", 0),
         f"{arch}.attention.head_count": n_head,
-        f"{arch}.attention.head_count_kv": int(cfg.get("num_key_value_heads", n_head)),
-        f"{arch}.feed_forward_length": int(cfg.get("intermediate_size", 0)),
-        "tokenizer.ggml.tokens": _vocabulary(folder, int(cfg.get("vocab_size", 0))),
+        f"{arch}.attention.head_count_kv": _config_int(folder, cfg, "num_key_value_heads",
+                                                       n_head),
+        f"{arch}.feed_forward_length": _config_int(folder, cfg, "intermediate_size", 0),
+        "tokenizer.ggml.tokens": _vocabulary(
+            folder, _config_int(folder, cfg, "vocab_size", 0, MAX_VOCAB)),
     }
     tok_cfg = _read_json(folder / "tokenizer_config.json")
     if isinstance(tok_cfg.get("chat_template"), str):
@@ -128,23 +224,71 @@ def describe_folder(folder: Path) -> GGUFFile:
     return GGUFFile(model, 0, md, tensors, 0, weights, container="onnx")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _config_int(folder: Path, cfg: dict[str, Any], key: str, default: int,
+                limit: int = MAX_HPARAM) -> int:
+    value = cfg.get(key)
+    if value is None:  # absent, or null as some exporters write
+        return default
+    if type(value) is not int or not 0 <= value <= limit:
+        raise ModelFormatError(
+            f"{folder / 'config.json'}: {key} is {value!r:.80} but must be an integer from 0 "
+            f"to {limit}; fix the value or export the model again")
+    return value
+
+
+def _read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
+    """A JSON object file of the folder: absent is empty unless ``required``; present, it
+    must be a readable JSON object (a broken tokenizer file is no silent empty one)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ModelFormatError(f"{path.parent} has no {path.name}; copy it from the "
+                                   "model's repository next to the .onnx file") from None
         return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{path} cannot be read: {exc}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ModelFormatError(f"{path} is not valid JSON ({str(exc)[:200]}); download or "
+                               "export it again") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path} holds a JSON {type(data).__name__}, not an object; "
+                               "download or export it again")
+    return data
 
 
 def _vocabulary(folder: Path, size: int) -> list[str]:
     """Token strings by id from tokenizer.json (model vocabulary + added tokens)."""
-    data = _read_json(folder / "tokenizer.json")
-    vocab = dict(data.get("model", {}).get("vocab", {}))
-    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
-    tokens = [""] * max(size, len(vocab))
-    for text, i in vocab.items():
-        if 0 <= int(i) < len(tokens):
-            tokens[int(i)] = text
+    path = folder / "tokenizer.json"
+    data = _read_json(path)
+
+    def bad(what: str) -> ModelFormatError:
+        return ModelFormatError(f"{path}: {what}; download or export the tokenizer again")
+
+    model = data.get("model", {})
+    vocab = model.get("vocab", {}) if isinstance(model, dict) else None
+    if isinstance(vocab, list):  # Unigram: [piece, score] pairs, the id is the position
+        if not all(isinstance(e, list) and e and isinstance(e[0], str) for e in vocab):
+            raise bad("model.vocab must list [token, score] pairs")
+        entries = [(e[0], i) for i, e in enumerate(vocab)]
+    elif isinstance(vocab, dict):
+        entries = list(vocab.items())
+    else:
+        raise bad("model.vocab must be an object (token → id) or a list of [token, score]")
+    added = data.get("added_tokens", [])
+    if not isinstance(added, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("content"), str) for t in added):
+        raise bad("added_tokens must be a list of objects with a string 'content'")
+    entries += [(t["content"], t.get("id")) for t in added]
+    if not all(type(i) is int and 0 <= i <= MAX_VOCAB for _, i in entries):
+        raise bad(f"token ids must be integers from 0 to {MAX_VOCAB}")
+    by_id = dict(entries)
+    tokens = [""] * max(size, len(by_id))
+    for text, i in by_id.items():
+        if i < len(tokens):
+            tokens[i] = text
     return tokens
 
 
