@@ -91,10 +91,14 @@ class ProcessEngine(Engine):
         self.kv_epoch = 0
         self._rows_file = _shared_file()  # logits rows, written by the worker (see above)
         self._rows: mmap.mmap | None = None
-        with self._lock:
-            facts = self._start_worker()
+        try:
+            with self._lock:
+                facts = self._start_worker()
+        except BaseException:  # the model failed to load there: nothing may stay behind
+            self._stop_worker(kill=True)
+            self._rows_file.close()
+            raise
         self._facts = facts
-        self._n_vocab = int(facts["vocab_size"])
         self._token_bytes: list[bytes] = facts["token_bytes"]
         self._eog: frozenset[int] = facts["eog"]
         self.pooling = facts["pooling"]
@@ -120,7 +124,11 @@ class ProcessEngine(Engine):
                 f"process ({exc}); its engine class must be importable by module path") from exc
         facts: dict[str, Any] = self._receive("loading the model")
         if self._rows is None and facts["rows_bytes"]:
+            import numpy as np
+
             self._rows = mmap.mmap(rows, facts["rows_bytes"])
+            self._row_table = np.frombuffer(self._rows, dtype=np.float32).reshape(
+                -1, int(facts["vocab_size"]))
         return facts
 
     def _receive(self, doing: str) -> Any:
@@ -174,8 +182,10 @@ class ProcessEngine(Engine):
                 pass
         self._discard_connection()
         if proc is not None:
+            if kill:
+                proc.kill()
             try:
-                proc.wait(timeout=0 if kill else STOP_WAIT_S)
+                proc.wait(timeout=STOP_WAIT_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -203,17 +213,15 @@ class ProcessEngine(Engine):
             self._closed = True
             self._stop_worker()
             if self._rows is not None:
+                del self._row_table  # the view holds the map open
                 self._rows.close()
             self._rows_file.close()
 
     def _row(self, value: Any) -> Any:
         """A logits row the worker left in the shared file, copied out (the next call
         overwrites it); any other value as it came."""
-        if type(value) is tuple and self._rows is not None:
-            import numpy as np
-
-            return np.frombuffer(self._rows, dtype=np.float32, count=self._n_vocab,
-                                 offset=value[1] * self._n_vocab * 4).copy()
+        if type(value) is tuple:
+            return self._row_table[value[1]].copy()
         return value
 
     # ------------------------------------------------------------ facts, copied once
@@ -252,7 +260,9 @@ class ProcessEngine(Engine):
 
     @property
     def embedding_dim(self) -> int:
-        return int(self._call("embedding_dim"))
+        if self._facts["embedding_dim"] is None:  # raise the runtime's own error
+            return int(self._call("embedding_dim"))
+        return int(self._facts["embedding_dim"])
 
     def token_bytes(self, token: int) -> bytes:
         return self._token_bytes[token]
@@ -396,6 +406,7 @@ class _Worker:
                 "max_sequences": e.max_sequences, "kv_capacity": e.kv_capacity,
                 "batch_size": e.batch_size, "pooling": e.pooling,
                 "shares_prefixes": e.shares_prefixes, "rows_bytes": self.rows_bytes,
+                "embedding_dim": None if e.pooling is None else e.embedding_dim,
                 "token_bytes": [e.token_bytes(t) for t in range(n)],
                 "eog": frozenset(t for t in range(n) if e.is_end_of_generation(t))}
 
@@ -428,7 +439,7 @@ class _Worker:
         if name == "gen_close":
             self.objects.pop(args[0]).close()
             return None
-        if name == "embedding_dim":
+        if name == "embedding_dim":  # asked only of a generative model: raises
             return e.embedding_dim
         if name in ("decode", "token_text", "seq_remove", "seq_copy", "reusable_prefix",
                     "embed_batch"):

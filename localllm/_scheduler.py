@@ -329,8 +329,7 @@ class Scheduler:
         (a shared system prompt); return how many prompt tokens need no evaluation."""
         limit = len(prompt) - 1  # the last prompt token is always evaluated (for logits)
         engine = self.engine
-        own = min(_common_prefix(slot.tokens, prompt), limit)
-        own = engine.reusable_prefix(slot.seq, own) if own else 0
+        own = engine.reusable_prefix(slot.seq, min(_common_prefix(slot.tokens, prompt), limit))
         best, source = own, None
         for other in self._slots if engine.shares_prefixes else ():
             if other is not slot and other.tokens:

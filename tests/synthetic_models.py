@@ -54,10 +54,12 @@ def _vocab(n: int) -> tuple[list[str], list[float], list[int]]:
 
 
 def _add(w: gguf.GGUFWriter, name: str, shape: tuple[int, ...], dtype: str,
-         rng: np.random.Generator) -> None:
+         rng: np.random.Generator, *, f16_norms: bool = False) -> None:
     data = (rng.standard_normal(shape) * 0.02).astype(np.float32)
-    if len(shape) == 1 or dtype == "f32":
-        w.add_tensor(name, data if len(shape) > 1 else np.ones(shape, dtype=np.float32))
+    if len(shape) == 1:
+        w.add_tensor(name, np.ones(shape, dtype=np.float16 if f16_norms else np.float32))
+    elif dtype == "f32":
+        w.add_tensor(name, data)
     elif dtype == "f16":
         w.add_tensor(name, data.astype(np.float16))
     else:
@@ -65,7 +67,10 @@ def _add(w: gguf.GGUFWriter, name: str, shape: tuple[int, ...], dtype: str,
         w.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
 
 
-def write_model(shape: Shape, path: Path, seed: int = 0) -> Path:
+def write_model(shape: Shape, path: Path, seed: int = 0, *, f16_attn_norms: bool = False
+                ) -> Path:
+    """``f16_attn_norms`` stores the attention norms as F16: a well-formed file that
+    llama.cpp's CPU backend aborts on (it has no F32 x F16 multiply there)."""
     rng = np.random.default_rng(seed)
     head_dim = shape.n_embd // shape.n_head
     w = gguf.GGUFWriter(str(path), "llama")
@@ -92,7 +97,8 @@ def write_model(shape: Shape, path: Path, seed: int = 0) -> Path:
     _add(w, "token_embd.weight", (shape.n_vocab, shape.n_embd), shape.dtype, rng)
     for i in range(shape.n_layer):
         p = f"blk.{i}."
-        _add(w, p + "attn_norm.weight", (shape.n_embd,), shape.dtype, rng)
+        _add(w, p + "attn_norm.weight", (shape.n_embd,), shape.dtype, rng,
+             f16_norms=f16_attn_norms)
         _add(w, p + "attn_q.weight", (shape.n_embd, shape.n_embd), shape.dtype, rng)
         _add(w, p + "attn_k.weight", (kv, shape.n_embd), shape.dtype, rng)
         _add(w, p + "attn_v.weight", (kv, shape.n_embd), shape.dtype, rng)

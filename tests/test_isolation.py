@@ -110,13 +110,17 @@ def test_async_and_concurrent_requests(isolated: localllm.Model) -> None:
 
     texts = asyncio.run(all_of())
     assert len(texts) == 6 and all(texts)
-    threads = [threading.Thread(target=lambda: isolated.tokenizer.encode("tick " * 50))
+    text = "tick tock " * 50
+    expected = isolated.tokenizer.encode(text)
+    results: list[list[int]] = []
+    threads = [threading.Thread(target=lambda: results.append(isolated.tokenizer.encode(text)))
                for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads)
+    assert results == [expected] * 8  # one connection, calls from many threads: no mix-up
 
 
 def test_cancelled_streams_release_their_sequences(isolated: localllm.Model) -> None:
@@ -196,24 +200,8 @@ print("ALIVE")
 def aborting_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A well-formed GGUF whose attention norms are stored as F16: llama.cpp loads it, then
     GGML_ABORTs in its first decode (no CPU kernel multiplies F32 by F16 there)."""
-    import synthetic_models
-
-    path = tmp_path_factory.mktemp("abort") / "f16-norms.gguf"
-    plain = synthetic_models._add
-
-    def add(w: object, name: str, shape: tuple[int, ...], dtype: str,
-            rng: np.random.Generator) -> None:
-        if name.endswith("attn_norm.weight"):
-            w.add_tensor(name, np.ones(shape, dtype=np.float16))  # type: ignore[attr-defined]
-        else:
-            plain(w, name, shape, dtype, rng)  # type: ignore[arg-type]
-
-    synthetic_models._add = add  # type: ignore[assignment]
-    try:
-        write_model(SHAPES[0], path)
-    finally:
-        synthetic_models._add = plain
-    return path
+    return write_model(SHAPES[0], tmp_path_factory.mktemp("abort") / "f16-norms.gguf",
+                       f16_attn_norms=True)
 
 
 def test_a_runtime_abort_kills_the_process_in_process_but_not_isolated(

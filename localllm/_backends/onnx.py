@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .._errors import BackendError, ConfigError, ModelFormatError, UnsupportedFeatureError
-from .._gguf import GGUFFile, TensorInfo
+from .._gguf import MAX_HPARAM, GGUFFile, TensorInfo
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from ..hardware import GPU_PROVIDERS
 from .base import (
@@ -180,7 +180,6 @@ def _all_tensors(proto: Any) -> Iterator[Any]:
 MAX_LAYERS = 512
 #: more tokens than any vocabulary has: the token table is allocated at this size
 MAX_VOCAB = 1 << 22
-MAX_HPARAM = (1 << 32) - 1
 
 
 def describe_folder(folder: Path) -> GGUFFile:
@@ -284,9 +283,9 @@ def _vocabulary(folder: Path, size: int) -> list[str]:
     entries += [(t["content"], t.get("id")) for t in added]
     if not all(type(i) is int and 0 <= i <= MAX_VOCAB for _, i in entries):
         raise bad(f"token ids must be integers from 0 to {MAX_VOCAB}")
-    by_id = dict(entries)
-    tokens = [""] * max(size, len(by_id))
-    for text, i in by_id.items():
+    id_of = dict(entries)  # a token listed twice keeps its last id, as tokenizers do
+    tokens = [""] * max(size, len(id_of))
+    for text, i in id_of.items():
         if i < len(tokens):
             tokens[i] = text
     return tokens
