@@ -34,6 +34,7 @@ from results_file import RESULTS, result_path
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 FOCUSED = [("llamacpp", ["bench_llamacpp.py", "--reps", "7"]),
+           ("import", ["bench_import.py"]),
            ("tokenizer-sampling", ["bench_tokenizer_sampling.py"]),
            ("memory", ["bench_memory.py"]),
            ("legacy-backends", ["bench_legacy_backends.py"]),

@@ -22,7 +22,7 @@ from ._template_sandbox import (
     environment_class,
     limited_filter,
 )
-from ._types import Message
+from ._types import Message, plain_data
 
 MAX_RENDER_SECONDS = 0.5  # real templates render in milliseconds
 
@@ -67,9 +67,10 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(f"the chat template refused the messages: {message}")
 
 
-def _tojson(value: Any, indent: int | str | None = None, ensure_ascii: bool = False,
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | str | None = None,
             separators: Any = None, sort_keys: bool = False) -> str:
-    # Hugging Face's variant: no HTML escaping, unicode kept, same keyword arguments.
+    # The reference renderer's variant (transformers): no HTML escaping, unicode kept, its
+    # argument order, so a template prints the same JSON here as there.
     if (len(indent) if isinstance(indent, str) else indent or 0) > 64:
         raise ChatTemplateError(f"tojson(indent={indent!r:.20}) is past the 64 a chat "
                                 "template could need (every line would repeat it)")
@@ -81,15 +82,75 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+class _TemplateDict:
+    """``dict`` for templates: building one, and ``dict.fromkeys``; nothing else of the
+    type (the reference renderer offers the same two)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict.fromkeys(*args, **kwargs)
+
+
+def _namespace_class() -> type:
+    import jinja2.utils
+
+    class TemplateNamespace(jinja2.utils.Namespace):
+        """Jinja's ``namespace()`` refusing underscore names, which lead to interpreter
+        internals (the reference renderer refuses them too)."""
+
+        def __init__(*args: Any, **kwargs: Any) -> None:
+            self, rest = args[0], args[1:]
+            attrs = dict(*rest, **kwargs)
+            for name in attrs:
+                _check_namespace_name(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            _check_namespace_name(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    return TemplateNamespace
+
+
+def _check_namespace_name(name: Any) -> None:
+    if isinstance(name, str) and name.startswith("_"):
+        raise ChatTemplateError(f"the chat template tried to store {name!r} on a namespace; "
+                                "names starting with '_' are refused")
+
+
+def _generation_extension() -> type:
+    """``{% generation %}...{% endgeneration %}``: marks the assistant's part for training
+    masks; rendering keeps its body as it is, as the reference renderer does."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class Generation(Extension):
+        tags = {"generation"}  # noqa: RUF012 (Jinja reads it as a set)
+
+        def parse(self, parser: Any) -> list[nodes.Node]:
+            next(parser.stream)
+            body: list[nodes.Node] = parser.parse_statements(("name:endgeneration",),
+                                                             drop_needle=True)
+            return body
+
+    return Generation
+
+
 @lru_cache(maxsize=32)
 def _compile(source: str) -> Any:
     import jinja2
+    import jinja2.ext
 
     env = environment_class()(trim_blocks=True, lstrip_blocks=True, autoescape=False,
-                              keep_trailing_newline=False)
+                              keep_trailing_newline=False,
+                              extensions=[jinja2.ext.loopcontrols, _generation_extension()])
     env.filters["tojson"] = limited_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["dict"] = _TemplateDict()
+    env.globals["namespace"] = _namespace_class()
     try:
         return env, env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
@@ -139,14 +200,39 @@ def normalize_messages(messages: Sequence[Message | Mapping[str, Any]]) -> list[
         if isinstance(m, Message):
             out.append(m)
             continue
+        if not isinstance(m, Mapping):
+            raise ChatTemplateError(f"messages[{i}] must be a dict with 'role' and "
+                                    f"'content', not {type(m).__name__}")
         try:
-            out.append(Message.model_validate(m))
+            out.append(Message.from_written(m))
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()
             )
             raise ChatTemplateError(f"messages[{i}] is invalid: {problems}") from None
     return out
+
+
+def fold_system_message(messages: Sequence[Message | Mapping[str, Any]]
+                        ) -> list[Message | Mapping[str, Any]]:
+    """``messages`` with a leading system message folded into the first user turn (its
+    text, a newline, the user's text), as llama-server does for templates that refuse a
+    system role. Chosen with ``load(..., system_message="fold")``, never applied unasked."""
+    out = list(messages)
+    if not out:
+        return out
+    first = normalize_messages(out[:1])[0]
+    if first.role != "system":
+        return out
+    target = next((i for i, m in enumerate(normalize_messages(out)) if m.role == "user"), None)
+    if target is None:
+        raise ChatTemplateError("system_message='fold' needs a user message to fold the "
+                                "system text into, and these messages have none")
+    user = normalize_messages(out[target:target + 1])[0]
+    view = user.template_view()
+    view["content"] = f"{first.content}\n{user.content or ''}"
+    out[target] = view
+    return out[1:]
 
 
 def render_chat(
@@ -156,18 +242,28 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    documents: Sequence[Mapping[str, Any]] | None = None,
     max_seconds: float = MAX_RENDER_SECONDS,
     max_chars: int = MAX_OUTPUT_CHARS,
     **extra: Any,
 ) -> str:
-    """Render ``messages`` with ``template`` in the sandbox; the only renderer in localllm."""
+    """Render ``messages`` with ``template`` in the sandbox; the only renderer in localllm.
+
+    The template sees what the reference renderer (transformers'
+    ``apply_chat_template``) gives it: each message as the caller wrote it (absent keys
+    stay absent), ``tools`` and ``documents`` (None unless given), the special tokens,
+    ``add_generation_prompt`` and any ``extra`` variables (``enable_thinking``, ...), all
+    as plain JSON data. So the same template gives the same text here as there."""
     import jinja2
 
     _, compiled = _compile(template)
-    msgs = [m.model_dump() for m in normalize_messages(messages)]
+    msgs = [m.template_view() for m in normalize_messages(messages)]
     limits = RenderLimits(max_seconds, max_chars)
-    context = {"messages": msgs, "bos_token": bos_token, "eos_token": eos_token,
-               "add_generation_prompt": add_generation_prompt, **extra}
+    context = {"messages": msgs, "tools": plain_data(tools),
+               "documents": plain_data(documents), "bos_token": bos_token,
+               "eos_token": eos_token, "add_generation_prompt": add_generation_prompt,
+               **plain_data(extra)}
     parts: list[str] = []
     size = 0
     try:

@@ -28,7 +28,9 @@ def feature_matrix() -> str:
              "equal to the code). Every backend also takes `max_tokens` and `stop`, which "
              "localllm enforces itself. A parameter marked no raises "
              "`UnsupportedFeatureError` when set. Every backend runs in a worker process "
-             "with `load(..., isolation=\"process\")` (see reliability.md).\n\n")
+             "with `load(..., isolation=\"process\")` (see reliability.md). Chat templates "
+             "render through localllm's own renderer on every backend, identically to the "
+             "reference renderer (see chat-templates.md).\n\n")
     return intro + "\n".join(rows) + "\n" + remote_matrix()
 
 

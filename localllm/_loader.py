@@ -246,6 +246,7 @@ def load(
     max_queue: int = 256,
     allow_fallback: bool = False,
     chat_template: str | None = None,
+    system_message: str = "template",
     pooling: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
     store: ModelStore | None = None,
@@ -259,6 +260,9 @@ def load(
     ``device`` is "auto", "cpu" or "gpu"; a GPU that cannot be used is an error unless
     ``allow_fallback=True``. ``chat_template`` overrides the file's template (a name such
     as ``"chatml"`` or a Jinja string) and is required for files that have none.
+    ``system_message="fold"`` folds a leading system message into the first user turn
+    before the template renders (as llama-server does for templates such as Gemma 2's
+    that refuse a system role); the default "template" hands it to the template as is.
     ``kv_type`` ("f16", "q8_0", "q4_0", "f32") sets the KV cache precision: q8_0 halves its
     memory. ``parallel`` is how many requests are decoded together (continuous batching;
     default: up to 4 as memory allows, see the plan's reasons); each gets up to
@@ -286,6 +290,10 @@ def load(
     path, file_format, engine_cls, gguf = _resolve(source, backend, store)
     template = resolve_template(chat_template, gguf.chat_template) \
         if chat_template is not None or gguf.chat_template is not None else None
+    if system_message not in ("template", "fold"):
+        raise ConfigError(f"system_message={system_message!r} is not one of 'template' (the "
+                          "chat template gets the system message) or 'fold' (it is folded "
+                          "into the first user turn)")
     the_plan = _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
                          gpu_layers, allow_fallback, None, kv_type, parallel)
     _check_int("max_queue", max_queue, 0, None, "0 refuses any request beyond the running ones")
@@ -314,6 +322,7 @@ def load(
             batch_size=options.batch_size, placement=engine.placement,
             parallel=engine.max_sequences,
             has_chat_template=template is not None, pooling=engine.pooling, plan=the_plan,
+            system_message=system_message,
             isolation="process" if isinstance(engine, ProcessEngine) else "none")
         bos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.bos_token_id"))
         eos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.eos_token_id"))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._backends.base import Engine
 from ._chat import normalize_messages, render_chat
 from ._errors import (
+    ChatTemplateError,
     ConfigError,
     ContextOverflowError,
     ModelClosedError,
@@ -156,11 +157,31 @@ class Model:
         return self._render(msgs, add_generation_prompt)
 
     def _render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
-        from ._chat import resolve_template
+        from ._chat import fold_system_message, resolve_template
 
         template = resolve_template(None, self._chat_template)
-        return render_chat(template, messages, bos_token=self._bos_text,
-                           eos_token=self._eos_text, add_generation_prompt=add_generation_prompt)
+
+        def render(msgs: Sequence[Message | Mapping[str, Any]]) -> str:
+            return render_chat(template, msgs, bos_token=self._bos_text,
+                               eos_token=self._eos_text,
+                               add_generation_prompt=add_generation_prompt)
+
+        if self._info.system_message == "fold":
+            return render(fold_system_message(messages))
+        try:
+            return render(messages)
+        except ChatTemplateError as exc:
+            if not (messages and messages[0].role == "system"
+                    and any(m.role == "user" for m in messages)):
+                raise
+            try:
+                render(fold_system_message(messages))
+            except ChatTemplateError:
+                raise exc from None
+            raise ChatTemplateError(
+                f"{exc}. It renders these messages with the system text folded into the "
+                "first user turn: load the model with system_message='fold' to do that"
+            ) from None
 
     def count_tokens(self, text_or_messages: str | Messages) -> int:
         """Tokens the model would read for a prompt string or a chat."""

@@ -105,6 +105,29 @@ class SamplingParams(_Frozen):
             ) from None
 
 
+def plain_data(value: Any) -> Any:
+    """``value`` rebuilt from JSON types (dict, list, tuple, str, int, float, bool, None);
+    anything else becomes an inert ``"<TypeName>"``. What a chat template reads goes
+    through this, so no object with methods reaches the sandbox."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    for kind in (bool, str, int, float):  # subclasses (enums, numpy scalars) lose methods
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, Mapping):
+        return {plain_data(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_data(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain_data(v) for v in value)
+    if isinstance(value, BaseModel):
+        return plain_data(value.model_dump())
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item) and type(value).__module__ == "numpy":
+        return plain_data(item())
+    return f"<{type(value).__name__}>"
+
+
 class ToolCall(_Frozen):
     """A function call the model made: ``arguments`` is JSON text that validates against
     the function's ``parameters`` (the grammar guarantees it)."""
@@ -154,12 +177,39 @@ class Message(_Frozen):
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    #: the mapping the caller wrote, when the message came from one: a chat template sees
+    #: that (absent keys absent, lists as lists, arguments as written), not these fields
+    _written: Mapping[str, Any] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _content_present(self) -> Message:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError(f"a {self.role} message needs 'content' (a string)")
         return self
+
+    @classmethod
+    def from_written(cls, value: Mapping[str, Any]) -> Message:
+        """Validate a message dict and keep it as written, for the chat template."""
+        message = cls.model_validate(value)
+        message._written = value
+        return message
+
+    def template_view(self) -> dict[str, Any]:
+        """The message as a chat template receives it, in plain JSON types: the caller's
+        own mapping, or for a message built in code, the fields that were set, with tool
+        calls in OpenAI's shape (``{"id", "type", "function": {"name", "arguments"}}``)."""
+        if self._written is not None:
+            view: dict[str, Any] = plain_data(self._written)
+            return view
+        out: dict[str, Any] = {}
+        for key in self.model_fields_set:
+            if key == "tool_calls":
+                out[key] = [{"id": c.id, "type": "function",
+                             "function": {"name": c.name, "arguments": c.arguments}}
+                            for c in self.tool_calls]
+            else:
+                out[key] = getattr(self, key)
+        return {key: out[key] for key in Message.model_fields if key in out}
 
 
 class TopLogprob(_Frozen):
@@ -308,6 +358,9 @@ class ModelInfo(_Frozen):
     placement: DevicePlacement
     parallel: int = Field(1, description="requests decoded together (continuous batching)")
     has_chat_template: bool
+    system_message: Literal["template", "fold"] = Field(
+        "template", description='"fold" when a leading system message is folded into the '
+        "first user turn before the chat template renders (load(system_message=...))")
     pooling: str | None = Field(
         None, description="mean, cls or last for an embedding model (embed()); None for a "
                           "generative one")

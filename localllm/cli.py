@@ -109,6 +109,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "chat_template": "yes" if gguf.chat_template else "no (pass chat_template=)",
         "license": gguf.metadata.get("general.license", "unknown"),
     }
+    if gguf.chat_template:
+        facts["chat_template_check"] = _template_check(gguf)
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
@@ -116,6 +118,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         for key, value in facts.items():
             print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _template_check(gguf: Any) -> str:
+    """The conformance conversations through the file's template: passes, or what fails
+    and whether folding the system message (``system_message="fold"``) mends it."""
+    from ._template_check import check_template
+
+    bos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.bos_token_id"))
+    eos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.eos_token_id"))
+    report = check_template(gguf.chat_template, bos_token=bos, eos_token=eos)
+    if report.passed:
+        return f"passed: {report.summary()}"
+    folded = check_template(gguf.chat_template, bos_token=bos, eos_token=eos,
+                            fold_system=True)
+    ok, ok_folded = (sum(r.status == "ok" for r in x.results) for x in (report, folded))
+    hint = (f" (with system_message='fold': {ok_folded} of {len(folded.results)})"
+            if ok_folded > ok else "")
+    return f"failed: {report.summary()}{hint}"
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

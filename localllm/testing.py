@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import pytest
 
@@ -116,22 +116,53 @@ def assert_batched_agrees(trace: GreedyTrace, got: Sequence[int]) -> int | None:
     return at
 
 
+class _Decoder(Protocol):
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
 def assert_text_agrees(model: Model, prompt: str, text: str, max_tokens: int) -> int | None:
-    """``text`` (a greedy text of ``prompt`` from another float path: a batch, a server)
-    equals ``model``'s solo greedy text, or parts from it where it took a token within
-    :data:`BATCH_NEAR_TIE` of the top. Compares decoded prefixes, for callers that only
-    have text (a character cut by ``max_tokens`` mid-way is left out, as servers do).
-    Returns the step where they part, or None."""
-    ids, _, contenders = greedy_trace(model, prompt, max_tokens)
-    reference = [model.tokenizer.decode(list(ids[:k])).rstrip("\ufffd")
-                 for k in range(len(ids) + 1)]
-    agree = max(k for k, ref in enumerate(reference) if text.startswith(ref))
-    if agree == len(ids) or reference[-1] == text:
+    """``text`` (a greedy text of ``prompt`` from another float path, for callers that only
+    have text: a server's answer) equals ``model``'s solo greedy text, or parts from it
+    where it took a token within :data:`BATCH_NEAR_TIE` of the top. Where the caller has
+    the token ids, :func:`assert_batched_agrees` is the exact check. Returns the step where
+    they part, or None."""
+    return text_divergence(model.tokenizer, greedy_trace(model, prompt, max_tokens), text)
+
+
+def text_divergence(tokenizer: _Decoder, trace: GreedyTrace, text: str) -> int | None:
+    """The step at which ``text`` parts from the solo ``trace`` to a near-tied token, or
+    None when it is the trace's text; AssertionError when no near tie explains it.
+
+    Text alone does not say where two runs parted: a token's text may be a prefix of a
+    near-tied rival's (``' '`` and ``' of'``), so the longest common prefix can lie a
+    step past the real fork. Every step up to the first real mismatch is therefore
+    considered, each with all of its contenders: the first step at which a contender's
+    text continues the answer is where they part. A character cut mid-way by
+    ``max_tokens`` is left out, as servers do."""
+
+    def decoded(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids)).rstrip("\ufffd")
+
+    ids, contenders = trace.ids, trace.contenders
+    if decoded(ids) == text:
         return None
-    allowed = [model.tokenizer.decode([*ids[:agree], token]).rstrip("\ufffd")
-               for token in contenders[agree] - {ids[agree]}]
-    assert any(text.startswith(a) for a in allowed), (prompt, text, reference[-1], agree)
-    return agree
+    for step in range(len(ids) + 1):
+        ours = decoded(ids[:step])
+        if not text.startswith(ours):
+            break  # the first real mismatch: no later step can explain the text
+        if step == len(ids):
+            return None  # the whole solo text, and the answer runs on past max_tokens
+        following = decoded(ids[:step + 1])
+        for token in sorted(contenders[step] - {ids[step]}):
+            theirs = decoded([*ids[:step], token])
+            if theirs != following and theirs != ours and text.startswith(theirs):
+                return step
+            if theirs == ours == text:  # an end-of-generation token: the answer ends here
+                return step
+    raise AssertionError(
+        f"the text parts from the solo greedy run where no near-tied token explains it:\n"
+        f"  got:  {text!r}\n  solo: {decoded(ids)!r}\n"
+        f"  margins: {[round(m, 3) for m in trace.margins]}")
 
 
 def first_divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:

@@ -1,5 +1,6 @@
 """Build llama.cpp's reference tools, ``llama-batched-bench`` and ``llama-server``
-(and provide nginx, for the replicas test).
+(and provide nginx, for the replicas test, and llama.cpp's real chat templates, for the
+template conformance test).
 
 They are the yardstick for localllm's batching and serving, so they are built from the
 llama.cpp sources vendored in the pinned llama-cpp-python sdist, with the CPU flags of the
@@ -46,10 +47,11 @@ def tool_args() -> list[str]:
     return wheel + TOOL_ARGS
 
 
-def fetch_source(version: str, work: Path) -> Path:
-    """The sdist's vendored llama.cpp tree, downloaded and unpacked once under ``work``."""
+def fetch_source(version: str, work: Path, only: str = "") -> Path:
+    """The sdist's vendored llama.cpp tree, downloaded and unpacked once under ``work``
+    (only its ``only`` folder when one is named)."""
     tree = work / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
-    if (tree / "CMakeLists.txt").exists():
+    if (tree / (only or "CMakeLists.txt")).exists():
         return tree
     sdists = sorted(work.glob(f"llama_cpp_python-{version}.tar.gz"))
     if not sdists:
@@ -61,11 +63,12 @@ def fetch_source(version: str, work: Path) -> Path:
         if not sdists:
             sys.exit(f"pip download left no llama_cpp_python-{version}.tar.gz in {work}")
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+    wanted = prefix + (only.rstrip("/") + "/" if only else "")
     with tarfile.open(sdists[-1]) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+        members = [m for m in tar.getmembers() if m.name.startswith(wanted)]
         tar.extractall(work, members=members, filter="data")
-    if not (tree / "CMakeLists.txt").exists():
-        sys.exit(f"the sdist has no vendored llama.cpp at {prefix}")
+    if not (tree / (only or "CMakeLists.txt")).exists():
+        sys.exit(f"the sdist has no {wanted}")
     return tree
 
 
@@ -88,8 +91,41 @@ def build(version: str, args: list[str], out: Path) -> None:
         if not found:
             sys.exit(f"the build produced no {name} under {build_dir}")
         shutil.copy2(found[0], out / name)
+    keep_templates(src, out)
     shutil.rmtree(work)  # sources and objects: ~1 GB, not needed once the binaries exist
     print(f"built {', '.join(TARGETS)} in {took:.0f} s", flush=True)
+
+
+TEMPLATES = "models/templates"
+
+
+def keep_templates(tree: Path, out: Path) -> None:
+    """Keep the real chat templates llama.cpp ships (``models/templates/*.jinja``): the
+    test data of the template conformance test, kept beside the binaries."""
+    found = sorted((tree / TEMPLATES).glob("*.jinja"))
+    if not found:
+        sys.exit(f"the sdist's llama.cpp has no {TEMPLATES}/*.jinja")
+    staging = out / "templates.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in found:
+        shutil.copy2(path, staging / path.name)
+    shutil.rmtree(out / "templates", ignore_errors=True)
+    staging.rename(out / "templates")
+    print(f"kept {len(found)} chat templates in {out / 'templates'}", flush=True)
+
+
+def ensure_templates(version: str, out: Path) -> None:
+    """The templates for a tools cache built before they were kept: unpacked from the
+    sdist alone (a download, no build)."""
+    if any((out / "templates").glob("*.jinja")):
+        return
+    work = out / "templates-work"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        keep_templates(fetch_source(version, work, only=TEMPLATES), out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def ensure_nginx(out: Path) -> None:
@@ -135,6 +171,7 @@ def main() -> None:
         print(f"using cached build in {out}")
     else:
         build(opts.version, args, out)
+    ensure_templates(opts.version, out)
     ensure_nginx(out)
     print(out)
 

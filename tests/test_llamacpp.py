@@ -223,22 +223,21 @@ def test_missing_runtime_names_the_extra(default_model_path: Path) -> None:
 
 
 def test_import_is_light_and_loads_no_runtime() -> None:
-    """Start-up time is noisy on a shared machine: the best of three fresh interpreters."""
-    times = []
-    for _ in range(3):
-        proc = _run_python("""
-            import sys, time
-            t = time.perf_counter()
-            import localllm
-            elapsed = time.perf_counter() - t
-            heavy = [m for m in ("llama_cpp", "numpy", "jinja2", "gguf", "tokenizers")
-                     if m in sys.modules]
-            print(elapsed, heavy)
-        """)
-        elapsed, heavy = proc.stdout.split(" ", 1)
-        assert heavy.strip() == "[]"
-        times.append(float(elapsed))
-    assert min(times) < 0.3, times
+    """``import localllm`` brings in no runtime and none of the heavy libraries behind
+    one, which is what keeps it fast (the time itself is measured in
+    benchmarks/bench_import.py, against the runtime's own import)."""
+    proc = _run_python("""
+        import sys
+        import localllm
+        localllm.load, localllm.plan, localllm.Model, localllm.ModelStore
+        heavy = [m for m in ("llama_cpp", "onnxruntime", "onnxruntime_genai", "gpt4all",
+                             "ctransformers", "numpy", "jinja2", "gguf", "tokenizers",
+                             "starlette")
+                 if m in sys.modules]
+        print(heavy)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
