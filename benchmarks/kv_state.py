@@ -19,16 +19,18 @@ import tempfile
 from typing import Any
 
 CHUNK = 1 << 20
+IO_MAGIC = 0xAF143CD8  # opens llama_state_seq_get_data's buffer (not the file format)
 
 
 def _layout(state: bytes) -> tuple[int, list[tuple[int, int]], list[tuple[int, ...]]]:
     """(v_trans, per-layer (k_type, k_row_bytes), per-layer V entries) of a one-cell
-    sequence state: n_stream, cell_count, the cell (pos, n_seq_id, seq_id), v_trans,
+    sequence state: [io magic, seq id,] n_stream, cell_count, the cell (pos, n_seq_id, seq_id), v_trans,
     n_layer, then each layer's K type, row size and row, then each layer's V."""
-    n_stream, cells = struct.unpack_from("<II", state, 0)
+    at = 8 if struct.unpack_from("<I", state, 0)[0] == IO_MAGIC else 0  # magic, seq id
+    n_stream, cells = struct.unpack_from("<II", state, at)
     if (n_stream, cells) != (1, 1):
         raise RuntimeError(f"unexpected state header {n_stream=}, {cells=}")
-    at = 8 + 12  # one cell: pos, n_seq_id, seq_id (no per-cell extension for these models)
+    at += 8 + 12  # one cell: pos, n_seq_id, seq_id (no per-cell extension for these models)
     v_trans, n_layer = struct.unpack_from("<II", state, at)
     at += 8
     keys = []

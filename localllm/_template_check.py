@@ -97,31 +97,43 @@ CONVERSATIONS: tuple[Conversation, ...] = (
 class ConversationResult:
     """How one conversation rendered: ``ok``, ``refused`` (the template raised; its
     message in ``detail``) or ``lost`` (it rendered without some of the messages' text,
-    named in ``detail``)."""
+    named in ``detail``). ``tools``: the conversation offers tools."""
 
     conversation: str
     status: str
     detail: str = ""
+    tools: bool = False
 
 
 @dataclass(frozen=True)
 class TemplateReport:
-    """The conformance check of one template."""
+    """The conformance check of one template. It passes when every conversation without
+    tools renders with every message; the ones with tools say whether the template writes
+    tools and calls itself (``chat(tools=...)`` writes them in localllm's own format, as
+    text, so a template without tool support still serves tool calling)."""
 
     results: tuple[ConversationResult, ...]
 
     @property
     def passed(self) -> bool:
-        return all(r.status == "ok" for r in self.results)
+        return all(r.status == "ok" for r in self.results if not r.tools)
+
+    @property
+    def handles_tools(self) -> bool:
+        return all(r.status == "ok" for r in self.results if r.tools)
 
     def summary(self) -> str:
         """One line for ``localllm info``."""
-        ok = sum(r.status == "ok" for r in self.results)
-        line = (f"{ok} of {len(self.results)} conformance conversations render with every "
-                "message")
-        problems = [f"{r.conversation}: {r.status} ({r.detail[:120]})" for r in self.results
-                    if r.status != "ok"]
-        return line + ("" if not problems else "; " + "; ".join(problems))
+        parts = []
+        for tools, label in ((False, "conversations without tools"),
+                             (True, "with tools and tool calls")):
+            group = [r for r in self.results if r.tools == tools]
+            ok = sum(r.status == "ok" for r in group)
+            problems = [f"{r.conversation}: {r.status} ({r.detail[:120]})" for r in group
+                        if r.status != "ok"]
+            parts.append(f"{ok} of {len(group)} {label} render with every message"
+                         + ("" if not problems else " (" + "; ".join(problems) + ")"))
+        return "; ".join(parts)
 
 
 def expected_pieces(messages: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -163,12 +175,14 @@ def check_template(template: str, *, bos_token: str = "", eos_token: str = "",
                                add_generation_prompt=conv.add_generation_prompt,
                                tools=conv.tools)
         except ChatTemplateError as exc:
-            results.append(ConversationResult(conv.name, "refused", str(exc)[:200]))
+            results.append(ConversationResult(conv.name, "refused", str(exc)[:200],
+                                              conv.tools is not None))
             continue
         lost = missing_pieces(text, expected_pieces(messages))
         if lost:
             results.append(ConversationResult(conv.name, "lost",
-                                              ", ".join(repr(p) for p in lost)))
+                                              ", ".join(repr(p) for p in lost),
+                                              conv.tools is not None))
         else:
-            results.append(ConversationResult(conv.name, "ok"))
+            results.append(ConversationResult(conv.name, "ok", "", conv.tools is not None))
     return TemplateReport(tuple(results))

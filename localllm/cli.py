@@ -121,21 +121,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _template_check(gguf: Any) -> str:
-    """The conformance conversations through the file's template: passes, or what fails
-    and whether folding the system message (``system_message="fold"``) mends it."""
+    """The conformance conversations through the file's template: whether it passes,
+    whether it writes tools itself, and whether folding the system message
+    (``system_message="fold"``) mends a refusal."""
     from ._template_check import check_template
 
     bos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.bos_token_id"))
     eos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.eos_token_id"))
     report = check_template(gguf.chat_template, bos_token=bos, eos_token=eos)
-    if report.passed:
-        return f"passed: {report.summary()}"
-    folded = check_template(gguf.chat_template, bos_token=bos, eos_token=eos,
-                            fold_system=True)
-    ok, ok_folded = (sum(r.status == "ok" for r in x.results) for x in (report, folded))
-    hint = (f" (with system_message='fold': {ok_folded} of {len(folded.results)})"
-            if ok_folded > ok else "")
-    return f"failed: {report.summary()}{hint}"
+    verdict = "passed" if report.passed else "failed"
+    line = f"{verdict}: {report.summary()}"
+    if not report.handles_tools:
+        line += (". chat(tools=...) writes tools and calls in localllm's own format, as "
+                 "text this template renders")
+    if not report.passed:
+        folded = check_template(gguf.chat_template, bos_token=bos, eos_token=eos,
+                                fold_system=True)
+        if folded.passed:
+            line += ". With system_message='fold' it passes"
+    return line
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

@@ -172,16 +172,16 @@ def test_the_check_finds_what_a_template_drops(templates: dict[str, str]) -> Non
     dropping = "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}" \
                "{% endif %}{% endfor %}"
     report = check_template(dropping)
-    assert not report.passed
+    assert not report.passed and not report.handles_tools
     lost = {r.conversation: r.detail for r in report.results if r.status == "lost"}
     assert "'Teal.'" in lost["multi-turn"]
     gemma = check_template(templates["google-gemma-2-2b-it"], **TOKENS)
     refused = [r for r in gemma.results if r.status == "refused"]
     assert refused and all("System role not supported" in r.detail or "alternate" in r.detail
                            for r in refused)
+    assert not gemma.passed
     folded = check_template(templates["google-gemma-2-2b-it"], fold_system=True, **TOKENS)
-    assert sum(r.status == "ok" for r in folded.results) > sum(
-        r.status == "ok" for r in gemma.results)
+    assert folded.passed and not folded.handles_tools  # a "tool" turn breaks alternation
 
 
 def test_a_system_message_is_folded_only_when_asked(templates: dict[str, str],
@@ -221,5 +221,7 @@ def test_info_reports_the_template_check(default_model_path: Path) -> None:
                            str(default_model_path), "--json"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    facts = json.loads(proc.stdout)
-    assert facts["chat_template_check"].startswith("passed: 11 of 11"), facts
+    check = json.loads(proc.stdout)["chat_template_check"]
+    # SmolLM2's ChatML template writes contents only: earlier tool calls are not in it
+    assert check.startswith("passed: 6 of 6 conversations without tools"), check
+    assert "lost ('get_weather')" in check and "localllm's own format" in check, check

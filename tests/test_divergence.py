@@ -95,7 +95,7 @@ def test_an_answer_that_ends_at_a_near_tied_end_of_generation(
     tok = shared_model.tokenizer
     trace = trace_of(shared_model, SOLO, {})
     ended = tok.decode(list(trace.ids[:5]))
-    eog = min(tok.eog_ids)
+    eog = min(shared_model.local_tokenizer().eog_ids)
     assert tok.decode([eog]) == ""  # control tokens write nothing
     contenders = list(trace.contenders)
     contenders[5] = contenders[5] | {eog}
