@@ -24,8 +24,9 @@ IO_MAGIC = 0xAF143CD8  # opens llama_state_seq_get_data's buffer (not the file f
 
 def _layout(state: bytes) -> tuple[int, list[tuple[int, int]], list[tuple[int, ...]]]:
     """(v_trans, per-layer (k_type, k_row_bytes), per-layer V entries) of a one-cell
-    sequence state: [io magic, seq id,] n_stream, cell_count, the cell (pos, n_seq_id, seq_id), v_trans,
-    n_layer, then each layer's K type, row size and row, then each layer's V."""
+    sequence state: [io magic, seq id,] n_stream, cell_count, the cell (pos, n_seq_id,
+    seq_id), v_trans, n_layer, then each layer's K type, row size and row, then each
+    layer's V."""
     at = 8 if struct.unpack_from("<I", state, 0)[0] == IO_MAGIC else 0  # magic, seq id
     n_stream, cells = struct.unpack_from("<II", state, at)
     if (n_stream, cells) != (1, 1):
