@@ -31,6 +31,7 @@ from ._types import (
     FinishReason,
     Message,
     ModelInfo,
+    ModelStats,
     OverflowPolicy,
     SamplingParams,
     StreamChunk,
@@ -136,6 +137,14 @@ class Model:
     @property
     def info(self) -> ModelInfo:
         return self._info
+
+    @property
+    def stats(self) -> ModelStats:
+        """Requests decoding now and waiting, read without blocking any of them."""
+        scheduler = self._scheduler
+        return ModelStats(active_sequences=scheduler.active_sequences,
+                          queue_depth=scheduler.queue_depth,
+                          max_sequences=self._info.parallel)
 
     @property
     def capabilities(self) -> Any:

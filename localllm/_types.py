@@ -338,6 +338,15 @@ class DevicePlacement(_Frozen):
     provider: str = ""
 
 
+class ModelStats(_Frozen):
+    """What a loaded model is doing right now (``Model.stats``): for dashboards, metrics
+    and back-pressure decisions outside the model."""
+
+    active_sequences: int = Field(description="requests being decoded now")
+    queue_depth: int = Field(description="requests waiting for a free sequence")
+    max_sequences: int = Field(description="requests decoded together at most (parallel)")
+
+
 class ModelInfo(_Frozen):
     """Facts about a loaded model: the file, the runtime and where it runs."""
 

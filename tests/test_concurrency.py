@@ -271,21 +271,26 @@ def test_queue_full_and_timeout_are_typed(default_model_path: Path) -> None:
     with localllm.load(default_model_path, context_length=256, threads=2, parallel=1,
                        max_queue=1) as model:
         ban = {eos: float("-inf") for eos in eog_ids(model)}
+        assert model.stats == localllm.ModelStats(active_sequences=0, queue_depth=0,
+                                                  max_sequences=1)
         running = model.stream("Once upon a time", max_tokens=240, logit_bias=ban)
         next(running)
+        assert model.stats.active_sequences == 1 and model.stats.queue_depth == 0
         queued = model.stream("Once upon a time", max_tokens=4)
         waiter = threading.Thread(target=lambda: list(queued))
         with pytest.raises(localllm.QueueFullError) as info:
             # the first request runs, the second waits: the third finds the queue full
             waiter.start()
             deadline = time.monotonic() + 10
-            while not model._scheduler._waiting and time.monotonic() < deadline:
+            while not model.stats.queue_depth and time.monotonic() < deadline:
                 time.sleep(0.01)
+            assert model.stats.queue_depth == 1
             model.complete("x", max_tokens=2)
         assert info.value.retry_after_s > 0
         running.close()  # type: ignore[attr-defined]
         waiter.join(timeout=60)  # the queued request runs once the first is freed
         assert not waiter.is_alive()
+        assert model.stats.active_sequences == 0 and model.stats.queue_depth == 0
         with pytest.raises(localllm.RequestTimeoutError, match="timed out"):
             model.complete("Once upon a time", max_tokens=200, timeout=0.05, logit_bias=ban)
         with pytest.raises(localllm.ConfigError, match="timeout"):

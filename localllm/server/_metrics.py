@@ -89,11 +89,11 @@ class Metrics:
             if model is None:
                 continue
             label = f'model="{served.name}"'
-            scheduler = model._scheduler
+            stats = model.stats
             plan = model.info.plan
             memory = plan.predicted_ram_after_load if plan is not None else 0
-            lines += [f"localllm_active_sequences{{{label}}} {scheduler.active_sequences}",
-                      f"localllm_queue_depth{{{label}}} {scheduler.queue_depth}",
+            lines += [f"localllm_active_sequences{{{label}}} {stats.active_sequences}",
+                      f"localllm_queue_depth{{{label}}} {stats.queue_depth}",
                       f"localllm_model_loaded{{{label}}} 1",
                       f"localllm_model_memory_bytes{{{label}}} {memory}"]
         return "\n".join(lines) + "\n"
