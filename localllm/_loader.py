@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._backends import auto_candidates, backend_names, get_backend
 from ._backends.base import Engine, EngineOptions, LocalTokenizerEngine
 from ._chat import resolve_template
+from ._defaults import DEFAULTS
 from ._errors import (
     BackendError,
     BackendUnavailableError,
@@ -243,7 +244,7 @@ def load(
     gpu_layers: int | None = None,
     kv_type: str = "f16",
     parallel: int | None = None,
-    max_queue: int = 256,
+    max_queue: int = DEFAULTS.max_queue,
     allow_fallback: bool = False,
     chat_template: str | None = None,
     system_message: str = "template",

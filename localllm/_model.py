@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._backends.base import Engine
 from ._chat import normalize_messages, render_chat
+from ._defaults import DEFAULTS
 from ._errors import (
     ChatTemplateError,
     ConfigError,
@@ -96,7 +97,7 @@ class Model:
     def __init__(self, engine: Engine, info: ModelInfo, chat_template: str | None,
                  bos_text: str, eos_text: str, load_s: float,
                  tokenizer_factory: Callable[[], LocalTokenizer] | None = None,
-                 max_queue: int = 256) -> None:
+                 max_queue: int = DEFAULTS.max_queue) -> None:
         self._engine: Engine | None = engine
         self._info = info
         self._chat_template = chat_template

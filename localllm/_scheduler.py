@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._backends.base import Engine, SeqInput, sample_from_logits
+from ._defaults import DEFAULTS
 from ._errors import (
     BackendError,
     LocalLLMError,
@@ -166,7 +167,7 @@ class _Slot:
 class Scheduler:
     """Owns the engine's generation: a thread that runs all admitted requests together."""
 
-    def __init__(self, engine: Engine, *, max_queue: int = 256) -> None:
+    def __init__(self, engine: Engine, *, max_queue: int = DEFAULTS.max_queue) -> None:
         self.engine = engine
         self.max_queue = max_queue
         self.parallel = max(1, engine.max_sequences)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._defaults import DEFAULTS
 from ._errors import LocalLLMError
 
 
@@ -355,10 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(needs the 'server' extra)")
     serve.add_argument("models", nargs="*", help=".gguf paths or catalog names (default: "
                                                  "the default model and the store's)")
-    serve.add_argument("--host", default="127.0.0.1",
+    serve.add_argument("--host", default=DEFAULTS.host,
                        help="bind address (default loopback; others need a key)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--parallel", type=int, default=8,
+    serve.add_argument("--port", type=int, default=DEFAULTS.port)
+    serve.add_argument("--parallel", type=int, default=DEFAULTS.server_parallel,
                        help="requests decoded together per model")
     keys = serve.add_mutually_exclusive_group()
     keys.add_argument("--api-key", action="append", default=None,
@@ -368,9 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow a non-loopback bind without an API key")
     serve.add_argument("--cors-origin", action="append", default=None,
                        help="allowed browser origin (repeatable); CORS is off without it")
-    serve.add_argument("--max-queue", type=int, default=256,
+    serve.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
                        help="requests waiting per model before 503")
-    serve.add_argument("--keep-alive", default="5m",
+    serve.add_argument("--keep-alive", default=f"{DEFAULTS.keep_alive_s:g}s",
                        help="unload a model after this idle time (-1: never)")
     serve.add_argument("--threads", type=int, default=None, help="CPU threads per model")
     serve.add_argument("--context", type=int, default=None,
@@ -378,11 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ram-budget", type=int, default=None, metavar="MIB",
                        help="RAM all loaded models may take; past it the least recently "
                             "used idle model is unloaded (default: free RAM decides)")
-    serve.add_argument("--isolation", choices=("auto", "process", "none"), default="auto",
+    serve.add_argument("--isolation", choices=("auto", "process", "none"),
+                       default=DEFAULTS.server_isolation,
                        help="run runtimes in worker processes, so a crash is a 500 and not "
                             "the server's end (auto: for gpt4all and ctransformers, which "
                             "are known to abort)")
-    serve.add_argument("--max-body", type=int, default=8 * 1024 * 1024,
+    serve.add_argument("--max-body", type=int, default=DEFAULTS.max_body_bytes,
                        help="request body limit in bytes")
     serve.set_defaults(func=cmd_serve)
     return parser

@@ -24,11 +24,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import _errors as errors
+from .._defaults import DEFAULTS
 from ._metrics import Metrics
 from ._registry import ModelUnavailableError, Registry
 
 log = logging.getLogger("localllm.server")
-DEFAULT_MAX_BODY = 8 * 1024 * 1024
+DEFAULT_MAX_BODY = DEFAULTS.max_body_bytes
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 OPEN_PATHS = ("/health", "/v1/health")  # answered without a key, like llama-server's
 
@@ -38,17 +39,17 @@ class ServerConfig:
     """What ``create_app`` builds from; ``localllm serve`` fills it from the command line."""
 
     models: Sequence[str] = ()
-    host: str = "127.0.0.1"
-    parallel: int | None = 8
-    max_queue: int = 256
+    host: str = DEFAULTS.host
+    parallel: int | None = DEFAULTS.server_parallel
+    max_queue: int = DEFAULTS.max_queue
     api_keys: Sequence[str] = ()
     cors_origins: Sequence[str] = ()
-    keep_alive_s: float | None = 300.0
+    keep_alive_s: float | None = DEFAULTS.keep_alive_s
     max_body_bytes: int = DEFAULT_MAX_BODY
     threads: int | None = None
     context_length: int | None = None
     ram_budget: int | None = None  # bytes for all loaded models (None: free RAM decides)
-    isolation: str = "auto"  # runtimes known to abort run in a worker process
+    isolation: str = DEFAULTS.server_isolation  # runtimes known to abort: a worker each
     preload: bool = True
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._defaults import DEFAULTS
 from .._errors import ConfigError, LocalLLMError, ModelNotFoundError, WillNotFitError
 from .._model import Model
 from .._store import ModelStore
@@ -89,7 +90,8 @@ class Registry:
     """Names → models; loads, keeps and unloads them for the server."""
 
     def __init__(self, sources: Sequence[str], *, parallel: int | None = None,
-                 max_queue: int = 256, keep_alive_s: float | None = 300.0,
+                 max_queue: int = DEFAULTS.max_queue,
+                 keep_alive_s: float | None = DEFAULTS.keep_alive_s,
                  threads: int | None = None, context_length: int | None = None,
                  ram_budget: int | None = None, store: ModelStore | None = None,
                  isolation: str = "auto") -> None:

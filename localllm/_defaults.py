@@ -1,0 +1,30 @@
+"""The defaults that several entry points share, written once.
+
+``load()``, the scheduler, ``localllm serve``'s command line, ``ServerConfig`` and the
+server's model registry all read them from here, so a default changed here changes
+everywhere and the help text cannot drift from the behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Defaults:
+    #: requests that may wait per model beyond the running ones (QueueFullError / 503)
+    max_queue: int = 256
+    #: requests the server decodes together per model (load() picks up to 4 itself)
+    server_parallel: int = 8
+    #: seconds an idle served model stays loaded (Ollama's default, 5 minutes)
+    keep_alive_s: float = 300.0
+    #: request body limit of the server, in bytes
+    max_body_bytes: int = 8 * 1024 * 1024
+    #: where the server listens: loopback only, unless told otherwise with a key
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: isolation of served runtimes: worker processes for the ones known to abort
+    server_isolation: str = "auto"
+
+
+DEFAULTS = Defaults()
