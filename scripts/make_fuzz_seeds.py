@@ -79,6 +79,14 @@ TOOLS_STYLE = (  # the constructs of newer templates: namespace, filters, macros
     "{{- (messages | map(attribute='role') | join(',')) | upper | replace('USER', 'u') }}"
     "{%- if add_generation_prompt %}{{- '<|assistant|>\\n' }}{%- endif %}")
 
+LOOP_CONTROL = (  # break/continue (Command R7B, Kimi), {% generation %} (LFM2.5), dict()
+    "{%- set seen = dict(first=none) %}{%- for m in messages %}"
+    "{%- if m.role == 'system' %}{%- continue %}{%- endif %}"
+    "{%- if loop.index > 6 %}{%- break %}{%- endif %}"
+    "{%- if m.role == 'assistant' %}<|a|>{% generation %}{{ m.content }}{% endgeneration %}"
+    "{%- else %}<|{{ m.role }}|>{{ m.content | tojson(indent=2) }}{%- endif %}{%- endfor %}"
+    "{{- dict.fromkeys(['x'], 1) | tojson }}{%- if add_generation_prompt %}<|a|>{%- endif %}")
+
 
 def conversation(template: str, *turns: tuple[int, str]) -> bytes:
     """A chat-template fuzz input: the template, then each turn (role byte, content)."""
@@ -175,6 +183,7 @@ def chat_seeds() -> dict[str, bytes]:
         "gemma.bin": conversation(GEMMA, *talk[1:]),
         "zephyr.bin": conversation(NAMED_TEMPLATES["zephyr"], (user, "Hi")),
         "tools-style.bin": conversation(TOOLS_STYLE, *talk),
+        "loop-control.bin": conversation(LOOP_CONTROL, *talk),
     }
 
 
