@@ -26,11 +26,10 @@ from ._errors import (
     RemoteError,
     RemoteTimeoutError,
 )
+from .protocols.openai import EXTENSION_FIELDS, STANDARD_FIELDS
 
 #: sampling fields every flavour takes in its own way: sent only when the caller set them
-OPENAI_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed",
-                 "stop", "logit_bias")
-EXTENSION_FIELDS = ("top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n")
+OPENAI_FIELDS = STANDARD_FIELDS
 
 
 @dataclass(frozen=True)

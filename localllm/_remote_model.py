@@ -47,14 +47,11 @@ from ._types import (
     TopLogprob,
     Usage,
 )
+from .protocols import ollama as ollama_wire
+from .protocols import openai as openai_wire
 
 Messages = Sequence[Any]
 APIS = ("auto", "openai", "ollama")
-_OLLAMA_OPTIONS = {"max_tokens": "num_predict", "temperature": "temperature", "top_k": "top_k",
-                   "top_p": "top_p", "min_p": "min_p", "typical_p": "typical_p",
-                   "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n",
-                   "frequency_penalty": "frequency_penalty",
-                   "presence_penalty": "presence_penalty", "seed": "seed", "stop": "stop"}
 
 
 def split_source(source: str) -> tuple[str, str]:
@@ -259,7 +256,7 @@ class RemoteModel:
                            seed=sampling.seed, timeout=timeout)
         if self.api == "ollama":
             request.path = "/api/chat" if chat else "/api/generate"
-            opts = {_OLLAMA_OPTIONS[k]: v for k, v in sent.items()}
+            opts = {ollama_wire.OPTION_NAMES[k]: v for k, v in sent.items()}
             opts["num_predict"] = sampling.max_tokens if sampling.max_tokens is not None else -1
             body: dict[str, Any] = {"model": self._info.name, "stream": True, "options": opts}
             if wire_format is not None:
@@ -284,8 +281,8 @@ class RemoteModel:
                     body["stream"] = request.streamed = False
                     body.pop("stream_options", None)
         if chat:
-            body["messages"] = [m.model_dump(exclude_none=True)
-                                for m in normalize_messages(prompt)]
+            encode = ollama_wire.message if request.ollama else openai_wire.message
+            body["messages"] = [encode(m) for m in normalize_messages(prompt)]
             if tools:
                 body["tools"] = list(tools)
             if tool_choice is not None and not request.ollama:

@@ -133,6 +133,34 @@ class City(pydantic.BaseModel):
     country: str = pydantic.Field(max_length=20)
 
 
+HISTORY = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "name": "get_weather",
+     "content": "18 C and sunny"},
+    {"role": "user", "content": "Is that warm?"}]
+
+
+def test_earlier_tool_calls_go_out_in_each_api_shape(served: str, llama_server: str) -> None:
+    """A conversation holding an earlier call and its result is sent in each API's own
+    shape (OpenAI's: type and function, arguments as text; Ollama's: function, arguments
+    as an object; no empty tool_calls on plain turns). llama-server refused the shape
+    sent before with a 500 ("Missing tool call type"). localllm serve renders, through
+    either API, exactly the prompt the model renders locally."""
+    local = served_model(served, CHAT)
+    expected = local.count_tokens(local.render_chat(HISTORY, tools=[TOOL]))
+    for api in ("openai", "ollama"):
+        with localllm.connect(served, CHAT, api=api) as remote:
+            done = remote.chat(HISTORY, tools=[TOOL], max_tokens=4, temperature=0)
+            assert done.usage.prompt_tokens == expected, api
+    with localllm.connect(llama_server, first_model_id(llama_server)) as remote:
+        done = remote.chat(HISTORY, tools=[TOOL], max_tokens=4, temperature=0)
+        first_turn = local.count_tokens(local.render_chat(HISTORY[:1]))
+        assert done.usage.prompt_tokens > first_turn and done.usage.completion_tokens > 0
+
+
 def test_streams_tools_schemas_logprobs_and_async(served: str) -> None:
     fresh = served_model(served, CHAT)._scheduler.clear_cache  # compared runs start empty
     with localllm.connect(served, CHAT) as remote:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._errors import ContextOverflowError
 from .._model import Model
-from .._types import Completion, StreamChunk, TokenLogprob
+from .._types import Completion, StreamChunk
 from ._metrics import Metrics
 
 
@@ -170,10 +170,3 @@ def sampling_params(fields: Mapping[str, Any], names: Mapping[str, str]) -> dict
         if value is not None:
             out[ours] = value
     return out
-
-
-def logprob_entry(lp: TokenLogprob) -> dict[str, Any]:
-    """One token's log probability in the wire shape both APIs share."""
-    return {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.bytes),
-            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
-                             for t in lp.top_logprobs]}

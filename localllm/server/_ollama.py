@@ -21,6 +21,8 @@ from starlette.routing import Route
 
 from .. import __version__
 from .._types import Completion, TokenLogprob
+from ..protocols import ollama as wire
+from ..protocols.openai import logprob_entry
 from . import _generation as generation
 from ._app import (
     HTTPError,
@@ -40,14 +42,6 @@ from ._streaming import EventStream, hold_while_streaming
 
 API_VERSION = "0.12.0"  # the Ollama API level these routes follow
 NS = 1_000_000_000
-OPTION_FIELDS = {"num_predict": "max_tokens", "temperature": "temperature", "top_k": "top_k",
-                 "top_p": "top_p", "min_p": "min_p", "typical_p": "typical_p",
-                 "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n",
-                 "presence_penalty": "presence_penalty",
-                 "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop"}
-LOAD_FIELDS = {"num_ctx": "context_length", "num_thread": "threads"}
-IGNORED_OPTIONS = {"num_keep", "num_batch", "num_gpu", "main_gpu", "use_mmap", "numa",
-                   "low_vram", "vocab_only", "use_mlock", "penalize_newline"}
 
 
 class Options(BaseModel):
@@ -82,7 +76,7 @@ class _Request(BaseModel):
     think: bool | str | None = None
 
     def parsed_options(self) -> Options:
-        raw = {k: v for k, v in (self.options or {}).items() if k not in IGNORED_OPTIONS}
+        raw = {k: v for k, v in (self.options or {}).items() if k not in wire.IGNORED_OPTIONS}
         return validate(Options, raw)  # type: ignore[no-any-return]
 
 
@@ -108,14 +102,14 @@ def _generation(req: _Request, *, messages: list[Any] | None = None,
         raise HTTPError(400, "think is not supported: the served models have no thinking "
                         "mode", param="think")
     opts = req.parsed_options()
-    params = generation.sampling_params(opts.model_dump(), OPTION_FIELDS)
+    params = generation.sampling_params(opts.model_dump(), wire.OPTION_FIELDS)
     predict = params.get("max_tokens")
     if predict is not None and predict < 0:  # -1: no limit, -2: fill the context
         del params["max_tokens"]
     elif predict == 0:
         raise HTTPError(400, "num_predict=0 generates nothing; give a positive number or -1",
                         param="options.num_predict")
-    load = generation.sampling_params(opts.model_dump(), LOAD_FIELDS)
+    load = generation.sampling_params(opts.model_dump(), wire.LOAD_FIELDS)
     fmt = _format(req.format)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     tools = getattr(req, "tools", None) or None
@@ -164,11 +158,6 @@ def _stats(r: Completion, load_s: float) -> dict[str, Any]:
             "prompt_eval_duration": int(t.prompt_s * NS),
             "eval_count": r.usage.completion_tokens,
             "eval_duration": int(t.generation_s * NS)}
-
-
-def _ollama_calls(r: Completion) -> list[dict[str, Any]]:
-    return [{"function": {"name": c.name, "arguments": c.parsed_arguments}}
-            for c in r.tool_calls]
 
 
 def _details(served: ServedModel) -> dict[str, Any]:
@@ -316,16 +305,16 @@ def routes(state: ServerState) -> list[Route]:
         else:
             out["response"] = text
         if logprobs:
-            out["logprobs"] = [generation.logprob_entry(lp) for lp in logprobs]
+            out["logprobs"] = [logprob_entry(lp) for lp in logprobs]
         return out
 
     def _final(model: str, chat: bool, r: Completion, load_s: float,
                text: str) -> dict[str, Any]:
         out = _part(model, chat, text, ())
         if chat and r.tool_calls:
-            out["message"]["tool_calls"] = _ollama_calls(r)
+            out["message"]["tool_calls"] = wire.tool_calls(r.tool_calls)
         if r.logprobs is not None and text == r.text:  # not streamed: all of them here
-            out["logprobs"] = [generation.logprob_entry(lp) for lp in r.logprobs]
+            out["logprobs"] = [logprob_entry(lp) for lp in r.logprobs]
         reason = "stop" if r.finish_reason == "tool_calls" else r.finish_reason
         out.update(done=True, done_reason=reason, **_stats(r, load_s))
         return out

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .._types import Completion, StreamChunk, TokenLogprob, ToolCallDelta
+from .._types import Completion, StreamChunk, TokenLogprob
+from ..protocols import openai as wire
 from . import _generation as generation
 from ._app import (
     HTTPError,
@@ -33,13 +34,6 @@ from ._app import (
 from ._embeddings import as_base64, embed, texts_of
 from ._generation import Generation
 from ._streaming import EventStream, hold_while_streaming
-
-# OpenAI field -> localllm sampling parameter (the last five are extensions, as in vLLM)
-SAMPLING_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
-                   "frequency_penalty": "frequency_penalty",
-                   "presence_penalty": "presence_penalty", "stop": "stop",
-                   "top_k": "top_k", "min_p": "min_p", "typical_p": "typical_p",
-                   "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n"}
 
 
 class _Request(BaseModel):
@@ -65,7 +59,7 @@ class _Request(BaseModel):
     repeat_last_n: int | None = Field(None, ge=0)
 
     def params(self) -> dict[str, Any]:
-        params = generation.sampling_params(self.model_dump(), SAMPLING_FIELDS)
+        params = generation.sampling_params(self.model_dump(), wire.SAMPLING_FIELDS)
         limit = self.max_completion_tokens or self.max_tokens  # the newer field wins
         if limit is not None:
             params["max_tokens"] = limit
@@ -146,7 +140,7 @@ def _top_logprobs(req: ChatRequest) -> int | None:
 
 
 def _entries(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
-    return [generation.logprob_entry(lp) for lp in logprobs]
+    return [wire.logprob_entry(lp) for lp in logprobs]
 
 
 def _usage(results: list[Completion], n: int) -> dict[str, Any]:
@@ -158,25 +152,6 @@ def _usage(results: list[Completion], n: int) -> dict[str, Any]:
             "total_tokens": prompt + completion,
             "prompt_tokens_details": {
                 "cached_tokens": sum(r.usage.cached_prompt_tokens for r in firsts)}}
-
-
-def _tool_calls(result: Completion) -> list[dict[str, Any]] | None:
-    if not result.tool_calls:
-        return None
-    return [{"id": c.id, "type": "function",
-             "function": {"name": c.name, "arguments": c.arguments}} for c in result.tool_calls]
-
-
-def _delta_calls(deltas: tuple[ToolCallDelta, ...]) -> list[dict[str, Any]]:
-    out = []
-    for d in deltas:
-        fn: dict[str, Any] = {"arguments": d.arguments}
-        entry: dict[str, Any] = {"index": d.index, "function": fn}
-        if d.id is not None:
-            entry.update(id=d.id, type="function")
-            fn["name"] = d.name
-        out.append(entry)
-    return out
 
 
 def routes(state: ServerState) -> list[Route]:
@@ -283,7 +258,7 @@ def _model_card(name: str) -> dict[str, Any]:
 
 
 def _chat_choice(i: int, r: Completion) -> dict[str, Any]:
-    calls = _tool_calls(r)
+    calls = wire.tool_calls(r.tool_calls) or None
     message: dict[str, Any] = {"role": "assistant", "content": None if calls else r.text,
                                "refusal": None}
     if calls:
@@ -324,7 +299,7 @@ async def _chat_chunks(chunks: AsyncIterator[tuple[int, StreamChunk]], rid: str,
         if chunk.text:
             delta["content"] = chunk.text
         if chunk.tool_calls:
-            delta["tool_calls"] = _delta_calls(chunk.tool_calls)
+            delta["tool_calls"] = wire.tool_call_deltas(chunk.tool_calls)
         choice: dict[str, Any] = {"index": i, "delta": delta, "finish_reason": None,
                                   "logprobs": None}
         if chunk.logprobs:
