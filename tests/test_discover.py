@@ -68,7 +68,9 @@ def stores(default_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     (lms / "mmproj-model-f16.gguf").write_bytes(b"GGUF")
     # GPT4All: a flat folder
     place(default_model_path, home / ".local" / "share" / "nomic.ai" / "GPT4All" / "smol.gguf")
-    for var in ("OLLAMA_MODELS", "HF_HOME", "HF_HUB_CACHE", "XDG_DATA_HOME"):
+    # the stores are found from HOME alone, whatever the machine's environment says
+    for var in ("OLLAMA_MODELS", "HF_HOME", "HF_HUB_CACHE", "XDG_DATA_HOME",
+                "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(home))
     return home
