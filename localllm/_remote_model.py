@@ -44,7 +44,6 @@ from ._types import (
     TokenLogprob,
     ToolCall,
     ToolCallDelta,
-    TopLogprob,
     Usage,
 )
 from .protocols import ollama as ollama_wire
@@ -438,7 +437,7 @@ class _Assembler:
             delta = choice.get("delta") or {}
             text = delta.get("content") if self.request.chat else choice.get("text")
             calls = tuple(self._call_delta(c) for c in delta.get("tool_calls") or [])
-            logprobs = self._logprobs(choice.get("logprobs"))
+            logprobs = openai_wire.decode_logprobs(choice.get("logprobs"))
             chunk = self._chunk(text or "", calls, logprobs)
             if choice.get("finish_reason"):
                 self.finish = str(choice["finish_reason"])
@@ -457,7 +456,7 @@ class _Assembler:
             text = message.get("content") if self.request.chat else choice.get("text")
             calls = tuple(self._call_delta({**c, "index": i})
                           for i, c in enumerate(message.get("tool_calls") or []))
-            logprobs = self._logprobs(choice.get("logprobs"))
+            logprobs = openai_wire.decode_logprobs(choice.get("logprobs"))
             chunk = self._chunk(text or "", calls, logprobs)
             self.finish, self.ended = str(choice.get("finish_reason") or "stop"), True
             if chunk is not None:
@@ -471,15 +470,8 @@ class _Assembler:
             raise RemoteError(f"the server failed mid-stream: {event['error']}")
         message = event.get("message") or {}
         text = message.get("content", "") if self.request.chat else event.get("response", "")
-        calls = []
-        for call in message.get("tool_calls") or []:
-            fn = call.get("function") or {}
-            index = len(self.calls)
-            arguments = fn.get("arguments")
-            calls.append(self._call_delta({
-                "index": index, "id": call.get("id") or f"call_{index}",
-                "function": {"name": fn.get("name"), "arguments": arguments if isinstance(
-                    arguments, str) else json.dumps(arguments or {})}}))
+        calls = [self._call_delta(piece)
+                 for piece in ollama_wire.call_pieces(message, len(self.calls))]
         if event.get("done"):
             self.ended = True
             self.finish = "tool_calls" if self.calls else str(event.get("done_reason") or
@@ -498,32 +490,6 @@ class _Assembler:
         state["arguments"] += str(fn.get("arguments") or "")
         return ToolCallDelta(index=index, id=call.get("id"), name=fn.get("name"),
                              arguments=str(fn.get("arguments") or ""))
-
-    @staticmethod
-    def _logprobs(block: Any) -> tuple[TokenLogprob, ...]:
-        """OpenAI's chat shape (``content``: entries) or the legacy completions shape
-        (``tokens``, ``token_logprobs``, ``top_logprobs``: {token: logprob})."""
-        if not isinstance(block, dict):
-            return ()
-
-        def entry(token: Any, logprob: Any, raw: Any = None) -> dict[str, Any]:
-            return {"token": str(token), "id": -1, "logprob": float(logprob or 0.0),
-                    "bytes": tuple(raw or str(token).encode())}
-
-        if block.get("content"):
-            return tuple(TokenLogprob(
-                **entry(e.get("token", ""), e.get("logprob"), e.get("bytes")),
-                top_logprobs=tuple(TopLogprob(**entry(t.get("token", ""), t.get("logprob"),
-                                                      t.get("bytes")))
-                                   for t in e.get("top_logprobs") or []))
-                for e in block["content"])
-        tops = block.get("top_logprobs") or []
-        return tuple(TokenLogprob(**entry(token, logprob), top_logprobs=tuple(
-            TopLogprob(**entry(t, lp)) for t, lp in (tops[i] if i < len(tops) and tops[i]
-                                                     else {}).items()))
-            for i, (token, logprob) in enumerate(zip(block.get("tokens") or [],
-                                                     block.get("token_logprobs") or [],
-                                                     strict=False)))
 
     def _chunk(self, text: str, calls: tuple[ToolCallDelta, ...],
                logprobs: tuple[TokenLogprob, ...]) -> StreamChunk | None:

@@ -3,7 +3,8 @@ shapes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._types import Message, ToolCall
@@ -38,3 +39,19 @@ def message(m: Message) -> dict[str, Any]:
     if m.role == "tool" and m.name is not None:
         out["tool_name"] = m.name
     return out
+
+
+def call_pieces(message: Mapping[str, Any], first_index: int) -> list[dict[str, Any]]:
+    """A reply message's calls in OpenAI's streamed shape (``index``, ``id``,
+    ``function``: name and arguments as JSON text), numbered from ``first_index``: Ollama
+    sends each call whole, with its arguments as an object and often no id."""
+    pieces = []
+    for offset, call in enumerate(message.get("tool_calls") or []):
+        fn = call.get("function") or {}
+        index = first_index + offset
+        arguments = fn.get("arguments")
+        pieces.append({"index": index, "id": call.get("id") or f"call_{index}",
+                       "function": {"name": fn.get("name"), "arguments": arguments
+                                    if isinstance(arguments, str)
+                                    else json.dumps(arguments or {})}})
+    return pieces

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._types import Message, TokenLogprob, ToolCall, ToolCallDelta
+from .._types import Message, TokenLogprob, ToolCall, ToolCallDelta, TopLogprob
 
 #: the sampling fields OpenAI's API defines
 STANDARD_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed",
@@ -58,3 +58,31 @@ def logprob_entry(lp: TokenLogprob) -> dict[str, Any]:
     return {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.bytes),
             "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
                              for t in lp.top_logprobs]}
+
+
+def decode_logprobs(block: Any) -> tuple[TokenLogprob, ...]:
+    """A reply's ``logprobs``: the chat shape (``content``: entries as
+    :func:`logprob_entry` writes them) or the legacy completions shape (``tokens``,
+    ``token_logprobs``, ``top_logprobs``: {token: logprob}). Servers give no token ids
+    (-1 here); bytes are the token's UTF-8 where a server leaves them out."""
+    if not isinstance(block, dict):
+        return ()
+
+    def entry(token: Any, logprob: Any, raw: Any = None) -> dict[str, Any]:
+        return {"token": str(token), "id": -1, "logprob": float(logprob or 0.0),
+                "bytes": tuple(raw or str(token).encode())}
+
+    if block.get("content"):
+        return tuple(TokenLogprob(
+            **entry(e.get("token", ""), e.get("logprob"), e.get("bytes")),
+            top_logprobs=tuple(TopLogprob(**entry(t.get("token", ""), t.get("logprob"),
+                                                  t.get("bytes")))
+                               for t in e.get("top_logprobs") or []))
+            for e in block["content"])
+    tops = block.get("top_logprobs") or []
+    return tuple(TokenLogprob(**entry(token, logprob), top_logprobs=tuple(
+        TopLogprob(**entry(t, lp)) for t, lp in (tops[i] if i < len(tops) and tops[i]
+                                                 else {}).items()))
+        for i, (token, logprob) in enumerate(zip(block.get("tokens") or [],
+                                                 block.get("token_logprobs") or [],
+                                                 strict=False)))
