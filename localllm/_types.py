@@ -187,6 +187,15 @@ class Message(_Frozen):
             raise ValueError(f"a {self.role} message needs 'content' (a string)")
         return self
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when the fields are: how a message was written is not part of it."""
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash((Message, *self.__dict__.values()))
+
     @classmethod
     def from_written(cls, value: Mapping[str, Any]) -> Message:
         """Validate a message dict and keep it as written, for the chat template."""

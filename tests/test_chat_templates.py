@@ -142,6 +142,17 @@ def test_messages_reach_the_template_as_written() -> None:
                     "role,tool_calls;False|")
 
 
+def test_a_message_written_as_a_dict_equals_one_built_in_code() -> None:
+    """Keeping what the caller wrote for the template changes no message's identity:
+    equal fields, equal messages and hashes (dropped messages compare as before)."""
+    from localllm._chat import normalize_messages
+
+    (written,) = normalize_messages([{"role": "user", "content": "hi"}])
+    built = localllm.Message(role="user", content="hi")
+    assert written == built and hash(written) == hash(built)
+    assert written != localllm.Message(role="user", content="hello")
+
+
 def test_a_list_in_a_message_is_indexable() -> None:
     """gpt-oss indexes ``tool_calls[0]``: a list, as the caller wrote it."""
     source = "{% for m in messages %}{{ m.tool_calls[0].function.name }}{% endfor %}"
