@@ -384,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run runtimes in worker processes, so a crash is a 500 and not "
                             "the server's end (auto: for gpt4all and ctransformers, which "
                             "are known to abort)")
+    serve.add_argument("--system-message", choices=("template", "fold"), default="template",
+                       help="fold: a leading system message goes into the first user turn, "
+                            "for templates that refuse a system role (Gemma 2)")
     serve.add_argument("--max-body", type=int, default=DEFAULTS.max_body_bytes,
                        help="request body limit in bytes")
     serve.set_defaults(func=cmd_serve)

@@ -236,3 +236,25 @@ def test_info_reports_the_template_check(default_model_path: Path) -> None:
     # SmolLM2's ChatML template writes contents only: earlier tool calls are not in it
     assert check.startswith("passed: 6 of 6 conversations without tools"), check
     assert "lost ('get_weather')" in check and "localllm's own format" in check, check
+
+
+def test_the_server_folds_the_system_message_when_told(default_model_path: Path) -> None:
+    """``localllm serve --system-message fold`` loads its models so: the prompt a client's
+    system message makes is the folded one (ChatML shows the difference in tokens)."""
+    import httpx
+    from server_harness import served_in_thread
+
+    chat = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Name a colour."}]
+    counts = {}
+    for mode in ("template", "fold"):
+        with localllm.load(default_model_path, context_length=256,
+                           system_message=mode) as m:
+            counts[mode] = m.count_tokens(m.render_chat(chat))
+    assert counts["fold"] != counts["template"]
+    with served_in_thread(["smollm2-135m-instruct"], system_message="fold",
+                          context_length=256, parallel=1) as url:
+        reply = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "smollm2-135m-instruct", "messages": chat, "max_tokens": 2})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["prompt_tokens"] == counts["fold"]

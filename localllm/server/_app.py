@@ -50,6 +50,7 @@ class ServerConfig:
     context_length: int | None = None
     ram_budget: int | None = None  # bytes for all loaded models (None: free RAM decides)
     isolation: str = DEFAULTS.server_isolation  # runtimes known to abort: a worker each
+    system_message: str = "template"  # "fold": into the first user turn (load()'s option)
     preload: bool = True
 
 
@@ -249,7 +250,7 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
     registry = Registry(config.models, parallel=config.parallel, max_queue=config.max_queue,
                         keep_alive_s=config.keep_alive_s, threads=config.threads,
                         context_length=config.context_length, ram_budget=config.ram_budget,
-                        isolation=config.isolation)
+                        isolation=config.isolation, system_message=config.system_message)
     state = ServerState(config, registry)
     routes = [*_ops_routes(state), *_openai.routes(state), *_ollama.routes(state)]
 

@@ -50,7 +50,7 @@ def serve(args: argparse.Namespace) -> int:
                      cors_origins=args.cors_origin or (),
                      keep_alive_s=parse_keep_alive(args.keep_alive), threads=args.threads,
                      context_length=args.context, max_body_bytes=args.max_body,
-                     isolation=args.isolation,
+                     isolation=args.isolation, system_message=args.system_message,
                      ram_budget=args.ram_budget * 1024 * 1024 if args.ram_budget else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("localllm.llama_cpp").setLevel(logging.WARNING)  # runtime chatter

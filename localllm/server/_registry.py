@@ -94,9 +94,11 @@ class Registry:
                  keep_alive_s: float | None = DEFAULTS.keep_alive_s,
                  threads: int | None = None, context_length: int | None = None,
                  ram_budget: int | None = None, store: ModelStore | None = None,
-                 isolation: str = "auto") -> None:
+                 isolation: str = DEFAULTS.server_isolation,
+                 system_message: str = "template") -> None:
         self.parallel = parallel
         self.isolation = isolation  # load()'s: "auto" isolates runtimes known to abort
+        self.system_message = system_message  # load()'s: "fold" for templates refusing one
         self.ram_budget = ram_budget  # bytes all loaded models may take (their plans')
         self.max_queue = max_queue
         self.keep_alive_s = keep_alive_s
@@ -176,7 +178,8 @@ class Registry:
         kwargs: dict[str, Any] = {"parallel": self.parallel, "max_queue": self.max_queue,
                                   "threads": self.threads,
                                   "context_length": self.context_length,
-                                  "isolation": self.isolation, **options}
+                                  "isolation": self.isolation,
+                                  "system_message": self.system_message, **options}
         self.loading += 1
         try:
             if "context_length" not in options and self.context_length is not None:
