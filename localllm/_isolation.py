@@ -109,9 +109,13 @@ class ProcessEngine(Engine):
         parent, child = socket.socketpair()
         rows = self._rows_file.fileno()
         try:
+            # On an abort, ggml forks gdb to print a backtrace and waits for it; a debugger
+            # that stalls there holds the crash report back (and the worker's socket open)
+            # for as long as it likes. The parent reports the crash; no debugger is needed.
+            env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "localllm._worker", str(child.fileno()), str(rows)],
-                pass_fds=(child.fileno(), rows), stdin=subprocess.DEVNULL)
+                pass_fds=(child.fileno(), rows), stdin=subprocess.DEVNULL, env=env)
         finally:
             child.close()
         self._conn = Connection(parent.detach())
