@@ -102,7 +102,7 @@ def exact_prompt(model: localllm.Model, tag: str, n: int) -> str:
 def aggregate(model: localllm.Model, n: int, bias: dict[int, float], tag: str) -> float:
     """N threads at once, PP + TG tokens each; decode tokens/s while all N run."""
     prompts = [exact_prompt(model, f"{tag}-{i}", PP) for i in range(n)]
-    model._scheduler.clear_cache()  # as batched-bench clears its KV cache between runs
+    model.clear_cache()  # as batched-bench clears its KV cache between runs
     gate = threading.Barrier(n)
     spans: list[tuple[float, float, int] | BaseException] = []
 

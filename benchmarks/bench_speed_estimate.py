@@ -33,7 +33,7 @@ def measure(path: Path, reps: int) -> tuple[float, float]:
     with localllm.load(path, context_length=512, threads=2, parallel=1) as model:
         model.complete(PROMPT, max_tokens=4, temperature=0)  # warm-up
         for _ in range(reps):
-            model._scheduler.clear_cache()
+            model.clear_cache()
             t = model.complete(PROMPT, max_tokens=64, temperature=0).timings
             decode.append(t.generation_tokens_per_s)
             prompt.append(t.prompt_tokens_per_s)

@@ -147,6 +147,13 @@ class Model:
                           queue_depth=scheduler.queue_depth,
                           max_sequences=self._info.parallel)
 
+    def clear_cache(self) -> None:
+        """Forget the prompt prefixes that idle sequences keep for reuse, so the next
+        request evaluates its whole prompt: for measurements, and for runs that must start
+        alike. Requests running now keep theirs."""
+        self._live()
+        self._scheduler.clear_cache()
+
     @property
     def capabilities(self) -> Any:
         return self._live().capabilities

@@ -157,7 +157,7 @@ def _calibrate(bandwidth: float, threads: int) -> tuple[float, float]:
     with load(path, context_length=512, threads=threads, parallel=1) as model:
         prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 22)
         model.complete(prompt, max_tokens=4, temperature=0)  # warm up
-        model._scheduler.clear_cache()
+        model.clear_cache()
         done = model.complete(prompt, max_tokens=48, temperature=0)
     t = done.timings
     ops = ops_per_token(shape)

@@ -97,7 +97,7 @@ def test_seeded_requests_repeat(batched: localllm.Model) -> None:
     alone = []
     for _ in range(2):
         wait_idle(batched)
-        batched._scheduler.clear_cache()
+        batched.clear_cache()
         alone.append(batched.complete("Once upon a time", **params).text)
     assert alone[0] == alone[1]
     texts: list[str] = []
@@ -236,7 +236,7 @@ def test_async_stream_equals_sync_and_never_blocks_the_loop(batched: localllm.Mo
     request, each run alone from an empty cache, so the float path is the same."""
     prompt, ban = "The capital of France is", {e: float("-inf") for e in eog_ids(batched)}
     wait_idle(batched)
-    batched._scheduler.clear_cache()
+    batched.clear_cache()
     sync = batched.complete(prompt, max_tokens=48, temperature=0, logit_bias=ban)
 
     async def main() -> tuple[str, int]:
@@ -250,7 +250,7 @@ def test_async_stream_equals_sync_and_never_blocks_the_loop(batched: localllm.Mo
                 await asyncio.sleep(0.001)
 
         wait_idle(batched)
-        batched._scheduler.clear_cache()
+        batched.clear_cache()
         tick_task = asyncio.ensure_future(ticker())
         chunks, at_first = [], 0
         async for chunk in batched.astream(prompt, max_tokens=48, temperature=0,
@@ -331,7 +331,7 @@ def test_parallel_is_planned_and_validated(default_model_path: Path) -> None:
 def test_a_live_sequence_shares_its_prefix(batched: localllm.Model) -> None:
     """A request whose prompt starts like a running one's copies those KV entries
     (llama_memory_seq_cp) instead of recomputing them, and says so in its usage."""
-    batched._scheduler.clear_cache()
+    batched.clear_cache()
     system = "You are a terse assistant. Answer in one word. " * 8
     ban = {eos: float("-inf") for eos in eog_ids(batched)}
     running = batched.stream(system + "Colour of the sky?", max_tokens=200, logit_bias=ban)
@@ -347,7 +347,7 @@ def test_a_live_sequence_shares_its_prefix(batched: localllm.Model) -> None:
 
 def solo_uncached(model: localllm.Model, prompt: str) -> localllm.Completion:
     wait_idle(model)  # a cancelled request keeps its sequence until the next step
-    model._scheduler.clear_cache()
+    model.clear_cache()
     result = model.complete(prompt, max_tokens=4, temperature=0)
     assert result.usage.cached_prompt_tokens == 0
     return result

@@ -79,26 +79,26 @@ def test_greedy_is_deterministic_and_both_samplers_agree(gemma: localllm.Model) 
     """llama.cpp's sampler and localllm's on the same logits give the same greedy text, up
     to a near tie; each run from an empty KV cache."""
     for prompt in ["The capital of France is", "def fibonacci(n):", "Once upon a time"]:
-        gemma._scheduler.clear_cache()
+        gemma.clear_cache()
         native = gemma.complete(prompt, max_tokens=16, temperature=0).token_ids
-        gemma._scheduler.clear_cache()
+        gemma.clear_cache()
         again = gemma.complete(prompt, max_tokens=16, temperature=0).token_ids
         assert native == again
-        gemma._scheduler.clear_cache()
+        gemma.clear_cache()
         ours, margins = greedy_with_margins(gemma, prompt, 16)
         at = first_divergence(native, ours)
         assert at is None or margins[at] < NEAR_TIE, (prompt, at, margins)
 
 
 def test_streaming_stops_and_limits(gemma: localllm.Model) -> None:
-    gemma._scheduler.clear_cache()  # both runs from an empty cache: the same float path
+    gemma.clear_cache()  # both runs from an empty cache: the same float path
     chunks = list(gemma.stream("One, two, three,", max_tokens=12, temperature=0))
     final = chunks[-1].completion
     assert final is not None and "".join(c.text for c in chunks) == final.text
     assert final.usage.completion_tokens <= 12
     first_word = final.text.split()[0] if final.text.split() else ""
     if first_word:
-        gemma._scheduler.clear_cache()
+        gemma.clear_cache()
         cut = gemma.complete("One, two, three,", max_tokens=12, temperature=0,
                              stop=[first_word])
         assert first_word not in cut.text and cut.finish_reason == "stop"
@@ -157,5 +157,5 @@ def test_cached_prefixes_are_reused_only_while_the_window_holds(gemma_path: Path
         fresh = gemma.complete(branched, max_tokens=12, temperature=0)
         assert fresh.usage.cached_prompt_tokens == 0  # its window was dropped: no reuse
         for prompt, done in ((follow, continued), (branched, fresh)):
-            gemma._scheduler.clear_cache()
+            gemma.clear_cache()
             assert_batched_agrees(greedy_trace(gemma, prompt, 12), done.token_ids)

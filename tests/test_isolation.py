@@ -63,9 +63,9 @@ def test_info_says_where_the_runtime_runs(isolated: localllm.Model,
 def test_greedy_text_equals_the_in_process_model(isolated: localllm.Model,
                                                  shared_model: localllm.Model) -> None:
     for prompt in PROMPTS:
-        isolated._scheduler.clear_cache()
+        isolated.clear_cache()
         got = isolated.complete(prompt, max_tokens=24, temperature=0)
-        shared_model._scheduler.clear_cache()
+        shared_model.clear_cache()
         assert_batched_agrees(greedy_trace(shared_model, prompt, 24), got.token_ids)
         streamed = "".join(c.text for c in isolated.stream(prompt, max_tokens=24,
                                                              temperature=0))
@@ -138,9 +138,9 @@ def test_cancelled_streams_release_their_sequences(isolated: localllm.Model) -> 
 
     asyncio.run(cancel_one())
     deadline = time.monotonic() + 30
-    while isolated._scheduler.active_sequences and time.monotonic() < deadline:
+    while isolated.stats.active_sequences and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert isolated._scheduler.active_sequences == 0
+    assert isolated.stats.active_sequences == 0
     assert isolated.complete("1, 2, 3,", max_tokens=4, temperature=0).usage.completion_tokens
 
 
@@ -149,7 +149,7 @@ def test_a_dying_worker_is_a_typed_error_and_the_next_call_recovers(
         isolated: localllm.Model, how: signal.Signals) -> None:
     """Every request running when the worker dies fails with BackendCrashedError naming
     the signal; the next request starts a new worker and gets the same greedy text."""
-    isolated._scheduler.clear_cache()
+    isolated.clear_cache()
     before = isolated.complete("The capital of France is", max_tokens=12, temperature=0).text
     pid = worker_pid(isolated)
     errors: list[BaseException] = []
@@ -171,7 +171,7 @@ def test_a_dying_worker_is_a_typed_error_and_the_next_call_recovers(
     assert len(errors) == 3, errors
     assert all(isinstance(e, localllm.BackendCrashedError) for e in errors), errors
     assert how.name in str(errors[0]) and "next call starts a new worker" in str(errors[0])
-    isolated._scheduler.clear_cache()
+    isolated.clear_cache()
     after = isolated.complete("The capital of France is", max_tokens=12, temperature=0).text
     assert after == before
     assert worker_pid(isolated) != pid

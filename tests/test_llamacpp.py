@@ -268,3 +268,15 @@ def test_kv_cache_estimate_equals_what_llama_cpp_allocates(default_model_path: P
     reported = next(float(x.group(1)) for x in (re.search(r"KV buffer size =\s+([\d.]+) MiB", ln)
                                                 for ln in lines) if x)
     assert planned / 2**20 == pytest.approx(reported, abs=0.01)
+
+
+def test_clear_cache_makes_the_next_request_evaluate_its_whole_prompt(
+        shared_model: localllm.Model) -> None:
+    prompt = "A long enough prompt about rivers, mountains and the sea, told twice."
+    shared_model.complete(prompt, max_tokens=2, temperature=0)
+    again = shared_model.complete(prompt, max_tokens=2, temperature=0)
+    assert again.usage.cached_prompt_tokens > 0  # the idle sequence kept the prefix
+    shared_model.clear_cache()
+    fresh = shared_model.complete(prompt, max_tokens=2, temperature=0)
+    assert fresh.usage.cached_prompt_tokens == 0
+    assert fresh.token_ids == again.token_ids

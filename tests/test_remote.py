@@ -162,7 +162,7 @@ def test_earlier_tool_calls_go_out_in_each_api_shape(served: str, llama_server: 
 
 
 def test_streams_tools_schemas_logprobs_and_async(served: str) -> None:
-    fresh = served_model(served, CHAT)._scheduler.clear_cache  # compared runs start empty
+    fresh = served_model(served, CHAT).clear_cache  # compared runs start empty
     with localllm.connect(served, CHAT) as remote:
         fresh()
         whole = remote.chat(chat(PROMPTS[1]), max_tokens=16, temperature=0)
@@ -203,7 +203,7 @@ def test_streams_tools_schemas_logprobs_and_async(served: str) -> None:
 
 
 def test_stop_strings_hold_on_the_client(served: str) -> None:
-    fresh = served_model(served, CHAT)._scheduler.clear_cache  # compared runs start empty
+    fresh = served_model(served, CHAT).clear_cache  # compared runs start empty
     with localllm.connect(served, CHAT) as remote:
         fresh()
         free = remote.complete("One, two, three, four,", max_tokens=16, temperature=0).text
@@ -240,9 +240,9 @@ def test_leaving_a_stream_stops_the_server(served: str) -> None:
         for _ in remote.stream("Tell a long story about a dragon.", max_tokens=400):
             break
         deadline = time.monotonic() + 30
-        while model._scheduler.active_sequences and time.monotonic() < deadline:
+        while model.stats.active_sequences and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert model._scheduler.active_sequences == 0
+        assert model.stats.active_sequences == 0
 
 
 def test_embeddings_through_both_apis(served: str) -> None:

@@ -59,7 +59,7 @@ def client(base: str):  # type: ignore[no-untyped-def]
 def fresh(base: str) -> None:
     """Empty the KV cache before a run compared token for token with another (CPU flash
     attention sums in cache-cell order)."""
-    served_model(base, MODEL)._scheduler.clear_cache()
+    served_model(base, MODEL).clear_cache()
 
 
 def test_openai_create_and_stream(base: str, client) -> None:  # type: ignore[no-untyped-def]

@@ -128,7 +128,7 @@ def test_06_no_usage_unless_asked(http: httpx.Client) -> None:
 def fresh(base: str) -> None:
     """Empty the KV cache: CPU flash attention sums in cache-cell order, so two runs
     compared token for token must start from the same (empty) layout."""
-    served_model(base)._scheduler.clear_cache()
+    served_model(base).clear_cache()
 
 
 def test_07_stream_equals_non_stream_at_temperature_0(base: str, http: httpx.Client) -> None:

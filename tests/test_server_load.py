@@ -87,7 +87,7 @@ def test_32_streaming_clients_match_requests_run_alone(base: str) -> None:
     results = asyncio.run(run())
     assert len(results) == 128
     model = served_model(base, MODEL)
-    model._scheduler.clear_cache()
+    model.clear_cache()
     for topic in TOPICS:
         prompt = model.render_chat(messages(topic))
         for got in {text for t, text in results if t == topic}:

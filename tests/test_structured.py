@@ -204,9 +204,9 @@ def test_localllm_sampler_greedy_equals_native_greedy(shared_model: localllm.Mod
                    "Les trois couleurs primaires sont"]:
         # each from an empty KV cache: a reused prefix is another float path (flash
         # attention sums in cell order), which may tip a near tie
-        shared_model._scheduler.clear_cache()
+        shared_model.clear_cache()
         native = shared_model.complete(prompt, max_tokens=24, temperature=0)
-        shared_model._scheduler.clear_cache()
+        shared_model.clear_cache()
         ours = shared_model.complete(prompt, max_tokens=24, temperature=0, sampler="localllm")
         assert ours.token_ids == native.token_ids, prompt
 

@@ -139,14 +139,14 @@ def test_message_validation() -> None:
 
 def test_logprobs_are_the_model_distribution(shared_model: localllm.Model) -> None:
     prompt = "The capital of France is"
-    shared_model._scheduler.clear_cache()  # both evaluations start from an empty KV cache
+    shared_model.clear_cache()  # both evaluations start from an empty KV cache
     out = shared_model.complete(prompt, max_tokens=3, temperature=0, logprobs=4)
     assert out.logprobs is not None and len(out.logprobs) == 3
     first = out.logprobs[0]
     assert first.id == out.token_ids[0] and first.top_logprobs[0].id == first.id  # greedy
     engine = shared_model._engine
     assert engine is not None
-    shared_model._scheduler.clear_cache()
+    shared_model.clear_cache()
     logits = np.asarray(engine.start(shared_model.tokenizer.encode(prompt)), np.float64)
     expected = logits - logits.max() - math.log(np.exp(logits - logits.max()).sum())
     assert first.logprob == pytest.approx(expected[first.id], abs=0.05)
