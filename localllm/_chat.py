@@ -219,18 +219,15 @@ def fold_system_message(messages: Sequence[Message | Mapping[str, Any]]
     text, a newline, the user's text), as llama-server does for templates that refuse a
     system role. Chosen with ``load(..., system_message="fold")``, never applied unasked."""
     out = list(messages)
-    if not out:
+    checked = normalize_messages(out) if out else []
+    if not checked or checked[0].role != "system":
         return out
-    first = normalize_messages(out[:1])[0]
-    if first.role != "system":
-        return out
-    target = next((i for i, m in enumerate(normalize_messages(out)) if m.role == "user"), None)
+    target = next((i for i, m in enumerate(checked) if m.role == "user"), None)
     if target is None:
         raise ChatTemplateError("system_message='fold' needs a user message to fold the "
                                 "system text into, and these messages have none")
-    user = normalize_messages(out[target:target + 1])[0]
-    view = user.template_view()
-    view["content"] = f"{first.content}\n{user.content or ''}"
+    view = checked[target].template_view()
+    view["content"] = f"{checked[0].content}\n{checked[target].content or ''}"
     out[target] = view
     return out[1:]
 
