@@ -149,6 +149,12 @@ class GGUFFile:
             return ""
         return str(tokens[token_id])
 
+    @property
+    def special_texts(self) -> tuple[str, str]:
+        """The BOS and EOS tokens' text, which chat templates print ("" when absent)."""
+        return (self.token_text(self.metadata.get("tokenizer.ggml.bos_token_id")),
+                self.token_text(self.metadata.get("tokenizer.ggml.eos_token_id")))
+
 
 class StringArray(Sequence[str]):
     """A GGUF string array, decoded when it is first read.

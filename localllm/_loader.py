@@ -325,8 +325,7 @@ def load(
             has_chat_template=template is not None, pooling=engine.pooling, plan=the_plan,
             system_message=system_message,
             isolation="process" if isinstance(engine, ProcessEngine) else "none")
-        bos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.bos_token_id"))
-        eos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.eos_token_id"))
+        bos, eos = gguf.special_texts
     except BaseException:
         engine.close()
         raise

@@ -28,8 +28,8 @@ from ._errors import (
 )
 from .protocols.openai import EXTENSION_FIELDS, STANDARD_FIELDS
 
-#: sampling fields every flavour takes in its own way: sent only when the caller set them
-OPENAI_FIELDS = STANDARD_FIELDS
+# The sampling fields each flavour takes (STANDARD_FIELDS, EXTENSION_FIELDS) are sent only
+# when the caller set them.
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class RemoteCapabilities:
     embeddings: bool = True
 
 
-_ALL = frozenset(OPENAI_FIELDS + EXTENSION_FIELDS)
+_ALL = frozenset(STANDARD_FIELDS + EXTENSION_FIELDS)
 #: per flavour, from server.md's capability matrix and each server's source (see docs)
 FLAVOURS: dict[str, RemoteCapabilities] = {
     "localllm": RemoteCapabilities(_ALL, logprobs=True, json_schema=True,
@@ -66,14 +66,14 @@ FLAVOURS: dict[str, RemoteCapabilities] = {
                                json_schema=True, tool_choice_forced=True, stream_usage=True,
                                max_completion_tokens=True, tokenize="vllm"),
     "lmstudio": RemoteCapabilities(
-        frozenset(OPENAI_FIELDS) | {"top_k", "repeat_penalty"}, json_schema=True,
+        frozenset(STANDARD_FIELDS) | {"top_k", "repeat_penalty"}, json_schema=True,
         tool_choice_forced=False),
     # Ollama through its native /api: options carry what /v1 drops; no logit_bias, no n
     "ollama": RemoteCapabilities(_ALL - {"logit_bias"}, logprobs=False,
                                  json_schema=True, tool_choice_forced=False,
                                  stream_usage=True, max_completion_tokens=True),
     # any other /v1 server: only what OpenAI's API defines, nothing assumed beyond it
-    "openai": RemoteCapabilities(frozenset(OPENAI_FIELDS) - {"logit_bias"}, json_schema=False,
+    "openai": RemoteCapabilities(frozenset(STANDARD_FIELDS) - {"logit_bias"}, json_schema=False,
                                  tool_choice_forced=False),
 }
 

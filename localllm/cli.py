@@ -127,8 +127,7 @@ def _template_check(gguf: Any) -> str:
     (``system_message="fold"``) mends a refusal."""
     from ._template_check import check_template
 
-    bos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.bos_token_id"))
-    eos = gguf.token_text(gguf.metadata.get("tokenizer.ggml.eos_token_id"))
+    bos, eos = gguf.special_texts
     report = check_template(gguf.chat_template, bos_token=bos, eos_token=eos)
     verdict = "passed" if report.passed else "failed"
     line = f"{verdict}: {report.summary()}"

@@ -71,8 +71,7 @@ def use_description(gguf: GGUFFile) -> None:
     file: a reader must not hand over values that break these later."""
     _ = (gguf.architecture, gguf.name, gguf.context_length, gguf.block_count,
          gguf.parameter_count, gguf.vocab_size, gguf.chat_template, gguf.quantization)
-    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
-        gguf.token_text(gguf.metadata.get(key))
+    _ = gguf.special_texts
     for t in gguf.tensors:
         _ = (t.type_name, t.n_bytes)
     ModelShape.from_gguf(gguf)
