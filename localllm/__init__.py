@@ -31,6 +31,7 @@ from ._errors import (
     RemoteConnectionError,
     RemoteError,
     RemoteTimeoutError,
+    RequestError,
     RequestTimeoutError,
     StoreError,
     StructuredOutputError,
@@ -42,6 +43,7 @@ from ._errors import (
 from ._gguf import GGUFFile, read_gguf
 from ._loader import load, plan
 from ._model import Model, Tokenizer
+from ._request import GenerationRequest, build_request
 from ._store import (
     CATALOG,
     DEFAULT_EMBEDDER,
@@ -60,6 +62,7 @@ from ._types import (
     ModelStats,
     SamplingParams,
     StreamChunk,
+    TextPart,
     Timings,
     Truncation,
     Usage,
@@ -91,6 +94,7 @@ __all__ = [
     "Embeddings",
     "FoundModel",
     "GGUFFile",
+    "GenerationRequest",
     "Hit",
     "HubSource",
     "Index",
@@ -117,12 +121,15 @@ __all__ = [
     "RemoteConnectionError",
     "RemoteError",
     "RemoteModel",
+    "RemoteServer",
     "RemoteTimeoutError",
+    "RequestError",
     "RequestTimeoutError",
     "SamplingParams",
     "StoreError",
     "StreamChunk",
     "StructuredOutputError",
+    "TextPart",
     "Timings",
     "Tokenizer",
     "Truncation",
@@ -133,6 +140,7 @@ __all__ = [
     "WillNotFitError",
     "answer",
     "backend_names",
+    "build_request",
     "connect",
     "discover",
     "load",
@@ -150,7 +158,8 @@ _LAZY = {
     "ModelFacts": "._recommend", "Recommendation": "._recommend", "recommend": "._recommend",
     "Embeddings": "._embed", "Index": "._index", "Hit": "._index", "AddReport": "._index",
     "Answer": "._answer", "answer": "._answer",
-    "RemoteModel": "._remote_model", "connect": "._remote_model",
+    "RemoteModel": "._remote_generator", "connect": "._remote_generator",
+    "RemoteServer": "._remote_generator",
     "FoundModel": "._discover", "discover": "._discover",
 }
 

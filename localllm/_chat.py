@@ -227,7 +227,7 @@ def fold_system_message(messages: Sequence[Message | Mapping[str, Any]]
         raise ChatTemplateError("system_message='fold' needs a user message to fold the "
                                 "system text into, and these messages have none")
     view = checked[target].template_view()
-    view["content"] = f"{checked[0].content}\n{checked[target].content or ''}"
+    view["content"] = f"{checked[0].text}\n{checked[target].text or ''}"
     out[target] = view
     return out[1:]
 

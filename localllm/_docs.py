@@ -30,7 +30,8 @@ def feature_matrix() -> str:
              "`UnsupportedFeatureError` when set. Every backend runs in a worker process "
              "with `load(..., isolation=\"process\")` (see reliability.md). Chat templates "
              "render through localllm's own renderer on every backend, identically to the "
-             "reference renderer (see chat-templates.md).\n\n")
+             "reference renderer (see chat-templates.md). Message content is a string or a "
+             "list of text parts on every backend and server (see architecture.md).\n\n")
     return intro + "\n".join(rows) + "\n" + remote_matrix()
 
 

@@ -6,7 +6,8 @@ already catch a builtin for the same situation, the class also derives from it, 
 
     LocalLLMError
     ├── ConfigError (ValueError)              bad parameter, option or template choice
-    │   └── UnknownBackendError               backend name not in the registry
+    │   ├── UnknownBackendError               backend name not in the registry
+    │   └── RequestError                      a wire request breaks its API's rules
     ├── ModelNotFoundError (FileNotFoundError) no such file / catalog entry
     ├── ModelFormatError (ValueError)          file is not a valid model file
     ├── UnsupportedModelError                  valid file, but this backend cannot run it
@@ -34,6 +35,17 @@ class LocalLLMError(Exception):
 
 class ConfigError(LocalLLMError, ValueError):
     """An option, parameter or setting has an invalid value."""
+
+
+class RequestError(ConfigError):
+    """A request in a wire API (OpenAI's, Ollama's...) breaks that API's rules: ``param``
+    names the field, ``code`` a machine-readable reason; a server answers it with 400."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
 
 
 class UnknownBackendError(ConfigError):

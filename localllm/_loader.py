@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._backends import auto_candidates, backend_names, get_backend
 from ._backends.base import Engine, EngineOptions, LocalTokenizerEngine
@@ -29,6 +29,7 @@ from ._errors import (
 )
 from ._gguf import GGUFFile, read_ggml, read_gguf
 from ._isolation import ProcessEngine, open_isolated, wants_process
+from ._local import LocalGenerator
 from ._model import Model
 from ._store import DEFAULT_MODEL, ModelStore
 from ._types import ModelInfo
@@ -137,8 +138,19 @@ def _check_int(name: str, value: object, low: int, high: int | None, hint: str) 
     return value
 
 
-def _resolve(source: Source, backend: str, store: ModelStore | None
-             ) -> tuple[Path, str, type[Engine], GGUFFile]:
+class Resolved(NamedTuple):
+    """A source found and its header read, once: the file, its format, the engine that
+    runs it and the header's facts. Planning and loading both start from it."""
+
+    path: Path
+    file_format: str
+    engine_cls: type[Engine]
+    gguf: GGUFFile
+
+
+def resolve(source: Source, backend: str = "auto", store: ModelStore | None = None
+            ) -> Resolved:
+    """Find ``source``, pick its engine and read its header (the one read a load needs)."""
     if not isinstance(backend, str):
         raise ConfigError(f"backend must be a str, not {type(backend).__name__}")
     path = resolve_source(source, store)
@@ -152,12 +164,12 @@ def _resolve(source: Source, backend: str, store: ModelStore | None
         gguf = read_ggml(path) if file_format == "ggml" else read_gguf(path)
         if gguf.version == 1 and backend == "auto":  # the one runtime that still reads it
             engine_cls = choose_backend("ctransformers", file_format)
-    return path, file_format, engine_cls, gguf
+    return Resolved(path, file_format, engine_cls, gguf)
 
 
 def describe_source(source: Source) -> GGUFFile:
     """The header facts of a model (GGUF, GGML or ONNX folder), without loading it."""
-    return _resolve(source, "auto", None)[3]
+    return resolve(source).gguf
 
 
 def plan(
@@ -179,16 +191,20 @@ def plan(
 
     Raises ``WillNotFitError`` (with what would fit) when no placement fits in memory.
     """
-    _, _, engine_cls, gguf = _resolve(source, backend, store)
-    return _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
-                     gpu_layers, allow_fallback, profile, kv_type, parallel)
+    return plan_resolved(resolve(source, backend, store), context_length=context_length,
+                         device=device, threads=threads, batch_size=batch_size,
+                         gpu_layers=gpu_layers, kv_type=kv_type, parallel=parallel,
+                         allow_fallback=allow_fallback, profile=profile)
 
 
-def _plan_for(gguf: GGUFFile, engine_cls: type[Engine], context_length: int | None,
-              device: str, threads: int | None, batch_size: int | None,
-              gpu_layers: int | None, allow_fallback: bool,
-              profile: HardwareProfile | None, kv_type: str = "f16",
-              parallel: int | None = None) -> LoadPlan:
+def plan_resolved(resolved: Resolved, *, context_length: int | None = None,
+                  device: str = "auto", threads: int | None = None,
+                  batch_size: int | None = None, gpu_layers: int | None = None,
+                  kv_type: str = "f16", parallel: int | None = None,
+                  allow_fallback: bool = False, profile: HardwareProfile | None = None
+                  ) -> LoadPlan:
+    """:func:`plan` for a source already resolved (no second header read)."""
+    gguf, engine_cls = resolved.gguf, resolved.engine_cls
     if threads is not None:
         _check_int("threads", threads, 1, 512, "use the number of physical cores")
     if batch_size is not None:
@@ -282,21 +298,37 @@ def load(
     keywords (api_key, timeout, retries, capabilities); the local options do not apply.
     """
     if isinstance(source, str) and source.startswith(("http://", "https://")):
-        from ._remote_model import RemoteModel, split_source
+        from ._remote_generator import RemoteGenerator, split_source
 
         url, model = split_source(source)
         api = "auto" if backend == "auto" else backend
-        return RemoteModel(url, model, api=api, **dict(backend_options or {}))  # type: ignore[return-value]
+        return Model(RemoteGenerator(url, model, api=api, **dict(backend_options or {})))
     started = time.perf_counter()
-    path, file_format, engine_cls, gguf = _resolve(source, backend, store)
+    resolved = resolve(source, backend, store)
+    the_plan = plan_resolved(resolved, context_length=context_length, device=device,
+                             threads=threads, batch_size=batch_size, gpu_layers=gpu_layers,
+                             kv_type=kv_type, parallel=parallel, allow_fallback=allow_fallback)
+    return open_planned(resolved, the_plan, max_queue=max_queue, allow_fallback=allow_fallback,
+                        chat_template=chat_template, system_message=system_message,
+                        pooling=pooling, backend_options=backend_options,
+                        isolation=isolation, started=started)
+
+
+def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEFAULTS.max_queue,
+                 allow_fallback: bool = False, chat_template: str | None = None,
+                 system_message: str = "template", pooling: str | None = None,
+                 backend_options: Mapping[str, Any] | None = None, isolation: str = "none",
+                 started: float | None = None) -> Model:
+    """Open a resolved source as ``the_plan`` says (the act half of :func:`load`): the
+    server plans once and hands its plan here."""
+    started = time.perf_counter() if started is None else started
+    path, file_format, engine_cls, gguf = resolved
     template = resolve_template(chat_template, gguf.chat_template) \
         if chat_template is not None or gguf.chat_template is not None else None
     if system_message not in ("template", "fold"):
         raise ConfigError(f"system_message={system_message!r} is not one of 'template' (the "
                           "chat template gets the system message) or 'fold' (it is folded "
                           "into the first user turn)")
-    the_plan = _plan_for(gguf, engine_cls, context_length, device, threads, batch_size,
-                         gpu_layers, allow_fallback, None, kv_type, parallel)
     _check_int("max_queue", max_queue, 0, None, "0 refuses any request beyond the running ones")
     if pooling is not None and pooling not in POOLINGS:
         raise ConfigError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
@@ -329,8 +361,9 @@ def load(
     except BaseException:
         engine.close()
         raise
-    return Model(engine, info, template, bos, eos, load_s=time.perf_counter() - started,
-                 tokenizer_factory=lambda: _local_tokenizer(engine, gguf), max_queue=max_queue)
+    return Model(LocalGenerator(
+        engine, info, template, bos, eos, load_s=time.perf_counter() - started,
+        tokenizer_factory=lambda: _local_tokenizer(engine, gguf), max_queue=max_queue))
 
 
 def _local_tokenizer(engine: Engine, gguf: GGUFFile) -> Any:

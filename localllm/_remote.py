@@ -72,6 +72,11 @@ FLAVOURS: dict[str, RemoteCapabilities] = {
     "ollama": RemoteCapabilities(_ALL - {"logit_bias"}, logprobs=False,
                                  json_schema=True, tool_choice_forced=False,
                                  stream_usage=True, max_completion_tokens=True),
+    # Anthropic's Messages API on any server that speaks it (its tokenizer route and
+    # embeddings are the flavour's): the sampling fields that API defines
+    "anthropic": RemoteCapabilities(frozenset({"temperature", "top_p", "top_k"}),
+                                    json_object=False, tool_choice_forced=True,
+                                    stream_usage=True),
     # any other /v1 server: only what OpenAI's API defines, nothing assumed beyond it
     "openai": RemoteCapabilities(frozenset(STANDARD_FIELDS) - {"logit_bias"}, json_schema=False,
                                  tool_choice_forced=False),

@@ -180,7 +180,7 @@ def with_tools(messages: list[Message], setup: ToolSetup | None) -> list[Message
         return out
     text = system_text(setup)
     if out and out[0].role == "system":
-        out[0] = Message(role="system", content=f"{out[0].content}\n\n{text}")
+        out[0] = Message(role="system", content=f"{out[0].text}\n\n{text}")
     else:
         out.insert(0, Message(role="system", content=text))
     return out
@@ -191,7 +191,7 @@ def _as_text(message: Message) -> Message:
         return message
     calls = "".join(f"{OPEN}{_call_json(c.name, c.arguments)}{CLOSE}"
                     for c in message.tool_calls)
-    return Message(role="assistant", content=(message.content or "") + calls)
+    return Message(role="assistant", content=(message.text or "") + calls)
 
 
 def _call_json(name: str, arguments: str) -> str:

@@ -168,12 +168,26 @@ class ToolCallDelta(_Frozen):
     arguments: str = ""
 
 
+class TextPart(_Frozen):
+    """A piece of a message's content: text. Content given as a list of parts (OpenAI's
+    ``[{"type": "text", "text": ...}]``) is kept as parts; other part types join here as
+    runtimes learn them."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+#: one part of a message's content
+ContentPart = TextPart
+
+
 class Message(_Frozen):
     """One chat turn. An assistant turn may carry ``tool_calls`` instead of content; a
-    ``tool`` turn answers the call named by ``tool_call_id``."""
+    ``tool`` turn answers the call named by ``tool_call_id``. ``content`` is a string or
+    a list of content parts; :attr:`text` is its text either way."""
 
     role: Role
-    content: str | None = None
+    content: str | tuple[ContentPart, ...] | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
@@ -184,8 +198,16 @@ class Message(_Frozen):
     @model_validator(mode="after")
     def _content_present(self) -> Message:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"a {self.role} message needs 'content' (a string)")
+            raise ValueError(f"a {self.role} message needs 'content' (a string or a list "
+                             "of content parts)")
         return self
+
+    @property
+    def text(self) -> str | None:
+        """The content's text: the string, or the text parts joined (None when absent)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
 
     def __eq__(self, other: object) -> bool:
         """Equal when the fields are: how a message was written is not part of it."""
@@ -206,13 +228,19 @@ class Message(_Frozen):
     def template_view(self) -> dict[str, Any]:
         """The message as a chat template receives it, in plain JSON types: the caller's
         own mapping, or for a message built in code, the fields that were set, with tool
-        calls in OpenAI's shape (``{"id", "type", "function": {"name", "arguments"}}``)."""
+        calls in OpenAI's shape (``{"id", "type", "function": {"name", "arguments"}}``).
+        Content made of text parts reaches the template as one string, so every template
+        takes it (most index ``message['content']`` as a string)."""
         if self._written is not None:
             view: dict[str, Any] = plain_data(self._written)
+            if isinstance(self.content, tuple):
+                view["content"] = self.text
             return view
         out: dict[str, Any] = {}
         for key in self.model_fields_set:
-            if key == "tool_calls":
+            if key == "content" and isinstance(self.content, tuple):
+                out[key] = self.text
+            elif key == "tool_calls":
                 out[key] = [{"id": c.id, "type": "function",
                              "function": {"name": c.name, "arguments": c.arguments}}
                             for c in self.tool_calls]

@@ -22,6 +22,7 @@ from ._errors import (
     ModelClosedError,
     UnsupportedFeatureError,
 )
+from ._local import LocalGenerator
 from ._model import Model
 from ._types import DevicePlacement, ModelInfo, SamplingParams
 from .sampling import Logits, LogitsProcessor
@@ -46,8 +47,8 @@ def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,
         trained_context_length=context_length, context_length=context_length,
         backend="fake", backend_version=engine.backend_version, threads=1, batch_size=64,
         placement=DevicePlacement(), has_chat_template=True)
-    return Model(engine, info, resolve_template(chat_template, None), "<s>", "</s>",
-                 load_s=0.0)
+    return Model(LocalGenerator(engine, info, resolve_template(chat_template, None), "<s>",
+                                "</s>", load_s=0.0))
 
 
 #: Top-2 logit margin below which two float paths may pick different greedy tokens. On the

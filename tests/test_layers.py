@@ -24,17 +24,20 @@ LAYERS: dict[int, tuple[str, ...]] = {
     1: ("_errors", "_types", "_defaults"),
     2: ("_gguf", "tokenizer", "sampling", "_chat", "_template_sandbox", "_template_check",
         "_structured", "_tools", "hardware", "_text", "_progress", "_chunking", "_corpus"),
-    3: ("_model", "_scheduler", "_embed", "_isolation", "_worker", "_remote_model",
+    3: ("_model", "_request", "_local", "_scheduler", "_embed", "_isolation", "_worker",
         "_backends.base"),
     4: ("_backends", "_backends.llamacpp", "_backends.gpt4all", "_backends.ctransformers",
         "_backends.onnx", "_backends.onnx_embed", "_backends.onnx_genai", "_backends.fake",
-        "_remote", "backends", "protocols", "protocols.openai", "protocols.ollama"),
+        "_remote", "_remote_generator", "backends", "protocols", "protocols.codec",
+        "protocols.openai", "protocols.ollama", "protocols.anthropic"),
     5: ("_planner", "_speed", "_recommend", "_store", "_discover", "_convert",
         "_convert_bert", "_index", "_answer", "_loader"),
     6: ("", "cli", "_docs", "_doctor", "_rag_cli", "testing", "_fuzz", "_fuzz.__main__",
         "_fuzz.child", "_fuzz.samples", "_fuzz.targets", "server", "server._app",
-        "server._cli", "server._embeddings", "server._generation", "server._metrics",
-        "server._ollama", "server._openai", "server._registry", "server._streaming"),
+        "server._anthropic",
+        "server._cli", "server._embeddings", "server._endpoint", "server._generation",
+        "server._metrics", "server._ollama", "server._openai", "server._registry",
+        "server._streaming"),
 }
 
 #: upward imports that exist today, each with why; the list only shrinks
@@ -43,11 +46,6 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {
         "the Tokenizer facade wraps an engine's tokenizer; it belongs with the core",
     ("_backends.gpt4all", "_store"):
         "gpt4all's engine finds its bundled library folder through the store's paths",
-    ("_remote_model", "_remote"):
-        "RemoteModel is a second front end over the wire client, not yet a generator "
-        "under Model with the codec handed in",
-    ("_remote_model", "protocols.openai"): "the same: it builds request bodies itself",
-    ("_remote_model", "protocols.ollama"): "the same: it builds request bodies itself",
 }
 
 
@@ -126,7 +124,7 @@ def test_engines_import_neither_the_server_nor_a_wire_protocol() -> None:
     for path in (PACKAGE / "_backends").glob("*.py"):
         reached = imports_of(path)
         assert not {m for m in reached if m.startswith(("server", "protocols"))
-                    or m in ("_remote", "_remote_model")}, (path.name, reached)
+                    or m in ("_remote", "_remote_generator")}, (path.name, reached)
 
 
 def test_the_import_reader_sees_relative_lazy_and_absolute_imports(tmp_path: Path) -> None:
@@ -134,5 +132,5 @@ def test_the_import_reader_sees_relative_lazy_and_absolute_imports(tmp_path: Pat
     probe = PACKAGE / "_types.py"
     assert "_errors" in imports_of(probe)
     assert {"_backends.base", "_chat", "_tools", "_structured"} <= imports_of(
-        PACKAGE / "_model.py")
+        PACKAGE / "_local.py")
     assert "server._app" in imports_of(PACKAGE / "server" / "_openai.py")

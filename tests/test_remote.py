@@ -82,16 +82,18 @@ def test_localllm_serve_through_both_apis_matches_local(served: str,
                                                         shared_model: localllm.Model) -> None:
     for api in ("openai", "ollama"):
         with localllm.connect(served, CHAT, api=api) as remote:
-            assert remote.flavour == "localllm" and remote.api == api
+            assert remote.server.flavour == "localllm" and remote.server.api == api
             assert remote.info.backend == f"remote-{api}"
             check_greedy_like_local(remote, shared_model)
     with localllm.load(f"{served}/v1#{CHAT}") as remote:  # the load() source form
-        assert isinstance(remote, localllm.RemoteModel) and remote.api == "openai"
+        assert isinstance(remote, localllm.Model) and remote.server.api == "openai"
+        with pytest.warns(DeprecationWarning, match="model.server"):
+            assert remote.flavour == "localllm"  # RemoteModel's attribute, still answered
 
 
 def test_llama_server_matches_local(llama_server: str, shared_model: localllm.Model) -> None:
     with localllm.connect(llama_server, first_model_id(llama_server)) as remote:
-        assert remote.flavour == "llama-server"
+        assert remote.server.flavour == "llama-server"
         check_greedy_like_local(remote, shared_model)
         ids = remote.tokenizer.encode("hello world", add_special=False)
         assert ids == shared_model.tokenizer.encode("hello world", add_special=False)
@@ -102,7 +104,7 @@ def test_llama_server_matches_local(llama_server: str, shared_model: localllm.Mo
 
 def test_llama_cpp_python_server_refuses_what_it_drops(lcp_server: str) -> None:
     with localllm.connect(lcp_server, first_model_id(lcp_server)) as remote:
-        assert remote.flavour == "llama-cpp-python"
+        assert remote.server.flavour == "llama-cpp-python"
         assert remote.chat(chat("Name the capital of France."), max_tokens=8,
                            temperature=0).text
         schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
@@ -217,16 +219,21 @@ def test_stop_strings_hold_on_the_client(served: str) -> None:
 def test_the_client_cuts_at_a_stop_the_server_ignored() -> None:
     """The stream parser on server events as a server that ignores ``stop`` sends them
     (no server needed to show what the client does with them)."""
-    from localllm._remote_model import _Assembler, _Request
+    from localllm._remote_generator import RemoteRun
+    from localllm._request import Assembler, build_request
+    from localllm.protocols.openai import Decoder
 
-    request = _Request(chat=False, ollama=False, stops=("END",), fmt=None, seed=None,
-                       timeout=None)
-    assembler = _Assembler(request)
+    request = build_request(prompt="The answer is", stop=["END"])
+    decoder = Decoder(chat=False)
+    run = RemoteRun(None, "/v1/completions", {}, True, decoder, None,  # type: ignore[arg-type]
+                    request)
+    assembler = Assembler(run, request.sampling.stop)
     texts = []
     for piece in ["The answer is 4", "2. E", "ND and more", " text"]:
         event = {"choices": [{"text": piece, "finish_reason": None}]}
-        line = f"data: {json.dumps(event)}"
-        texts += [c.text for c in assembler.feed_line(line)]
+        for part in decoder.feed_line(f"data: {json.dumps(event)}"):
+            chunk = assembler.feed(part)
+            texts += [chunk.text] if chunk is not None else []
         if assembler.over:
             break
     final = assembler.final().completion

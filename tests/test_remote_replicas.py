@@ -89,7 +89,7 @@ def test_64_requests_through_nginx_survive_a_dead_replica(
         cluster: tuple[str, list[int]], tmp_path: Path) -> None:
     url, pids = cluster
     remote = localllm.connect(url, first_model_id(url), retries=6)
-    assert remote.flavour == "llama-server"
+    assert remote.server.flavour == "llama-server"
     done: list[str] = []
 
     async def one(i: int) -> str:

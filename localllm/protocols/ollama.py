@@ -1,13 +1,21 @@
-"""Ollama's native API (``/api/chat``, ``/api/generate``): option names and message
-shapes."""
+"""Ollama's native API (``/api/chat``, ``/api/generate``), both sides: option names and
+message shapes; the server's codecs (``ChatCodec``, ``GenerateCodec``); the client's request
+bodies and reply decoding for ``connect()``."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
-from .._types import Message, ToolCall
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._errors import RemoteError, RequestError
+from .._request import GenerationRequest, Piece
+from .._types import Completion, Message, StreamChunk, TokenLogprob, ToolCall, ToolCallDelta
+from .codec import Call, Failure, sampling_params, server_request, validate
+from .openai import logprob_entry
 
 #: ``options`` entry -> localllm sampling parameter
 OPTION_FIELDS = {"num_predict": "max_tokens", "temperature": "temperature", "top_k": "top_k",
@@ -33,7 +41,7 @@ def tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
 def message(m: Message) -> dict[str, Any]:
     """One chat message as Ollama takes it: content always a string, calls as above, a
     tool result's function as ``tool_name``."""
-    out: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+    out: dict[str, Any] = {"role": m.role, "content": m.text or ""}
     if m.tool_calls:
         out["tool_calls"] = tool_calls(m.tool_calls)
     if m.role == "tool" and m.name is not None:
@@ -55,3 +63,271 @@ def call_pieces(message: Mapping[str, Any], first_index: int) -> list[dict[str, 
                                     if isinstance(arguments, str)
                                     else json.dumps(arguments or {})}})
     return pieces
+
+
+# ---------------------------------------------------------------------------- client side
+def client_body(request: GenerationRequest, model: str, wire_format: dict[str, Any] | None
+                ) -> tuple[str, dict[str, Any], bool]:
+    """(route, body, streamed) for ``request`` on Ollama's native API: the set sampling
+    fields as ``options``, ``num_predict`` -1 for no limit, a prompt sent ``raw`` (a plain
+    continuation, as ``complete()`` is locally)."""
+    sampling = request.sampling
+    opts = {OPTION_NAMES[name]: getattr(sampling, name) for name in request.given
+            if name != "max_tokens"}
+    opts["num_predict"] = sampling.max_tokens if sampling.max_tokens is not None else -1
+    body: dict[str, Any] = {"model": model, "stream": True, "options": opts}
+    if wire_format is not None:
+        body["format"] = "json" if wire_format["type"] == "json_object" else \
+            wire_format["json_schema"]["schema"]
+    if request.messages is not None:
+        body["messages"] = [message(m) for m in request.messages]
+        if request.tools:
+            body["tools"] = list(request.tools)
+        return "/api/chat", body, True
+    body["prompt"] = request.prompt
+    body["raw"] = True
+    return "/api/generate", body, True
+
+
+class Decoder:
+    """Ollama's NDJSON reply lines → :class:`Piece` events, with the finish reason, usage
+    and whether the last line (``done``) came."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.finish: str | None = None
+        self.usage = (0, 0)
+        self.ended = False
+        self.calls = 0
+
+    def feed_line(self, line: str) -> list[Piece]:
+        if not line.strip():
+            return []
+        event = json.loads(line)
+        if "error" in event:
+            raise RemoteError(f"the server failed mid-stream: {event['error']}")
+        message_ = event.get("message") or {}
+        text = message_.get("content", "") if self.chat else event.get("response", "")
+        pieces = call_pieces(message_, self.calls)
+        self.calls += len(pieces)
+        calls = tuple(ToolCallDelta(index=p["index"], id=p["id"], name=p["function"]["name"],
+                                    arguments=p["function"]["arguments"]) for p in pieces)
+        if event.get("done"):
+            self.ended = True
+            self.finish = "tool_calls" if self.calls else str(event.get("done_reason") or
+                                                               "stop")
+            self.usage = (int(event.get("prompt_eval_count") or 0),
+                          int(event.get("eval_count") or 0))
+        return [Piece(text or "", (), (), calls)]
+
+    def feed_whole(self, reply: dict[str, Any]) -> list[Piece]:
+        return self.feed_line(json.dumps(reply))
+
+
+# ---------------------------------------------------------------------------- server side
+NS = 1_000_000_000
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_predict: int | None = None
+    temperature: float | None = Field(None, ge=0.0)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: list[str] | str | None = None
+    num_ctx: int | None = Field(None, ge=1)
+    num_thread: int | None = Field(None, ge=1)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    stream: bool = True
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    think: bool | str | None = None
+
+
+class ChatBody(_Body):
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+
+
+class GenerateBody(_Body):
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+    suffix: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    images: list[str] | None = None
+
+
+def _call(req: _Body, chat: bool, *, messages: list[Any] | None = None,
+          prompt: str | None = None) -> Call:
+    """The call of an Ollama request: no request for one with nothing to generate from
+    (Ollama's way to load or, with keep_alive 0, unload a model)."""
+    if req.think:
+        raise RequestError("think is not supported: the served models have no thinking "
+                           "mode", param="think")
+    raw = {k: v for k, v in (req.options or {}).items() if k not in IGNORED_OPTIONS}
+    opts: Options = validate(Options, raw)
+    params = sampling_params(opts.model_dump(), OPTION_FIELDS)
+    predict = params.get("max_tokens")
+    if predict is not None and predict < 0:  # -1: no limit, -2: fill the context
+        del params["max_tokens"]
+    elif predict == 0:
+        raise RequestError("num_predict=0 generates nothing; give a positive number or -1",
+                           param="options.num_predict")
+    load = sampling_params(opts.model_dump(), LOAD_FIELDS)
+    requests = []
+    if messages or prompt:
+        requests.append(server_request(
+            messages=messages, prompt=prompt, params=params, response_format=_format(
+                req.format), tools=getattr(req, "tools", None) or None,
+            logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+            context_limit=opts.num_ctx))
+    return Call(req.model, requests, 1, req.stream, load, req.keep_alive, echo=chat)
+
+
+def _format(fmt: str | dict[str, Any] | None) -> Any:
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    if isinstance(fmt, dict):
+        return {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
+    raise RequestError(f"format={fmt!r} is invalid; use 'json' or a JSON schema",
+                       param="format")
+
+
+def read_messages(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama messages to localllm's: calls get ids, a tool result's ``tool_name`` is its
+    ``name``; images are refused."""
+    out = []
+    for i, m in enumerate(raw):
+        if m.get("images"):
+            raise RequestError(f"messages[{i}] has images; the served models read text only",
+                               param=f"messages.{i}.images")
+        msg = {k: m[k] for k in ("role", "content", "tool_calls") if m.get(k) is not None}
+        if m.get("role") == "tool" and m.get("tool_name"):
+            msg["name"] = m["tool_name"]
+        if msg.get("tool_calls"):
+            msg["tool_calls"] = [{**c, "id": c.get("id") or f"call_{i}_{j}"}
+                                 for j, c in enumerate(msg["tool_calls"])]
+            if msg.get("content") == "":
+                msg["content"] = None
+        out.append(msg)
+    return out
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _stats(r: Completion, load_s: float) -> dict[str, Any]:
+    t = r.timings
+    return {"total_duration": int((load_s + t.prompt_s + t.generation_s) * NS),
+            "load_duration": int(load_s * NS),
+            "prompt_eval_count": r.usage.prompt_tokens,
+            "prompt_eval_duration": int(t.prompt_s * NS),
+            "eval_count": r.usage.completion_tokens,
+            "eval_duration": int(t.generation_s * NS)}
+
+
+class _NDJSON:
+    """Ollama's framing: one JSON object per line, errors as ``{"error": message}``; the
+    answer for a load-only request says it loaded (or unloaded) the model."""
+
+    media_type = "application/x-ndjson"
+
+    def frame(self, event: Mapping[str, Any]) -> bytes:
+        return json.dumps(event, ensure_ascii=False).encode() + b"\n"
+
+    def end(self) -> bytes:
+        return b""
+
+    def error(self, failure: Failure) -> dict[str, Any]:
+        return {"error": failure.message}
+
+    def reply(self, call: Call, results: list[Completion], load_s: float) -> dict[str, Any]:
+        chat: bool = call.echo
+        if not results:
+            head = {"model": call.model, "created_at": now(), "done": True,
+                    "done_reason": "unload" if call.keep_alive in (0, "0") else "load"}
+            head.update({"message": {"role": "assistant", "content": ""}} if chat
+                        else {"response": ""})
+            return head
+        return _final(call.model, chat, results[0], load_s, results[0].text)
+
+    async def events(self, call: Call, chunks: AsyncIterator[tuple[int, StreamChunk]],
+                     load_s: float) -> AsyncIterator[dict[str, Any]]:
+        chat: bool = call.echo
+        async for _, chunk in chunks:
+            if chunk.completion is not None:
+                yield _final(call.model, chat, chunk.completion, load_s, chunk.text)
+            elif chunk.text or chunk.logprobs:
+                yield _part(call.model, chat, chunk.text, chunk.logprobs)
+
+
+class ChatCodec(_NDJSON):
+    """``/api/chat``."""
+
+    path = "/api/chat"
+
+    def parse(self, body: Any) -> Call:
+        req: ChatBody = validate(ChatBody, body)
+        return _call(req, True, messages=read_messages(req.messages))
+
+
+class GenerateCodec(_NDJSON):
+    """``/api/generate``: a prompt, through the chat template unless ``raw``."""
+
+    path = "/api/generate"
+
+    def parse(self, body: Any) -> Call:
+        req: GenerateBody = validate(GenerateBody, body)
+        for name in ("suffix", "template", "context", "images"):
+            if getattr(req, name):
+                raise RequestError(f"{name} is not supported by this server", param=name)
+        if req.raw or not req.prompt:
+            return _call(req, False, prompt=req.prompt)
+        messages = [{"role": "system", "content": req.system}] if req.system else []
+        messages.append({"role": "user", "content": req.prompt})
+        return _call(req, False, messages=messages)
+
+
+def _part(model: str, chat: bool, text: str,
+          logprobs: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model, "created_at": now(), "done": False}
+    if chat:
+        out["message"] = {"role": "assistant", "content": text}
+    else:
+        out["response"] = text
+    if logprobs:
+        out["logprobs"] = [logprob_entry(lp) for lp in logprobs]
+    return out
+
+
+def _final(model: str, chat: bool, r: Completion, load_s: float, text: str
+           ) -> dict[str, Any]:
+    out = _part(model, chat, text, ())
+    if chat and r.tool_calls:
+        out["message"]["tool_calls"] = tool_calls(r.tool_calls)
+    if r.logprobs is not None and text == r.text:  # not streamed: all of them here
+        out["logprobs"] = [logprob_entry(lp) for lp in r.logprobs]
+    reason = "stop" if r.finish_reason == "tool_calls" else r.finish_reason
+    out.update(done=True, done_reason=reason, **_stats(r, load_s))
+    return out

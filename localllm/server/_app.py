@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -70,6 +69,8 @@ def http_error(exc: BaseException) -> HTTPError:
     if isinstance(exc, HTTPError):
         return exc
     msg = str(exc)
+    if isinstance(exc, errors.RequestError):
+        return HTTPError(400, msg, code=exc.code, param=exc.param)
     if isinstance(exc, errors.ContextOverflowError):
         return HTTPError(400, msg, code="context_length_exceeded", param="messages")
     if isinstance(exc, errors.ModelNotFoundError):
@@ -94,14 +95,23 @@ def http_error(exc: BaseException) -> HTTPError:
     return HTTPError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
 
 
-def openai_error_body(err: HTTPError) -> dict[str, Any]:
-    return {"error": {"message": err.message, "type": err.kind, "param": err.param,
-                      "code": err.code}}
-
-
 def error_response(err: HTTPError, style: str) -> Response:
-    body = {"error": err.message} if style == "ollama" else openai_error_body(err)
+    """The error in the envelope of the API the path belongs to ("openai", "ollama" or
+    "anthropic")."""
+    from ..protocols import anthropic, openai
+    from ..protocols.codec import Failure
+
+    failure = Failure(err.status, err.message, err.kind, err.code, err.param)
+    body = {"error": err.message} if style == "ollama" else anthropic.error_body(failure) \
+        if style == "anthropic" else openai.error_body(failure)
     return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+def style_of(path: str) -> str:
+    """Which API a path belongs to, for errors answered before any route runs."""
+    if path == "/" or path.startswith("/api/"):
+        return "ollama"
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -118,20 +128,6 @@ async def read_json(request: Request, limit: int) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"the request body is not valid JSON: {exc}",
                         code="invalid_json") from None
-
-
-def validate(model: type[BaseModel], body: Any) -> Any:
-    """Parse a body into ``model``; a bad field is a 400 that names it (never a 422)."""
-    if not isinstance(body, dict):
-        raise HTTPError(400, "the request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in exc.errors())
-        raise HTTPError(400, f"invalid request: {problems}", param=param) from None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -192,10 +188,9 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope["headers"]}
         path = scope["path"]
-        style = "ollama" if path == "/" or path.startswith("/api/") else "openai"
         refusal = self._refuse(headers, path)
         if refusal is not None:
-            await error_response(refusal, style)(scope, receive, send)
+            await error_response(refusal, style_of(path))(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -209,14 +204,16 @@ class Guard:
                                  "localhost", kind="permission_error", code="forbidden_host")
         if self.keys and path not in OPEN_PATHS:
             given = headers.get("authorization", "")
-            token = given[7:].strip().encode() if given[:7].lower() == "bearer " else b""
+            token = given[7:].strip().encode() if given[:7].lower() == "bearer " else \
+                headers.get("x-api-key", "").strip().encode()  # Anthropic's header
             # compare with every key, always, so timing tells nothing about which matched
             ok = False
             for key in self.keys:
                 ok |= hmac.compare_digest(token, key)
             if not ok:
                 return HTTPError(401, "a valid API key is required: send "
-                                 "'Authorization: Bearer <key>'", kind="authentication_error",
+                                 "'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
+                                 kind="authentication_error",
                                  code="invalid_api_key")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
@@ -244,7 +241,10 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
     ``models`` are .gguf paths or catalog names; ``options`` are :class:`ServerConfig`
     fields (``host`` only decides the Host-header check here; binding is uvicorn's).
     """
-    from . import _ollama, _openai
+    from ..protocols import anthropic, ollama, openai
+    from ..protocols.codec import ServerCodec
+    from . import _anthropic, _ollama, _openai
+    from ._endpoint import mount
 
     config = ServerConfig(models=tuple(models), **options)
     registry = Registry(config.models, parallel=config.parallel, max_queue=config.max_queue,
@@ -252,7 +252,11 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
                         context_length=config.context_length, ram_budget=config.ram_budget,
                         isolation=config.isolation, system_message=config.system_message)
     state = ServerState(config, registry)
-    routes = [*_ops_routes(state), *_openai.routes(state), *_ollama.routes(state)]
+    codecs: list[ServerCodec] = [openai.ChatCodec(), openai.CompletionsCodec(),
+                                 ollama.ChatCodec(), ollama.GenerateCodec(),
+                                 anthropic.MessagesCodec()]
+    routes = [*_ops_routes(state), *_openai.routes(state), *_ollama.routes(state),
+              *_anthropic.routes(state), *(mount(codec, state) for codec in codecs)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -273,7 +277,8 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                            allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["authorization", "content-type"])
+                           allow_headers=["authorization", "content-type", "x-api-key",
+                                          "anthropic-version"])
     app.add_middleware(Guard, config=config)  # outermost: runs before CORS
     return app
 
@@ -332,12 +337,3 @@ def _ops_routes(state: ServerState) -> list[Route]:
     return [r("/health", health, ["GET"]), r("/v1/health", health, ["GET"]),
             r("/metrics", prometheus, ["GET"]), r("/tokenize", tokenize, ["POST"]),
             r("/detokenize", detokenize, ["POST"])]
-
-
-def sse(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
-
-
-def ndjson(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
-

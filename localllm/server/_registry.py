@@ -173,29 +173,23 @@ class Registry:
                 await self.unload(served)
 
     async def _load(self, served: ServedModel, options: dict[str, Any]) -> None:
-        import localllm
+        """Read the header once, plan once (unloading idle models while the plan does not
+        fit the budget), and open the model as planned."""
+        from .._loader import open_planned, plan_resolved, resolve
 
-        kwargs: dict[str, Any] = {"parallel": self.parallel, "max_queue": self.max_queue,
-                                  "threads": self.threads,
-                                  "context_length": self.context_length,
-                                  "isolation": self.isolation,
-                                  "system_message": self.system_message, **options}
+        kwargs: dict[str, Any] = {"parallel": self.parallel, "threads": self.threads,
+                                  "context_length": self.context_length, **options}
         self.loading += 1
         try:
-            if "context_length" not in options and self.context_length is not None:
+            resolved = await asyncio.to_thread(resolve, served.source)
+            trained = resolved.gguf.context_length
+            if "context_length" not in options and self.context_length is not None and trained:
                 # --context is for every model: one trained on fewer tokens (an embedder)
                 # gets its own length, not a load error
-                from .._loader import describe_source
-
-                facts = await asyncio.to_thread(describe_source, served.source)
-                if facts.context_length:
-                    kwargs["context_length"] = min(self.context_length, facts.context_length)
+                kwargs["context_length"] = min(self.context_length, trained)
             while True:
                 try:
-                    plan = await asyncio.to_thread(localllm.plan, served.source,
-                                                   context_length=kwargs["context_length"],
-                                                   threads=kwargs["threads"],
-                                                   parallel=kwargs["parallel"])
+                    plan = await asyncio.to_thread(plan_resolved, resolved, **kwargs)
                     reason = self._over_budget(plan.predicted_ram_after_load)
                     if reason is None:
                         break
@@ -207,7 +201,9 @@ class Registry:
                         f"{served.name} cannot be loaded: {reason}; no idle model is left "
                         "to unload, retry when a request ends")
                 await self._unload(victim)
-            served.model = await asyncio.to_thread(localllm.load, served.source, **kwargs)
+            served.model = await asyncio.to_thread(
+                open_planned, resolved, plan, max_queue=self.max_queue,
+                isolation=self.isolation, system_message=self.system_message)
         finally:
             self.loading -= 1
         served.load_options = options

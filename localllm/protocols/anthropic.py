@@ -1,0 +1,415 @@
+"""Anthropic's Messages API (``/v1/messages``), both sides: the server's codec (a body with
+content blocks → one ``GenerationRequest``; the answer as a message of ``text`` and
+``tool_use`` blocks, or as Anthropic's named SSE events), and the client's request bodies
+and reply decoding for ``connect(api="anthropic")``.
+
+Blocks map onto localllm's messages: ``system`` becomes the system turn, ``text`` blocks
+content parts, an assistant's ``tool_use`` blocks its tool calls (``input`` as JSON
+arguments), and each ``tool_result`` block a ``tool`` turn answering its call. Tools take
+Anthropic's shape (``name``, ``description``, ``input_schema``) and ``tool_choice`` all four
+of its kinds (``auto``, ``any``, ``tool``, ``none``).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._errors import RemoteError, RequestError, UnsupportedFeatureError
+from .._request import GenerationRequest, Piece
+from .._types import Completion, Message, StreamChunk, ToolCallDelta
+from .codec import Call, Failure, server_request, validate
+
+VERSION = "2023-06-01"  # the anthropic-version this API follows
+#: Anthropic's stop reasons by localllm's finish reason (a stop string: stop_sequence)
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+#: the error type Anthropic names for each status; others are api_error
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+               403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+               429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error"}
+
+
+# ---------------------------------------------------------------------------- server side
+class CountBody(BaseModel):
+    """``/v1/messages/count_tokens``: what a message request would read."""
+
+    model_config = ConfigDict(extra="forbid")  # a field Anthropic defines but we do not: 400
+
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+
+
+class MessagesBody(CountBody):
+    max_tokens: int = Field(ge=1)
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    metadata: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    stream: bool = False
+
+    def response_format(self) -> Any:
+        """``output_config.format`` (a JSON schema the answer must follow) as localllm's
+        response format; ``effort`` is a reasoning model's budget, which a model without
+        a thinking mode has nothing to spend on, so it changes nothing here."""
+        config = self.output_config or {}
+        unknown = set(config) - {"format", "effort"}
+        if unknown:
+            raise RequestError(f"output_config.{sorted(unknown)[0]} is not supported",
+                               param=f"output_config.{sorted(unknown)[0]}")
+        fmt = config.get("format")
+        if fmt is None:
+            return None
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or \
+                not isinstance(fmt.get("schema"), dict):
+            raise RequestError("output_config.format must be {'type': 'json_schema', "
+                               "'schema': {...}}", param="output_config.format")
+        return {"type": "json_schema", "json_schema": {"name": "output",
+                                                       "schema": fmt["schema"]}}
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"max_tokens": self.max_tokens}
+        for name in ("temperature", "top_p", "top_k"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.stop_sequences:
+            out["stop"] = self.stop_sequences
+        return out
+
+
+def _text(value: Any, where: str) -> str:
+    """A string, or a list of text blocks joined (``system``, a tool result's content)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise RequestError(f"{where} must be a string or a list of text blocks", param=where)
+    texts = []
+    for i, block in enumerate(value):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise RequestError(f"{where}[{i}] is a {kind!r} block; only text blocks are "
+                               "supported here", param=f"{where}.{i}")
+        texts.append(str(block.get("text", "")))
+    return "".join(texts)
+
+
+def read_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Anthropic's turns to localllm's messages (see the module's docstring)."""
+    out: list[dict[str, Any]] = []
+    if system:
+        out.append({"role": "system", "content": _text(system, "system")})
+    names: dict[str, str] = {}  # tool_use id -> tool name, for the results that answer them
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        where = f"messages.{i}"
+        if role not in ("user", "assistant"):
+            raise RequestError(f"messages[{i}].role must be 'user' or 'assistant', not "
+                               f"{role!r}", param=f"{where}.role")
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+            continue
+        if not isinstance(content, list):
+            raise RequestError(f"messages[{i}].content must be a string or a list of "
+                               "blocks", param=f"{where}.content")
+        parts: list[dict[str, str]] = []
+        calls: list[dict[str, Any]] = []
+        for j, block in enumerate(content):
+            kind = block.get("type") if isinstance(block, dict) else None
+            here = f"{where}.content.{j}"
+            if kind == "text":
+                parts.append({"type": "text", "text": str(block.get("text", ""))})
+            elif kind == "tool_use" and role == "assistant":
+                if not isinstance(block.get("input", {}), dict):
+                    raise RequestError("a tool_use block's input must be an object",
+                                       param=f"{here}.input")
+                names[str(block.get("id"))] = str(block.get("name"))
+                calls.append({"id": str(block.get("id")), "type": "function", "function": {
+                    "name": str(block.get("name")),
+                    "arguments": json.dumps(block.get("input") or {})}})
+            elif kind == "tool_result" and role == "user":
+                call_id = str(block.get("tool_use_id"))
+                result = _text(block.get("content", ""), f"{here}.content")
+                if block.get("is_error"):
+                    result = f"Error: {result}"
+                turn: dict[str, Any] = {"role": "tool", "tool_call_id": call_id,
+                                        "content": result}
+                if call_id in names:
+                    turn["name"] = names[call_id]
+                out.append(turn)
+            else:
+                raise RequestError(f"messages[{i}].content[{j}] is a {kind!r} block, which "
+                                   f"a {role} turn cannot carry here (text, tool_use from "
+                                   "the assistant, tool_result from the user)", param=here)
+        if role == "assistant" and (parts or calls):
+            said: dict[str, Any] = {"role": "assistant", "content": parts or None}
+            if calls:
+                said["tool_calls"] = calls
+            out.append(said)
+        elif role == "user" and parts:
+            out.append({"role": "user", "content": parts})
+    return out
+
+
+def read_tools(tools: list[dict[str, Any]] | None, choice: dict[str, Any] | None
+               ) -> tuple[list[dict[str, Any]] | None, Any]:
+    """Anthropic's tools and tool_choice in the function-tool shape the model takes."""
+    out = None
+    if tools:
+        out = []
+        for i, tool in enumerate(tools):
+            if tool.get("type") not in (None, "custom") or "input_schema" not in tool:
+                raise RequestError(f"tools[{i}] is not a client tool with an input_schema "
+                                   f"(type {tool.get('type')!r}); only those are supported",
+                                   param=f"tools.{i}")
+            out.append({"type": "function", "function": {
+                "name": tool.get("name"), "description": tool.get("description", ""),
+                "parameters": tool["input_schema"]}})
+    if choice is None:
+        return out, None
+    kind = choice.get("type")
+    if kind == "tool":
+        return out, {"type": "function", "function": {"name": choice.get("name")}}
+    if kind in ("auto", "any", "none"):
+        return out, {"auto": "auto", "any": "required", "none": "none"}[kind]
+    raise RequestError(f"tool_choice type {kind!r} is not one of auto, any, tool, none",
+                       param="tool_choice.type")
+
+
+def stop_reason(r: Completion) -> str:
+    return "stop_sequence" if r.stop_sequence is not None else STOP_REASONS[r.finish_reason]
+
+
+def usage(r: Completion) -> dict[str, int]:
+    return {"input_tokens": r.usage.prompt_tokens, "output_tokens": r.usage.completion_tokens,
+            "cache_read_input_tokens": r.usage.cached_prompt_tokens}
+
+
+def error_body(failure: Failure) -> dict[str, Any]:
+    kind = ERROR_TYPES.get(failure.status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": failure.message}}
+
+
+@dataclass
+class _Echo:
+    id: str
+    model: str
+
+
+class MessagesCodec:
+    """``/v1/messages``: Anthropic's named SSE events when streamed."""
+
+    path = "/v1/messages"
+    media_type = "text/event-stream"
+
+    def parse(self, body: Any) -> Call:
+        req: MessagesBody = validate(MessagesBody, body)
+        tools, choice = read_tools(req.tools, req.tool_choice)
+        gen = server_request(messages=read_messages(req.system, req.messages),
+                             params=req.params(), tools=tools, tool_choice=choice,
+                             response_format=req.response_format())
+        return Call(req.model, [gen], 1, req.stream,
+                    echo=_Echo("msg_" + secrets.token_hex(12), req.model))
+
+    def reply(self, call: Call, results: list[Completion], load_s: float) -> dict[str, Any]:
+        r, e = results[0], call.echo
+        content: list[dict[str, Any]] = [{"type": "text", "text": r.text}] if r.text else []
+        content += [{"type": "tool_use", "id": c.id, "name": c.name,
+                     "input": c.parsed_arguments} for c in r.tool_calls]
+        return {"id": e.id, "type": "message", "role": "assistant", "model": e.model,
+                "content": content, "stop_reason": stop_reason(r),
+                "stop_sequence": r.stop_sequence, "usage": usage(r)}
+
+    async def events(self, call: Call, chunks: AsyncIterator[tuple[int, StreamChunk]],
+                     load_s: float) -> AsyncIterator[dict[str, Any]]:
+        e = call.echo
+        yield {"type": "message_start", "message": {
+            "id": e.id, "type": "message", "role": "assistant", "model": e.model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0}}}
+        blocks = _Blocks()
+        final: Completion | None = None
+        async for _, chunk in chunks:
+            for event in blocks.feed(chunk):
+                yield event
+            final = chunk.completion or final
+        for event in blocks.close():
+            yield event
+        assert final is not None  # a stream always ends with its completion
+        yield {"type": "message_delta", "delta": {"stop_reason": stop_reason(final),
+                                                  "stop_sequence": final.stop_sequence},
+               "usage": usage(final)}
+        yield {"type": "message_stop"}
+
+    def frame(self, event: Mapping[str, Any]) -> bytes:
+        name = str(event.get("type", "message"))
+        return (f"event: {name}\ndata: ".encode() + json.dumps(event, ensure_ascii=False)
+                .encode() + b"\n\n")
+
+    def end(self) -> bytes:
+        return b""
+
+    def error(self, failure: Failure) -> dict[str, Any]:
+        return error_body(failure)
+
+
+@dataclass
+class _Blocks:
+    """Chunks → content block events: a text block while text comes, a tool_use block for
+    each call, each closed before the next opens; one ping after the first opens."""
+
+    index: int = -1
+    open: str | None = None
+    pinged: bool = False
+    calls: dict[int, int] = field(default_factory=dict)  # call index -> block index
+
+    def feed(self, chunk: StreamChunk) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if chunk.text:
+            if self.open != "text":
+                out += self._start({"type": "text", "text": ""}, "text")
+            out.append({"type": "content_block_delta", "index": self.index,
+                        "delta": {"type": "text_delta", "text": chunk.text}})
+        for delta in chunk.tool_calls:
+            if delta.id is not None:
+                out += self._start({"type": "tool_use", "id": delta.id, "name": delta.name,
+                                    "input": {}}, "tool_use")
+                self.calls[delta.index] = self.index
+            if delta.arguments:
+                out.append({"type": "content_block_delta",
+                            "index": self.calls.get(delta.index, self.index),
+                            "delta": {"type": "input_json_delta",
+                                      "partial_json": delta.arguments}})
+        return out
+
+    def _start(self, block: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+        out = self.close()
+        self.index += 1
+        self.open = kind
+        out.append({"type": "content_block_start", "index": self.index, "content_block": block})
+        if not self.pinged:
+            self.pinged = True
+            out.append({"type": "ping"})
+        return out
+
+    def close(self) -> list[dict[str, Any]]:
+        if self.open is None:
+            return []
+        self.open = None
+        return [{"type": "content_block_stop", "index": self.index}]
+
+
+# ---------------------------------------------------------------------------- client side
+def message_blocks(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
+    """localllm's messages as (system, Anthropic turns): tool turns become tool_result
+    blocks of a user turn (consecutive ones together), tool calls tool_use blocks."""
+    system = "\n".join(m.text or "" for m in messages if m.role == "system") or None
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system":
+            continue
+        if m.role == "tool":
+            block = {"type": "tool_result", "tool_use_id": m.tool_call_id or "",
+                     "content": m.text or ""}
+            if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], list) \
+                    and out[-1]["content"][-1]["type"] == "tool_result":
+                out[-1]["content"].append(block)
+            else:
+                out.append({"role": "user", "content": [block]})
+            continue
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": m.text}] if m.text else []
+        blocks += [{"type": "tool_use", "id": c.id, "name": c.name,
+                    "input": c.parsed_arguments} for c in m.tool_calls]
+        out.append({"role": m.role, "content": blocks})
+    return system, out
+
+
+def client_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any], bool]:
+    """(route, body, streamed) for ``request`` on a server speaking Anthropic's API."""
+    if request.messages is None:
+        raise UnsupportedFeatureError("Anthropic's Messages API", "complete() with a prompt",
+                                      "it takes messages only; use chat()")
+    sampling = request.sampling
+    if sampling.max_tokens is None:
+        raise UnsupportedFeatureError("Anthropic's Messages API", "max_tokens=None",
+                                      "the API requires a limit; give max_tokens")
+    system, turns = message_blocks(request.messages)
+    body: dict[str, Any] = {"model": model, "max_tokens": sampling.max_tokens,
+                            "messages": turns, "stream": True}
+    if system:
+        body["system"] = system
+    for name in ("temperature", "top_p", "top_k"):
+        if name in request.given:
+            body[name] = getattr(sampling, name)
+    if sampling.stop:
+        body["stop_sequences"] = list(sampling.stop)
+    if request.tools:
+        body["tools"] = [{"name": t["function"]["name"],
+                          "description": t["function"].get("description", ""),
+                          "input_schema": t["function"].get("parameters") or {
+                              "type": "object", "properties": {}}}
+                         for t in request.tools]
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = {"type": {"auto": "auto", "required": "any", "none": "none"}
+                               [choice]} if isinstance(choice, str) else \
+            {"type": "tool", "name": choice["function"]["name"]}
+    return "/v1/messages", body, True
+
+
+class Decoder:
+    """Anthropic's SSE events → :class:`Piece` events, the finish reason and usage."""
+
+    def __init__(self, chat: bool) -> None:
+        self.finish: str | None = None
+        self.usage = (0, 0)
+        self.ended = False
+        self.tools = 0  # tool_use blocks seen
+        self.block_call: dict[int, int] = {}  # block index -> call index
+
+    def feed_line(self, line: str) -> list[Piece]:
+        if not line.startswith("data:"):
+            return []
+        event = json.loads(line[5:].strip())
+        kind = event.get("type")
+        if kind == "error":
+            raise RemoteError(f"the server failed mid-stream: {event.get('error')}")
+        if kind == "message_start":
+            u = (event.get("message") or {}).get("usage") or {}
+            self.usage = (int(u.get("input_tokens") or 0), 0)
+        elif kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                self.block_call[int(event.get("index", 0))] = self.tools
+                self.tools += 1
+                return [Piece(tool_calls=(ToolCallDelta(
+                    index=self.tools - 1, id=block.get("id"), name=block.get("name")),))]
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                return [Piece(str(delta.get("text", "")))]
+            if delta.get("type") == "input_json_delta":
+                index = self.block_call.get(int(event.get("index", 0)), 0)
+                return [Piece(tool_calls=(ToolCallDelta(
+                    index=index, arguments=str(delta.get("partial_json", ""))),))]
+        elif kind == "message_delta":
+            reason = (event.get("delta") or {}).get("stop_reason")
+            self.finish = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                           "tool_use": "tool_calls"}.get(str(reason), "stop")
+            u = event.get("usage") or {}
+            self.usage = (int(u.get("input_tokens") or self.usage[0]),
+                          int(u.get("output_tokens") or 0))
+        elif kind == "message_stop":
+            self.ended = True
+        return []
+
+    def feed_whole(self, reply: dict[str, Any]) -> list[Piece]:
+        raise AssertionError("Anthropic replies are always streamed here")

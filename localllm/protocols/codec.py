@@ -1,0 +1,117 @@
+"""What every wire codec shares: the parsed call, the server-side contract, validation.
+
+A codec is one wire surface (OpenAI chat completions, OpenAI completions, Ollama's chat
+and generate...). On the server side it parses a JSON body into a :class:`Call` (one or
+more :class:`~localllm._request.GenerationRequest`s and how to answer them) and encodes
+the answer: whole, as a stream of events, or as an error in the API's own envelope. The
+server mounts one generic endpoint per codec (``server/_endpoint.py``), so a new wire API
+is one codec module and one line that mounts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from .._errors import RequestError
+from .._request import GenerationRequest
+from .._types import Completion, StreamChunk
+
+
+@dataclass
+class Call:
+    """A parsed request: the served model's name, what to generate (several requests for
+    a list of prompts; none for a request that only loads a model), ``n`` choices each,
+    streamed or whole, and how the model is loaded and kept. ``echo`` holds what the
+    codec needs again when it answers (the body's own fields)."""
+
+    model: str
+    requests: list[GenerationRequest]
+    n: int = 1
+    stream: bool = False
+    load_options: dict[str, Any] = field(default_factory=dict)
+    keep_alive: Any = "default"
+    echo: Any = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An error as every API describes it: status, message, kind, code, field."""
+
+    status: int
+    message: str
+    kind: str = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+
+
+class ServerCodec(Protocol):
+    """The server side of one wire surface."""
+
+    #: the route it is mounted at, e.g. "/v1/chat/completions"
+    path: str
+    #: the content type of its streamed answers
+    media_type: str
+
+    def parse(self, body: Any) -> Call:
+        """A JSON body → a :class:`Call`; a broken rule raises ``RequestError``."""
+
+    def reply(self, call: Call, results: list[Completion], load_s: float) -> dict[str, Any]:
+        """The whole answer: ``n`` results per request, in order."""
+
+    def events(self, call: Call, chunks: AsyncIterator[tuple[int, StreamChunk]],
+               load_s: float) -> AsyncIterator[dict[str, Any]]:
+        """The streamed answer's events, from the choices' chunks tagged by index."""
+
+    def frame(self, event: Mapping[str, Any]) -> bytes:
+        """One event on the wire (an SSE frame, an NDJSON line)."""
+
+    def end(self) -> bytes:
+        """What closes a stream (SSE's ``[DONE]``; nothing for NDJSON)."""
+
+    def error(self, failure: Failure) -> dict[str, Any]:
+        """The API's error envelope."""
+
+
+def validate(model: type[BaseModel], body: Any) -> Any:
+    """Parse a body into ``model``; a bad field is a ``RequestError`` that names it."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors())
+        raise RequestError(f"invalid request: {problems}", param=param) from None
+
+
+def sampling_params(fields: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """The set request fields renamed to localllm's sampling parameters."""
+    out: dict[str, Any] = {}
+    for wire, ours in names.items():
+        value = fields.get(wire)
+        if value is not None:
+            out[ours] = value
+    return out
+
+
+def server_request(*, messages: list[Any] | None = None, prompt: str | None = None,
+                   params: Mapping[str, Any], response_format: Any = None,
+                   tools: list[Any] | None = None, tool_choice: Any = None,
+                   logprobs: int | None = None, context_limit: int | None = None
+                   ) -> GenerationRequest:
+    """The request a served call asks for. No ``max_tokens`` means up to the context's
+    end, as in every wire API (not the library's default of 256), and a ``max_tokens`` past
+    the context's end is cut to it; ``context_limit`` is a smaller window for this request
+    (Ollama's ``num_ctx``). The model decides all of it once, when it tokenizes."""
+    from .._request import build_request
+
+    return build_request(messages=messages, prompt=prompt, response_format=response_format,
+                         tools=tools, tool_choice=tool_choice, logprobs=logprobs,
+                         clamp_to_context=True, context_limit=context_limit,
+                         **{"max_tokens": None, **params})
