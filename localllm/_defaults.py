@@ -25,6 +25,9 @@ class Defaults:
     port: int = 8000
     #: isolation of served runtimes: worker processes for the ones known to abort
     server_isolation: str = "auto"
+    #: days a stored response (Responses API) is kept, and the most kept at once
+    responses_ttl_days: float = 30.0
+    responses_max_rows: int = 10_000
 
 
 DEFAULTS = Defaults()

@@ -77,6 +77,9 @@ FLAVOURS: dict[str, RemoteCapabilities] = {
     "anthropic": RemoteCapabilities(frozenset({"temperature", "top_p", "top_k"}),
                                     json_object=False, tool_choice_forced=True,
                                     stream_usage=True),
+    # OpenAI's Responses API on any server that speaks it: the fields that API defines
+    "responses": RemoteCapabilities(frozenset({"temperature", "top_p"}), json_schema=True,
+                                    tool_choice_forced=True, stream_usage=True),
     # any other /v1 server: only what OpenAI's API defines, nothing assumed beyond it
     "openai": RemoteCapabilities(frozenset(STANDARD_FIELDS) - {"logit_bias"}, json_schema=False,
                                  tool_choice_forced=False),

@@ -32,13 +32,15 @@ from ._types import Capabilities, DevicePlacement, ModelInfo, ModelStats, Usage
 from .protocols import anthropic as anthropic_wire
 from .protocols import ollama as ollama_wire
 from .protocols import openai as openai_wire
+from .protocols import responses as responses_wire
 
 if TYPE_CHECKING:
     from ._tools import ToolSetup
 
 Messages = Sequence[Any]
-Decoder = openai_wire.Decoder | ollama_wire.Decoder | anthropic_wire.Decoder
-APIS = ("auto", "openai", "ollama", "anthropic")
+Decoder = (openai_wire.Decoder | ollama_wire.Decoder | anthropic_wire.Decoder
+           | responses_wire.Decoder)
+APIS = ("auto", "openai", "ollama", "anthropic", "responses")
 
 
 def split_source(source: str) -> tuple[str, str]:
@@ -58,7 +60,7 @@ class RemoteServer:
     #: the server's kind, probed at connect time: localllm, llama-server, ollama, vllm...
     flavour: str
     #: the API spoken: "openai" (``/v1`` chat completions), "ollama" (``/api``) or
-    #: "anthropic" (``/v1/messages``)
+    #: "anthropic" (``/v1/messages``) or "responses" (``/v1/responses``)
     api: str
     #: what the server honours (``localllm._remote.FLAVOURS``, with any overrides)
     capabilities: RemoteCapabilities
@@ -66,11 +68,12 @@ class RemoteServer:
 
 def _capabilities(flavour: str, api: str, overrides: Mapping[str, Any] | None
                   ) -> RemoteCapabilities:
-    """The capability row for ``api`` on a server of ``flavour``: Ollama's and Anthropic's
-    APIs have rows of their own (Anthropic's keeps the flavour's tokenizer route)."""
-    name = "ollama" if api == "ollama" else "anthropic" if api == "anthropic" else flavour
+    """The capability row for ``api`` on a server of ``flavour``: Ollama's, Anthropic's and
+    the Responses API have rows of their own (the last two keep the flavour's tokenizer
+    route)."""
+    name = api if api in ("ollama", "anthropic", "responses") else flavour
     caps = capabilities_for(name, overrides)
-    if api == "anthropic" and "tokenize" not in (overrides or {}):
+    if api in ("anthropic", "responses") and "tokenize" not in (overrides or {}):
         caps = dataclasses.replace(caps, tokenize=capabilities_for(flavour, None).tokenize)
     return caps
 
@@ -201,6 +204,9 @@ class RemoteGenerator:
         elif self.server.api == "anthropic":
             path, body, streamed = anthropic_wire.client_body(request, name)
             decoder = anthropic_wire.Decoder(request.chat)
+        elif self.server.api == "responses":
+            path, body, streamed = responses_wire.client_body(request, name, wire_format)
+            decoder = responses_wire.Decoder(request.chat)
         else:
             path, body, streamed = openai_wire.client_body(
                 request, name, max_completion_tokens=caps.max_completion_tokens,
@@ -375,7 +381,9 @@ def connect(url: str, model: str, *, api: str = "auto", api_key: str | None = No
     vLLM, LM Studio or any OpenAI-compatible one) with ``Model``'s API.
 
     ``api`` is "openai" (``/v1``), "ollama" (the native ``/api``, which carries the options
-    ``/v1`` drops), "anthropic" (Anthropic's Messages API, ``/v1/messages``) or "auto"
+    ``/v1`` drops), "anthropic" (Anthropic's Messages API, ``/v1/messages``), "responses"
+    (OpenAI's Responses API, ``/v1/responses``, stateless: the client sends the history) or
+    "auto"
     (Ollama's API on Ollama, else ``/v1``). The server's flavour is
     probed here and sets what it honours (``Model.server``); ``capabilities``
     overrides entries of that table. ``api_key`` defaults to ``$LOCALLLM_API_KEY``.

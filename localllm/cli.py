@@ -388,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "for templates that refuse a system role (Gemma 2)")
     serve.add_argument("--max-body", type=int, default=DEFAULTS.max_body_bytes,
                        help="request body limit in bytes")
+    serve.add_argument("--responses-db", default=None, metavar="PATH",
+                       help="SQLite file of stored responses (Responses API; default: "
+                            "$XDG_DATA_HOME/localllm/responses.sqlite)")
+    serve.add_argument("--responses-ttl", type=float, default=DEFAULTS.responses_ttl_days,
+                       metavar="DAYS", help="days a stored response is kept")
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -210,7 +210,7 @@ class MessagesCodec:
     path = "/v1/messages"
     media_type = "text/event-stream"
 
-    def parse(self, body: Any) -> Call:
+    def parse(self, body: Any, caller: str = "") -> Call:
         req: MessagesBody = validate(MessagesBody, body)
         tools, choice = read_tools(req.tools, req.tool_choice)
         gen = server_request(messages=read_messages(req.system, req.messages),

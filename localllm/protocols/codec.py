@@ -56,8 +56,10 @@ class ServerCodec(Protocol):
     #: the content type of its streamed answers
     media_type: str
 
-    def parse(self, body: Any) -> Call:
-        """A JSON body → a :class:`Call`; a broken rule raises ``RequestError``."""
+    def parse(self, body: Any, caller: str = "") -> Call:
+        """A JSON body → a :class:`Call`; a broken rule raises ``RequestError``.
+        ``caller`` names who asks (a digest of the API key; "" without keys), for APIs
+        that keep state per caller."""
 
     def reply(self, call: Call, results: list[Completion], load_s: float) -> dict[str, Any]:
         """The whole answer: ``n`` results per request, in order."""

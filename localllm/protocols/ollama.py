@@ -287,7 +287,7 @@ class ChatCodec(_NDJSON):
 
     path = "/api/chat"
 
-    def parse(self, body: Any) -> Call:
+    def parse(self, body: Any, caller: str = "") -> Call:
         req: ChatBody = validate(ChatBody, body)
         return _call(req, True, messages=read_messages(req.messages))
 
@@ -297,7 +297,7 @@ class GenerateCodec(_NDJSON):
 
     path = "/api/generate"
 
-    def parse(self, body: Any) -> Call:
+    def parse(self, body: Any, caller: str = "") -> Call:
         req: GenerateBody = validate(GenerateBody, body)
         for name in ("suffix", "template", "context", "images"):
             if getattr(req, name):

@@ -352,7 +352,7 @@ class ChatCodec(_SSE):
 
     path = "/v1/chat/completions"
 
-    def parse(self, body: Any) -> Call:
+    def parse(self, body: Any, caller: str = "") -> Call:
         req: ChatBody = validate(ChatBody, body)
         if req.top_logprobs is not None and not req.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", param="top_logprobs")
@@ -403,7 +403,7 @@ class CompletionsCodec(_SSE):
 
     path = "/v1/completions"
 
-    def parse(self, body: Any) -> Call:
+    def parse(self, body: Any, caller: str = "") -> Call:
         req: CompletionBody = validate(CompletionBody, body)
         if req.echo or req.suffix or (req.best_of or 1) > 1:
             raise RequestError("echo, suffix and best_of are not supported",

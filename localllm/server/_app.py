@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -51,6 +52,9 @@ class ServerConfig:
     isolation: str = DEFAULTS.server_isolation  # runtimes known to abort: a worker each
     system_message: str = "template"  # "fold": into the first user turn (load()'s option)
     preload: bool = True
+    responses_db: str | None = None  # stored responses (None: the default data directory)
+    responses_ttl_s: float = DEFAULTS.responses_ttl_days * 86400
+    responses_max_rows: int = DEFAULTS.responses_max_rows
 
 
 class HTTPError(Exception):
@@ -188,13 +192,14 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope["headers"]}
         path = scope["path"]
-        refusal = self._refuse(headers, path)
+        refusal = self._refuse(headers, path, scope.setdefault("state", {}))
         if refusal is not None:
             await error_response(refusal, style_of(path))(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    def _refuse(self, headers: dict[str, str], path: str) -> HTTPError | None:
+    def _refuse(self, headers: dict[str, str], path: str, state: dict[str, Any]
+                ) -> HTTPError | None:
         if self.loopback:
             host = headers.get("host", "")
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -210,6 +215,8 @@ class Guard:
             ok = False
             for key in self.keys:
                 ok |= hmac.compare_digest(token, key)
+            if ok:  # who asks, for state kept per key (stored responses)
+                state["caller"] = hashlib.sha256(token).hexdigest()[:32]
             if not ok:
                 return HTTPError(401, "a valid API key is required: send "
                                  "'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
@@ -241,9 +248,11 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
     ``models`` are .gguf paths or catalog names; ``options`` are :class:`ServerConfig`
     fields (``host`` only decides the Host-header check here; binding is uvicorn's).
     """
-    from ..protocols import anthropic, ollama, openai
+    from pathlib import Path
+
+    from ..protocols import anthropic, ollama, openai, responses
     from ..protocols.codec import ServerCodec
-    from . import _anthropic, _ollama, _openai
+    from . import _anthropic, _ollama, _openai, _responses
     from ._endpoint import mount
 
     config = ServerConfig(models=tuple(models), **options)
@@ -252,11 +261,15 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
                         context_length=config.context_length, ram_budget=config.ram_budget,
                         isolation=config.isolation, system_message=config.system_message)
     state = ServerState(config, registry)
+    store = _responses.ResponseStore(
+        Path(config.responses_db) if config.responses_db else _responses.default_path(),
+        ttl_s=config.responses_ttl_s, max_rows=config.responses_max_rows)
     codecs: list[ServerCodec] = [openai.ChatCodec(), openai.CompletionsCodec(),
                                  ollama.ChatCodec(), ollama.GenerateCodec(),
-                                 anthropic.MessagesCodec()]
+                                 anthropic.MessagesCodec(), responses.ResponsesCodec(store)]
     routes = [*_ops_routes(state), *_openai.routes(state), *_ollama.routes(state),
-              *_anthropic.routes(state), *(mount(codec, state) for codec in codecs)]
+              *_anthropic.routes(state), *_responses.routes(state, store),
+              *(mount(codec, state) for codec in codecs)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -269,6 +282,7 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
             for task in tasks:
                 task.cancel()
             await registry.close()
+            store.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.localllm = state

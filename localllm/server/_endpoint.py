@@ -25,7 +25,7 @@ def mount(codec: ServerCodec, state: ServerState) -> Route:
     registry, metrics = state.registry, state.metrics
 
     async def handle(request: Request) -> Response:
-        call = codec.parse(await read_json(request, state.max_body))
+        call = codec.parse(await read_json(request, state.max_body), caller_of(request))
         if call.keep_alive is None or call.keep_alive == "default":
             call.keep_alive = "default"
         else:
@@ -55,6 +55,11 @@ def mount(codec: ServerCodec, state: ServerState) -> Route:
         return response
 
     return Route(codec.path, endpoint, methods=["POST"])
+
+
+def caller_of(request: Request) -> str:
+    """Who asks: a digest of the API key the Guard accepted ("" when none is required)."""
+    return str(request.scope.get("state", {}).get("caller", ""))
 
 
 def error_response(codec: ServerCodec, err: HTTPError) -> Response:

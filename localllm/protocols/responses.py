@@ -1,0 +1,501 @@
+"""OpenAI's Responses API (``/v1/responses``), both sides. The server's codec: input items
+→ one ``GenerationRequest``, the answer as output items (``message`` with ``output_text``,
+``function_call``) whole or as the typed event stream with ``sequence_number``. The
+client's request bodies and event decoding, for ``connect(api="responses")``.
+
+State: with ``store`` (the default, as OpenAI's), the conversation so far is kept by the
+store the codec is given (``server/_responses.py``, a SQLite file), so a request naming
+``previous_response_id`` continues it; a response is visible only to the API key that
+created it. ``truncation: "auto"`` lets the oldest turns drop when the history no longer
+fits (the response says how many, in ``truncated_messages``); otherwise a history too long
+for the context is a 400 naming the sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._errors import ModelNotFoundError, RemoteError, RequestError, UnsupportedFeatureError
+from .._request import GenerationRequest, Piece
+from .._types import Completion, Message, StreamChunk, ToolCallDelta
+from .codec import Call, server_request, validate
+from .openai import _SSE
+
+
+class Store(Protocol):
+    """Where stored responses live (the server gives the codec one)."""
+
+    def load(self, response_id: str, caller: str) -> dict[str, Any] | None:
+        """The stored record (``history``: the conversation's messages, ``response``)."""
+
+    def save(self, response_id: str, caller: str, record: dict[str, Any]) -> None: ...
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    store: bool = True
+    previous_response_id: str | None = None
+    metadata: dict[str, str] | None = None
+    stream: bool = False
+    truncation: str | None = Field(None, pattern="^(auto|disabled)$")
+    # accepted, and they change nothing here
+    user: str | None = None
+    include: list[str] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    service_tier: str | None = None
+    reasoning: dict[str, Any] | None = None
+    stream_options: dict[str, Any] | None = None
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.max_output_tokens is not None:
+            out["max_tokens"] = self.max_output_tokens
+        for name in ("temperature", "top_p"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def _parts_text(content: Any, where: str) -> Any:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise RequestError(f"{where} must be a string or a list of parts", param=where)
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("input_text", "output_text"):
+            raise RequestError(f"{where}[{j}] is a {kind!r} part; only input_text and "
+                               "output_text are supported", param=f"{where}.{j}")
+        parts.append({"type": "text", "text": str(part.get("text", ""))})
+    return parts
+
+
+def read_input(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Input items → localllm messages: messages (``developer`` as ``system``), each run
+    of ``function_call`` items one assistant turn with its calls, each
+    ``function_call_output`` a tool turn."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        kind = item.get("type", "message" if "role" in item else None)
+        where = f"input.{i}"
+        if kind == "message":
+            role = item.get("role")
+            role = "system" if role == "developer" else role
+            if role not in ("system", "user", "assistant"):
+                raise RequestError(f"input[{i}].role {item.get('role')!r} is not user, system, "
+                                   "developer or assistant", param=f"{where}.role")
+            out.append({"role": role, "content": _parts_text(item.get("content"),
+                                                             f"{where}.content")})
+        elif kind == "function_call":
+            call = {"id": str(item.get("call_id")), "type": "function", "function": {
+                "name": str(item.get("name")), "arguments": str(item.get("arguments") or "{}")}}
+            last = out[-1] if out else None
+            if last is not None and last["role"] == "assistant" and last.get("tool_calls") \
+                    and last.get("content") is None:
+                last["tool_calls"].append(call)
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            out.append({"role": "tool", "tool_call_id": str(item.get("call_id")),
+                        "content": output if isinstance(output, str) else json.dumps(output)})
+        else:
+            raise RequestError(f"input[{i}] is a {kind!r} item; messages, function_call and "
+                               "function_call_output are supported", param=where)
+    return out
+
+
+def read_tools(tools: list[dict[str, Any]] | None, choice: Any
+               ) -> tuple[list[dict[str, Any]] | None, Any]:
+    out = None
+    if tools:
+        out = []
+        for i, tool in enumerate(tools):
+            if tool.get("type") != "function":
+                raise RequestError(f"tools[{i}] has type {tool.get('type')!r}; only function "
+                                   "tools are supported here", param=f"tools.{i}.type")
+            out.append({"type": "function", "function": {
+                "name": tool.get("name"), "description": tool.get("description") or "",
+                "parameters": tool.get("parameters") or {"type": "object", "properties": {}}}})
+    if isinstance(choice, dict):
+        if choice.get("type") != "function":
+            raise RequestError(f"tool_choice type {choice.get('type')!r} is not supported; "
+                               "use auto, none, required or a function", param="tool_choice")
+        choice = {"type": "function", "function": {"name": choice.get("name")}}
+    return out, choice
+
+
+def read_format(text: dict[str, Any] | None) -> Any:
+    fmt = (text or {}).get("format")
+    if fmt is None or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "json_object"}
+    if fmt.get("type") == "json_schema":
+        return {"type": "json_schema", "json_schema": {
+            "name": fmt.get("name", "output"), "schema": fmt.get("schema") or {},
+            "strict": fmt.get("strict", False)}}
+    raise RequestError(f"text.format type {fmt.get('type')!r} is not text, json_object or "
+                       "json_schema", param="text.format.type")
+
+
+@dataclass
+class _Echo:
+    """The request's own fields, repeated in its response, and what storing it needs."""
+
+    id: str
+    created: int
+    body: Body
+    caller: str
+    history: list[dict[str, Any]]
+    input_items: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ResponsesCodec(_SSE):
+    """``/v1/responses``."""
+
+    path = "/v1/responses"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def parse(self, body: Any, caller: str = "") -> Call:
+        req: Body = validate(Body, body)
+        if req.include:
+            raise RequestError(f"include {req.include!r} is not supported", param="include")
+        history: list[dict[str, Any]] = []
+        if req.previous_response_id is not None:
+            stored = self.store.load(req.previous_response_id, caller)
+            if stored is None:
+                raise ModelNotFoundError(f"no stored response {req.previous_response_id!r} "
+                                         "(it was not stored, has expired, was deleted, or "
+                                         "belongs to another API key)")
+            history = list(stored["history"])
+        items = [{"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": req.input}]}] if isinstance(req.input, str) \
+            else list(req.input)
+        history += read_input(req.input)
+        messages = ([{"role": "system", "content": req.instructions}]
+                    if req.instructions else []) + history
+        tools, choice = read_tools(req.tools, req.tool_choice)
+        gen = server_request(messages=messages, params=req.params(), tools=tools,
+                             tool_choice=choice, response_format=read_format(req.text))
+        if req.truncation == "auto":
+            from dataclasses import replace
+
+            gen = replace(gen, overflow="drop_oldest")
+        echo = _Echo(_new_id("resp"), int(time.time()), req, caller, history, items,
+                     list(req.tools or []))
+        return Call(req.model, [gen], 1, req.stream, echo=echo)
+
+    # ------------------------------------------------------------------ answers
+    def response(self, e: _Echo, status: str, output: list[dict[str, Any]],
+                 r: Completion | None) -> dict[str, Any]:
+        body = e.body
+        out: dict[str, Any] = {
+            "id": e.id, "object": "response", "created_at": e.created, "status": status,
+            "model": body.model, "output": output, "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"}
+            if status == "incomplete" else None,
+            "instructions": body.instructions, "metadata": body.metadata or {},
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "temperature": body.temperature, "top_p": body.top_p,
+            "max_output_tokens": body.max_output_tokens,
+            "previous_response_id": body.previous_response_id, "store": body.store,
+            "tool_choice": body.tool_choice or "auto", "tools": e.tools,
+            "text": body.text or {"format": {"type": "text"}},
+            "truncation": body.truncation or "disabled", "usage": None}
+        if r is not None:
+            out["usage"] = {"input_tokens": r.usage.prompt_tokens,
+                            "input_tokens_details": {
+                                "cached_tokens": r.usage.cached_prompt_tokens},
+                            "output_tokens": r.usage.completion_tokens,
+                            "output_tokens_details": {"reasoning_tokens": 0},
+                            "total_tokens": r.usage.total_tokens}
+            if r.truncation is not None and r.truncation.dropped_messages:
+                out["truncated_messages"] = len(r.truncation.dropped_messages)
+        return out
+
+    def _finish(self, e: _Echo, r: Completion, output: list[dict[str, Any]]
+                ) -> dict[str, Any]:
+        status = "incomplete" if r.finish_reason == "length" else "completed"
+        whole = self.response(e, status, output, r)
+        if e.body.store:
+            said: dict[str, Any] = {"role": "assistant",
+                                    "content": r.text if r.text or not r.tool_calls else None}
+            if r.tool_calls:
+                said["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                    "name": c.name, "arguments": c.arguments}} for c in r.tool_calls]
+            self.store.save(e.id, e.caller, {"history": [*e.history, said],
+                                             "response": whole, "input": e.input_items})
+        return whole
+
+    def reply(self, call: Call, results: list[Completion], load_s: float) -> dict[str, Any]:
+        r, e = results[0], call.echo
+        output: list[dict[str, Any]] = []
+        if r.text or not r.tool_calls:
+            output.append(_message(_new_id("msg"), r.text, "completed"))
+        output += [_function_call(_new_id("fc"), c.id, c.name, c.arguments, "completed")
+                   for c in r.tool_calls]
+        return self._finish(e, r, output)
+
+    async def events(self, call: Call, chunks: AsyncIterator[tuple[int, StreamChunk]],
+                     load_s: float) -> AsyncIterator[dict[str, Any]]:
+        e = call.echo
+        stream = _Events()
+        yield stream.event("response.created", response=self.response(e, "in_progress", [],
+                                                                         None))
+        yield stream.event("response.in_progress",
+                           response=self.response(e, "in_progress", [], None))
+        final: Completion | None = None
+        async for _, chunk in chunks:
+            for event in stream.feed(chunk):
+                yield event
+            final = chunk.completion or final
+        assert final is not None  # a stream always ends with its completion
+        for event in stream.finish():
+            yield event
+        whole = self._finish(e, final, stream.output)
+        kind = "response.incomplete" if whole["status"] == "incomplete" else \
+            "response.completed"
+        yield stream.event(kind, response=whole)
+
+    def frame(self, event: Mapping[str, Any]) -> bytes:
+        """A named SSE event; an error mid-stream is an ``error`` event."""
+        name = str(event.get("type") or ("error" if "error" in event else "message"))
+        return (f"event: {name}\ndata: ".encode() + json.dumps(event, ensure_ascii=False)
+                .encode() + b"\n\n")
+
+    def end(self) -> bytes:
+        return b""
+
+
+def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [],
+                         "logprobs": []}] if status == "completed" else []}
+
+
+def _function_call(item_id: str, call_id: str, name: str | None, arguments: str,
+                   status: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id,
+            "name": name or "", "arguments": arguments}
+
+
+@dataclass
+class _Events:
+    """Chunks → the Responses event sequence: an output item per message or call, opened
+    with ``output_item.added`` and closed with its ``.done`` events before the next one
+    opens, every event numbered."""
+
+    sequence: int = 0
+    output: list[dict[str, Any]] = field(default_factory=list)
+    open: dict[str, Any] | None = None
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)  # call index -> item
+
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        out = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return out
+
+    def feed(self, chunk: StreamChunk) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if chunk.text:
+            if self.open is None or self.open["type"] != "message":
+                out += self._open(_message(_new_id("msg"), "", "in_progress"))
+                out.append(self.event("response.content_part.added", **self._at(),
+                                      content_index=0, part=_text_part("")))
+            self.text.append(chunk.text)
+            out.append(self.event("response.output_text.delta", **self._at(),
+                                  content_index=0, delta=chunk.text, logprobs=[]))
+        for delta in chunk.tool_calls:
+            if delta.id is not None:
+                out += self._open(_function_call(_new_id("fc"), delta.id, delta.name, "",
+                                                 "in_progress"))
+                self.calls[delta.index] = self.open  # type: ignore[assignment]
+            item = self.calls.get(delta.index)
+            if delta.arguments and item is not None:
+                item["arguments"] += delta.arguments
+                out.append(self.event("response.function_call_arguments.delta",
+                                      item_id=item["id"], output_index=self._index(item),
+                                      delta=delta.arguments))
+        return out
+
+    def _at(self) -> dict[str, Any]:
+        assert self.open is not None
+        return {"item_id": self.open["id"], "output_index": len(self.output) - 1}
+
+    def _index(self, item: dict[str, Any]) -> int:
+        return next(i for i, x in enumerate(self.output) if x is item)
+
+    def _open(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        out = self.close()
+        self.output.append(item)
+        self.open = item
+        return [*out, self.event("response.output_item.added",
+                                 output_index=len(self.output) - 1, item=dict(item))]
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Close the open item; an empty answer is still one (empty) message, as OpenAI
+        sends it."""
+        if self.open is None and not self.output:
+            empty = _message(_new_id("msg"), "", "in_progress")
+            self.output.append(empty)
+            self.open = empty
+            return [self.event("response.output_item.added", output_index=0, item=dict(empty)),
+                    self.event("response.content_part.added", **self._at(), content_index=0,
+                               part=_text_part("")), *self.close()]
+        return self.close()
+
+    def close(self) -> list[dict[str, Any]]:
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        at = {"item_id": item["id"], "output_index": self._index(item)}
+        out = []
+        if item["type"] == "message":
+            text = "".join(self.text)
+            self.text = []
+            out.append(self.event("response.output_text.done", **at, content_index=0,
+                                  text=text, logprobs=[]))
+            out.append(self.event("response.content_part.done", **at, content_index=0,
+                                  part=_text_part(text)))
+            item.update(_message(item["id"], text, "completed"))
+        else:
+            out.append(self.event("response.function_call_arguments.done", **at,
+                                  name=item["name"], arguments=item["arguments"]))
+            item["status"] = "completed"
+        out.append(self.event("response.output_item.done", output_index=at["output_index"],
+                              item=dict(item)))
+        return out
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+# ---------------------------------------------------------------------------- client side
+def input_items(messages: list[Message]) -> tuple[str | None, list[dict[str, Any]]]:
+    """localllm's messages as (instructions, input items): system text as instructions,
+    tool calls as ``function_call`` items, tool turns as ``function_call_output``."""
+    instructions = "\n".join(m.text or "" for m in messages if m.role == "system") or None
+    items: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system":
+            continue
+        if m.role == "tool":
+            items.append({"type": "function_call_output", "call_id": m.tool_call_id or "",
+                          "output": m.text or ""})
+            continue
+        if m.text or not m.tool_calls:
+            items.append({"type": "message", "role": m.role, "content": m.text or ""})
+        items += [{"type": "function_call", "call_id": c.id, "name": c.name,
+                   "arguments": c.arguments} for c in m.tool_calls]
+    return instructions, items
+
+
+def client_body(request: GenerationRequest, model: str, wire_format: dict[str, Any] | None
+                ) -> tuple[str, dict[str, Any], bool]:
+    """(route, body, streamed) for ``request`` on a server speaking the Responses API:
+    the whole conversation each time, ``store: false`` (the client keeps the history)."""
+    if request.messages is None:
+        raise UnsupportedFeatureError("the Responses API", "complete() with a prompt",
+                                      "it takes a conversation; use chat()")
+    instructions, items = input_items(list(request.messages))
+    body: dict[str, Any] = {"model": model, "input": items, "stream": True, "store": False}
+    if instructions:
+        body["instructions"] = instructions
+    sampling = request.sampling
+    if sampling.max_tokens is not None:
+        body["max_output_tokens"] = sampling.max_tokens
+    for name in ("temperature", "top_p"):
+        if name in request.given:
+            body[name] = getattr(sampling, name)
+    if request.tools:
+        body["tools"] = [{"type": "function", "name": t["function"]["name"],
+                          "description": t["function"].get("description", ""),
+                          "parameters": t["function"].get("parameters") or {
+                              "type": "object", "properties": {}}} for t in request.tools]
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = choice if isinstance(choice, str) else {
+            "type": "function", "name": choice["function"]["name"]}
+    if wire_format is not None:
+        fmt: dict[str, Any] = {"type": wire_format["type"]}
+        if wire_format["type"] == "json_schema":
+            spec = wire_format["json_schema"]
+            fmt.update(name=spec.get("name", "output"), schema=spec["schema"],
+                       strict=spec.get("strict", False))
+        body["text"] = {"format": fmt}
+    return "/v1/responses", body, True
+
+
+class Decoder:
+    """The Responses event stream → :class:`Piece` events, finish reason and usage."""
+
+    def __init__(self, chat: bool) -> None:
+        self.finish: str | None = None
+        self.usage = (0, 0)
+        self.ended = False
+        self.calls: dict[str, int] = {}  # function_call item id -> call index
+
+    def feed_line(self, line: str) -> list[Piece]:
+        if not line.startswith("data:"):
+            return []
+        event = json.loads(line[5:].strip())
+        kind = event.get("type")
+        if kind == "error" or ("error" in event and kind is None):
+            raise RemoteError(f"the server failed mid-stream: {event.get('error', event)}")
+        if kind == "response.output_text.delta":
+            return [Piece(str(event.get("delta", "")))]
+        if kind == "response.output_item.added":
+            item = event.get("item") or {}
+            if item.get("type") == "function_call":
+                self.calls[str(item.get("id"))] = len(self.calls)
+                return [Piece(tool_calls=(ToolCallDelta(
+                    index=len(self.calls) - 1, id=item.get("call_id"), name=item.get("name")),))]
+        elif kind == "response.function_call_arguments.delta":
+            index = self.calls.get(str(event.get("item_id")), 0)
+            return [Piece(tool_calls=(ToolCallDelta(index=index,
+                                                    arguments=str(event.get("delta", ""))),))]
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            if kind == "response.failed":
+                raise RemoteError(f"the server failed: {event.get('response', {}).get('error')}")
+            response = event.get("response") or {}
+            u = response.get("usage") or {}
+            self.usage = (int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0))
+            self.finish = "length" if kind == "response.incomplete" else (
+                "tool_calls" if self.calls else "stop")
+            self.ended = True
+        return []
+
+    def feed_whole(self, reply: dict[str, Any]) -> list[Piece]:
+        raise AssertionError("Responses replies are always streamed here")
