@@ -40,7 +40,8 @@ FOCUSED = [("llamacpp", ["bench_llamacpp.py", "--reps", "7"]),
            ("legacy-backends", ["bench_legacy_backends.py"]),
            ("onnx", ["bench_onnx.py"]),
            ("batching", ["bench_batching.py"]),
-           ("server", ["bench_server.py"])]
+           ("server", ["bench_server.py"]),
+           ("agent-apis", ["bench_agent_apis.py"])]
 MEASURES = [("load_s", "load s", "{:.2f}"), ("ttft_s", "first token s", "{:.2f}"),
             ("prompt_tokens_per_s", "prompt tok/s", "{:.1f}"),
             ("decode_tokens_per_s", "decode tok/s", "{:.1f}"),
