@@ -1,4 +1,5 @@
-"""The 42 conformance cases of research/server.md, numbered, against a real server.
+"""The 42 conformance cases of research/server.md, numbered, against a real server, and
+the same rules through the agent APIs (Anthropic's Messages, OpenAI's Responses).
 
 Every test talks HTTP to ``localllm serve``'s app running under uvicorn on 127.0.0.1 with
 the real default model; nothing of the server is mocked. Texts are asserted only where
@@ -545,3 +546,109 @@ def test_42_mid_stream_failure_is_an_error_line(default_model_path: Path,
 def _reload(url: str) -> localllm.Model:
     assert httpx.post(f"{url}/api/generate", json={"model": MODEL}).status_code == 200
     return served_model(url)
+
+
+# -------------------------------------------------------------------- the agent APIs
+#: the same rules through Anthropic's Messages API and OpenAI's Responses API: each route,
+#: a valid body of its own, and its error envelope
+AGENT_APIS = {
+    "messages": ("/v1/messages", {"model": MODEL, "max_tokens": 8, "messages": HI}),
+    "responses": ("/v1/responses", {"model": MODEL, "max_output_tokens": 8,
+                                    "input": "Say hello.", "store": False}),
+}
+
+
+def agent_error(api: str, response: httpx.Response, status: int) -> str:
+    """The error's type, after checking the API's own envelope."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    if api == "messages":
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
+        return str(body["error"]["type"])
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return str(body["error"]["type"])
+
+
+def agent_text(api: str, body: dict[str, Any]) -> str:
+    if api == "messages":
+        return "".join(b["text"] for b in body["content"] if b["type"] == "text")
+    return "".join(part["text"] for item in body["output"] if item["type"] == "message"
+                   for part in item["content"])
+
+
+def agent_stream_text(api: str, response: httpx.Response) -> str:
+    events = [json.loads(line[6:]) for line in response.text.splitlines()
+              if line.startswith("data: ")]
+    if api == "messages":
+        return "".join(e["delta"]["text"] for e in events
+                       if e["type"] == "content_block_delta" and e["delta"]["type"] ==
+                       "text_delta")
+    return "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+
+
+@pytest.mark.parametrize("api", AGENT_APIS)
+def test_agent_apis_stream_equals_non_stream_at_temperature_0(api: str, base: str,
+                                                             http: httpx.Client) -> None:
+    path, body = AGENT_APIS[api]
+    served_model(base).clear_cache()
+    whole = http.post(path, json={**body, "temperature": 0})
+    assert whole.status_code == 200, whole.text
+    served_model(base).clear_cache()
+    streamed_ = http.post(path, json={**body, "temperature": 0, "stream": True})
+    assert streamed_.headers["content-type"].startswith("text/event-stream")
+    assert agent_stream_text(api, streamed_) == agent_text(api, whole.json())
+
+
+@pytest.mark.parametrize("api", AGENT_APIS)
+def test_agent_apis_refuse_in_their_own_envelope(api: str, http: httpx.Client) -> None:
+    path, body = AGENT_APIS[api]
+    assert agent_error(api, http.post(path, json={**body, "model": "nope"}),
+                       404) == "not_found_error"
+    assert agent_error(api, http.post(path, json={**body, "temperature": "hot"}),
+                       400) == "invalid_request_error"
+    assert agent_error(api, http.post(path, json={**body, "no_such_field": 1}),
+                       400) == "invalid_request_error"
+    long = {"messages": [{"role": "user", "content": "word " * 3000}]} if api == "messages" \
+        else {"input": "word " * 3000}
+    response = http.post(path, json={**body, **long})
+    assert agent_error(api, response, 400) == "invalid_request_error"
+    assert "context" in response.text
+    invalid = http.post(path, content=b"{not json", headers={"content-type": "application/json"})
+    agent_error(api, invalid, 400)
+    big = b'{"model": "x", "pad": "' + b"a" * (9 * 1024 * 1024) + b'"}'
+    agent_error(api, http.post(path, content=big), 413)
+    assert agent_error(api, http.post(path, json=body, headers={"Host": "evil.example"}),
+                       403) == "permission_error"
+
+
+@pytest.mark.parametrize("api", AGENT_APIS)
+def test_agent_apis_need_the_key(api: str, default_model_path: Path) -> None:
+    path, body = AGENT_APIS[api]
+    with served_in_thread([MODEL], api_keys=["s3cret"], preload=False) as url:
+        assert agent_error(api, httpx.post(f"{url}{path}", json=body),
+                           401) == "authentication_error"
+        header = {"x-api-key": "s3cret"} if api == "messages" else \
+            {"Authorization": "Bearer s3cret"}
+        assert httpx.post(f"{url}{path}", json=body, headers=header,
+                          timeout=120).status_code == 200
+
+
+@pytest.mark.parametrize("api", AGENT_APIS)
+def test_agent_apis_disconnect_stops_generation(api: str, base: str) -> None:
+    path, body = AGENT_APIS[api]
+    limit = {"max_tokens": 400} if api == "messages" else {"max_output_tokens": 400}
+    scheduler = served_model(base)._scheduler
+    prompt = {"messages": [{"role": "user", "content": "Tell a very long story."}]} \
+        if api == "messages" else {"input": "Tell a very long story."}
+    with httpx.Client(base_url=base, timeout=60) as client, \
+            client.stream("POST", path, json={**body, **limit, **prompt,
+                                              "stream": True}) as response:
+        lines = response.iter_lines()
+        for _ in range(12):
+            next(lines)
+        steps_at_disconnect = scheduler.steps
+    deadline = time.monotonic() + 10
+    while scheduler.active_sequences and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert scheduler.active_sequences == 0
+    assert scheduler.steps - steps_at_disconnect <= 6  # as in case 33: not 400 steps
