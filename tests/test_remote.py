@@ -102,6 +102,21 @@ def test_llama_server_matches_local(llama_server: str, shared_model: localllm.Mo
             remote.chat(chat("Hi"), max_tokens=2, logprobs=2)
 
 
+@pytest.mark.parametrize("api", ["anthropic", "responses"])
+def test_llama_server_through_the_agent_apis(api: str, llama_server: str,
+                                             shared_model: localllm.Model) -> None:
+    """llama-server serves Anthropic's Messages API and the Responses API too; the same
+    codecs speak them, and the greedy text is the local one's."""
+    with localllm.connect(llama_server, first_model_id(llama_server), api=api) as remote:
+        assert remote.server.flavour == "llama-server" and remote.server.api == api
+        check_greedy_like_local(remote, shared_model)
+        streamed = list(remote.stream_chat(chat(PROMPTS[1]), max_tokens=16, temperature=0))
+        whole = remote.chat(chat(PROMPTS[1]), max_tokens=16, temperature=0)
+        assert "".join(c.text for c in streamed) == whole.text
+        assert streamed[-1].completion is not None
+        assert streamed[-1].completion.usage.completion_tokens > 0
+
+
 def test_llama_cpp_python_server_refuses_what_it_drops(lcp_server: str) -> None:
     with localllm.connect(lcp_server, first_model_id(lcp_server)) as remote:
         assert remote.server.flavour == "llama-cpp-python"

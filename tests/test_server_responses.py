@@ -227,3 +227,27 @@ def test_connect_speaks_the_responses_api(base: str) -> None:
         jsonschema.validate(called.tool_calls[0].parsed_arguments, WEATHER["parameters"])
         with pytest.raises(localllm.UnsupportedFeatureError, match="top_k"):
             remote.chat(hi, max_tokens=2, top_k=5)
+
+
+def test_a_failure_mid_stream_is_the_last_event(default_model_path: Path,
+                                                 tmp_path: Path) -> None:
+    """The status line is sent when the model goes away mid-answer: the stream ends with
+    ``response.failed``, numbered in sequence, naming the error."""
+    import httpx
+
+    with serve(tmp_path / "f.sqlite") as url:
+        events = []
+        body = {"model": MODEL, "input": "Tell a very long story.", "max_output_tokens": 400,
+                "stream": True}
+        with httpx.stream("POST", f"{url}/v1/responses", json=body, timeout=60,
+                          headers={"Authorization": "Bearer k1"}) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(json.loads(line[6:]))
+                if events[-1]["type"] == "response.output_text.delta" and len(events) == 5:
+                    served_model(url, MODEL).close()
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["status"] == "failed"
+    assert "closed" in events[-1]["response"]["error"]["message"]

@@ -275,10 +275,17 @@ class ResponsesCodec(_SSE):
         yield stream.event("response.in_progress",
                            response=self.response(e, "in_progress", [], None))
         final: Completion | None = None
-        async for _, chunk in chunks:
-            for event in stream.feed(chunk):
-                yield event
-            final = chunk.completion or final
+        try:
+            async for _, chunk in chunks:
+                for event in stream.feed(chunk):
+                    yield event
+                final = chunk.completion or final
+        except Exception as exc:  # the status line is sent: the failure is the last event
+            failed = self.response(e, "failed", stream.output, None)
+            failed["error"] = {"code": "server_error",
+                               "message": f"{type(exc).__name__}: {exc}"}
+            yield stream.event("response.failed", response=failed)
+            return
         assert final is not None  # a stream always ends with its completion
         for event in stream.finish():
             yield event
