@@ -5,6 +5,7 @@ side. Real server, real default model."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,45 @@ def test_connect_speaks_anthropics_api(base: str) -> None:
             remote.chat(HI, max_tokens=2, logprobs=1)
         with pytest.raises(localllm.UnsupportedFeatureError, match="prompt"):
             remote.complete("Once upon a time", max_tokens=2)
+
+
+def test_a_full_queue_and_a_huge_body_are_the_sdks_own_classes(default_model_path: Path,
+                                                               client: Any) -> None:
+    import threading
+
+    import anthropic
+
+    with pytest.raises(anthropic.ContentTooLargeError):
+        client.messages.create(model=MODEL, max_tokens=4, messages=[
+            {"role": "user", "content": "a" * (9 * 1024 * 1024)}])
+    with served_in_thread([MODEL], parallel=1, max_queue=1, context_length=1024,
+                          threads=2) as url:
+        busy = served_model(url, MODEL)
+        started = [threading.Event(), threading.Event()]
+
+        def long_answer(i: int) -> None:
+            body = {"model": MODEL, "max_tokens": 300, "stream": True,
+                    "messages": [{"role": "user", "content": f"Tell a long story {i}."}]}
+            with httpx.stream("POST", f"{url}/v1/messages", json=body, timeout=120) as r:
+                for _ in r.iter_lines():
+                    started[i].set()
+
+        # one answer decoding, one waiting: the queue (max_queue=1) is full
+        workers = [threading.Thread(target=long_answer, args=(i,)) for i in range(2)]
+        workers[0].start()
+        try:
+            assert started[0].wait(60)
+            workers[1].start()
+            deadline = time.monotonic() + 30
+            while busy.stats.queue_depth < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert busy.stats.queue_depth == 1
+            sdk = anthropic.Anthropic(base_url=url, api_key="none", max_retries=0)
+            with pytest.raises(anthropic.ServiceUnavailableError) as full:
+                sdk.messages.create(model=MODEL, max_tokens=4, messages=HI)
+            assert full.value.body["error"]["type"] == "overloaded_error"
+        finally:
+            busy.clear_cache()
+            for worker in workers:
+                if worker.is_alive() or worker.ident is not None:
+                    worker.join(timeout=120)
