@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._errors import RemoteError, RequestError, UnsupportedFeatureError
 from .._request import GenerationRequest, Piece
 from .._types import Completion, Message, StreamChunk, ToolCallDelta
-from .codec import Call, Failure, server_request, validate
+from .codec import Call, Failure, StreamDecoder, server_request, validate
 
 VERSION = "2023-06-01"  # the anthropic-version this API follows
 #: Anthropic's stop reasons by localllm's finish reason (a stop string: stop_sequence)
@@ -365,13 +365,11 @@ def client_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, 
     return "/v1/messages", body, True
 
 
-class Decoder:
+class Decoder(StreamDecoder):
     """Anthropic's SSE events → :class:`Piece` events, the finish reason and usage."""
 
     def __init__(self, chat: bool) -> None:
-        self.finish: str | None = None
-        self.usage = (0, 0)
-        self.ended = False
+        super().__init__(chat)
         self.tools = 0  # tool_use blocks seen
         self.block_call: dict[int, int] = {}  # block index -> call index
 
@@ -411,5 +409,3 @@ class Decoder:
             self.ended = True
         return []
 
-    def feed_whole(self, reply: dict[str, Any]) -> list[Piece]:
-        raise AssertionError("Anthropic replies are always streamed here")

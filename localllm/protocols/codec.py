@@ -78,6 +78,22 @@ class ServerCodec(Protocol):
         """The API's error envelope."""
 
 
+class StreamDecoder:
+    """The client side's state while it reads a reply: the finish reason the server gave,
+    usage (prompt, completion tokens), and whether the server said the answer is
+    complete. Each API's ``Decoder`` fills it from its own events."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.finish: str | None = None
+        self.usage = (0, 0)
+        self.ended = False
+
+    def feed_whole(self, reply: dict[str, Any]) -> list[Any]:
+        """A reply that was not streamed (only APIs that answer so override this)."""
+        raise AssertionError(f"{type(self).__name__} reads streamed replies only")
+
+
 def validate(model: type[BaseModel], body: Any) -> Any:
     """Parse a body into ``model``; a bad field is a ``RequestError`` that names it."""
     if not isinstance(body, dict):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._errors import RemoteError, RequestError
 from .._request import GenerationRequest, Piece
 from .._types import Completion, Message, StreamChunk, TokenLogprob, ToolCall, ToolCallDelta
-from .codec import Call, Failure, sampling_params, server_request, validate
+from .codec import Call, Failure, StreamDecoder, sampling_params, server_request, validate
 from .openai import logprob_entry
 
 #: ``options`` entry -> localllm sampling parameter
@@ -89,15 +89,12 @@ def client_body(request: GenerationRequest, model: str, wire_format: dict[str, A
     return "/api/generate", body, True
 
 
-class Decoder:
+class Decoder(StreamDecoder):
     """Ollama's NDJSON reply lines → :class:`Piece` events, with the finish reason, usage
     and whether the last line (``done``) came."""
 
     def __init__(self, chat: bool) -> None:
-        self.chat = chat
-        self.finish: str | None = None
-        self.usage = (0, 0)
-        self.ended = False
+        super().__init__(chat)
         self.calls = 0
 
     def feed_line(self, line: str) -> list[Piece]:

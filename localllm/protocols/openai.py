@@ -24,7 +24,7 @@ from .._types import (
     ToolCallDelta,
     TopLogprob,
 )
-from .codec import Call, Failure, sampling_params, server_request, validate
+from .codec import Call, Failure, StreamDecoder, sampling_params, server_request, validate
 
 #: the sampling fields OpenAI's API defines
 STANDARD_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed",
@@ -145,15 +145,9 @@ def client_body(request: GenerationRequest, model: str, *, max_completion_tokens
     return "/v1/completions", body, streamed
 
 
-class Decoder:
+class Decoder(StreamDecoder):
     """A reply (SSE ``data:`` lines, or one JSON body) → :class:`Piece` events, with the
     finish reason, usage and whether the server said the answer is complete."""
-
-    def __init__(self, chat: bool) -> None:
-        self.chat = chat
-        self.finish: str | None = None
-        self.usage = (0, 0)
-        self.ended = False
 
     def feed_line(self, line: str) -> list[Piece]:
         if not line.startswith("data:"):

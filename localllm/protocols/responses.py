@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._errors import ModelNotFoundError, RemoteError, RequestError, UnsupportedFeatureError
 from .._request import GenerationRequest, Piece
 from .._types import Completion, Message, StreamChunk, ToolCallDelta
-from .codec import Call, server_request, validate
+from .codec import Call, StreamDecoder, server_request, validate
 from .openai import _SSE
 
 
@@ -465,13 +465,11 @@ def client_body(request: GenerationRequest, model: str, wire_format: dict[str, A
     return "/v1/responses", body, True
 
 
-class Decoder:
+class Decoder(StreamDecoder):
     """The Responses event stream → :class:`Piece` events, finish reason and usage."""
 
     def __init__(self, chat: bool) -> None:
-        self.finish: str | None = None
-        self.usage = (0, 0)
-        self.ended = False
+        super().__init__(chat)
         self.calls: dict[str, int] = {}  # function_call item id -> call index
 
     def feed_line(self, line: str) -> list[Piece]:
@@ -504,5 +502,3 @@ class Decoder:
             self.ended = True
         return []
 
-    def feed_whole(self, reply: dict[str, Any]) -> list[Piece]:
-        raise AssertionError("Responses replies are always streamed here")
