@@ -27,7 +27,8 @@ from ._errors import (
     ModelNotFoundError,
     UnsupportedModelError,
 )
-from ._gguf import GGUFFile, read_ggml, read_gguf
+from ._ggml import read_ggml
+from ._gguf import GGUFFile, read_gguf
 from ._isolation import ProcessEngine, open_isolated, wants_process
 from ._local import LocalGenerator
 from ._model import Model

@@ -351,8 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
 
-    serve = sub.add_parser("serve", help="an OpenAI- and Ollama-compatible HTTP server "
-                                         "(needs the 'server' extra)")
+    _add_serve_parser(sub)
+    return parser
+
+
+def _add_serve_parser(sub: Any) -> None:
+    """``localllm serve`` and its options (defaults from ``_defaults``)."""
+    serve = sub.add_parser("serve", help="an OpenAI-, Ollama- and Anthropic-compatible "
+                                         "HTTP server (needs the 'server' extra)")
     serve.add_argument("models", nargs="*", help=".gguf paths or catalog names (default: "
                                                  "the default model and the store's)")
     serve.add_argument("--host", default=DEFAULTS.host,
@@ -394,7 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--responses-ttl", type=float, default=DEFAULTS.responses_ttl_days,
                        metavar="DAYS", help="days a stored response is kept")
     serve.set_defaults(func=cmd_serve)
-    return parser
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

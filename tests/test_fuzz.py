@@ -37,7 +37,8 @@ from localllm._fuzz.samples import (
     tiny_tensors,
 )
 from localllm._fuzz.targets import TARGETS, Scratch
-from localllm._gguf import read_ggml, read_gguf
+from localllm._ggml import read_ggml
+from localllm._gguf import read_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "malformed"

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "localllm"
 #: server, and test and docs support
 LAYERS: dict[int, tuple[str, ...]] = {
     1: ("_errors", "_types", "_defaults"),
-    2: ("_gguf", "tokenizer", "sampling", "_chat", "_template_sandbox", "_template_check",
+    2: ("_gguf", "_ggml", "tokenizer", "sampling", "_chat", "_template_sandbox", "_template_check",
         "_structured", "_tools", "hardware", "_text", "_progress", "_chunking", "_corpus"),
     3: ("_model", "_request", "_local", "_scheduler", "_embed", "_isolation", "_worker",
         "_backends.base"),

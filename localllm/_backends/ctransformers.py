@@ -2,7 +2,7 @@
 
 Its value today is running files current llama.cpp no longer reads: SentencePiece llama
 GGUF files of versions 1 to 3, ggjt v3 llama and Falcon files and unversioned GGML files of GPT-2,
-StarCoder, GPT-J, GPT-NeoX, MPT and Replit (recognised in ``_gguf.read_ggml``). It cannot
+StarCoder, GPT-J, GPT-NeoX, MPT and Replit (recognised in ``_ggml.read_ggml``). It cannot
 read BPE-vocabulary llama GGUFs (the default model) and says only "Failed to create LLM",
 so localllm refuses those before calling it and names the backend to use. ctransformers is
 driven with token ids and sampled by localllm's sampling layer on its logits, so every
@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._errors import BackendError, ModelFormatError, UnsupportedModelError
-from .._gguf import LEGACY_GGML_ARCHITECTURES, GGUFFile
+from .._ggml import LEGACY_GGML_ARCHITECTURES
+from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from .base import (
     EngineOptions,

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._chat import render_chat
-from .._gguf import GGUFFile, read_ggml, read_gguf
+from .._ggml import read_ggml
+from .._gguf import GGUFFile, read_gguf
 from .._loader import detect_format
 from .._planner import ModelShape
 from .samples import FOLDER_FILES, SEPARATOR, split_folder

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -101,6 +102,27 @@ def routes(state: ServerState) -> list[Route]:
                         "context_length": plan.context_length if plan is not None else 0})
         return JSONResponse({"models": out})
 
+    def r(path: str, handler: Any, methods: list[str]) -> Route:
+        return Route(path, route("ollama", metrics, path, handler), methods=methods)
+
+    management = [r(p, _refuse_management, m) for p, m in (
+        ("/api/pull", ["POST"]), ("/api/push", ["POST"]), ("/api/create", ["POST"]),
+        ("/api/copy", ["POST"]), ("/api/delete", ["DELETE"]),
+        ("/api/blobs/{digest}", ["HEAD", "POST"]))]
+    embed, legacy_embeddings = _embed_handlers(state)
+    return [r("/", root, ["GET", "HEAD"]), r("/api/version", version, ["GET"]),
+            r("/api/tags", tags, ["GET"]), r("/api/show", show, ["POST"]),
+            r("/api/ps", ps, ["GET"]), r("/api/embed", embed, ["POST"]),
+            r("/api/embeddings", legacy_embeddings, ["POST"]), *management]
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _embed_handlers(state: ServerState) -> tuple[Handler, Handler]:
+    """``/api/embed`` and Ollama's older ``/api/embeddings``."""
+    registry = state.registry
+
     async def embed(request: Request) -> Response:
         """/api/embed: unit vectors; ``truncate`` defaults to true as in Ollama, and the
         reply lists what was cut under ``truncated`` (Ollama says nothing)."""
@@ -135,14 +157,5 @@ def routes(state: ServerState) -> list[Route]:
                                        truncate=False)
         return JSONResponse({"embedding": result.vectors[0].tolist()})
 
-    def r(path: str, handler: Any, methods: list[str]) -> Route:
-        return Route(path, route("ollama", metrics, path, handler), methods=methods)
+    return embed, legacy_embeddings
 
-    management = [r(p, _refuse_management, m) for p, m in (
-        ("/api/pull", ["POST"]), ("/api/push", ["POST"]), ("/api/create", ["POST"]),
-        ("/api/copy", ["POST"]), ("/api/delete", ["DELETE"]),
-        ("/api/blobs/{digest}", ["HEAD", "POST"]))]
-    return [r("/", root, ["GET", "HEAD"]), r("/api/version", version, ["GET"]),
-            r("/api/tags", tags, ["GET"]), r("/api/show", show, ["POST"]),
-            r("/api/ps", ps, ["GET"]), r("/api/embed", embed, ["POST"]),
-            r("/api/embeddings", legacy_embeddings, ["POST"]), *management]
