@@ -13,14 +13,14 @@ already imported. ``benchmarks/bench_memory.py`` (and a test) compare both figur
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
 from ._errors import ConfigError, UnsupportedFeatureError, WillNotFitError
 from ._gguf import GGUFFile
-from .hardware import HardwareProfile
+from .hardware import GPUInfo, HardwareProfile
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -280,6 +280,58 @@ def _fits(est: MemoryEstimate, budget: _Budget) -> bool:
     return est.host.total <= budget.ram and gpu_ok
 
 
+def _use_gpu(gpus: list[GPUInfo], device: str, gpu_layers: int | None, offload: bool,
+             allow_fallback: bool, backend: str, reasons: list[str]) -> bool:
+    """Whether the plan places layers on a GPU: asked for (or "auto" with one there) and
+    the runtime can offload; asked for but impossible is an error unless
+    ``allow_fallback``, and a GPU left unused is said in ``reasons``."""
+    want_gpu = device == "gpu" or bool(gpu_layers) or (
+        device == "auto" and bool(gpus) and gpu_layers != 0)
+    if not want_gpu:
+        return False
+    if not gpus:
+        if device == "gpu" or gpu_layers:
+            raise UnsupportedFeatureError(backend, "GPU placement",
+                                          "no GPU was found on this machine")
+        return False
+    if offload:
+        return True
+    msg = (f"{gpus[0].name} found, but the installed {backend} build cannot offload "
+           "to a GPU (CPU-only build); rebuild it with GPU support to use it")
+    if device == "gpu" or gpu_layers:
+        if not allow_fallback:
+            raise UnsupportedFeatureError(backend, "GPU offload", msg)
+        reasons.append(msg + "; running on the CPU because allow_fallback=True")
+    else:
+        reasons.append(msg + "; planning for the CPU")
+    return False
+
+
+def _choose_context(context_length: int | None, trained: int, fits: Callable[[int], bool],
+                    reasons: list[str]) -> int:
+    """The context asked for (checked against the trained length), or the largest that
+    fits, up to the trained length, in steps of 256."""
+    if context_length is not None:
+        if not MIN_CONTEXT // 32 <= context_length <= trained:
+            raise ConfigError(f"context_length={context_length} is out of range "
+                              f"{MIN_CONTEXT // 32}..{trained}; the model was trained on "
+                              f"{trained} tokens and longer contexts degrade silently")
+        reasons.append(f"context {context_length} as requested (trained: {trained})")
+        return context_length
+    if fits(trained):
+        reasons.append(f"context {trained}: the full trained length fits")
+        return trained
+    low, high = MIN_CONTEXT, trained
+    while high - low > 256:
+        mid = (low + high) // 2 // 256 * 256
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    reasons.append(f"context {low}: the largest that fits (trained: {trained})")
+    return low
+
+
 def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
               gpu_offload_supported: bool, context_length: int | None = None,
               device: str = "auto", kv_type: str = "f16", threads: int | None = None,
@@ -298,25 +350,8 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
         reasons.append(f"memory limited by cgroup to {profile.memory.cgroup_limit / MIB:,.0f} "
                        "MiB")
     gpus = [g for g in profile.gpus if not g.unified or profile.system == "Darwin"]
-    want_gpu = device == "gpu" or bool(gpu_layers) or (
-        device == "auto" and bool(gpus) and gpu_layers != 0)
-    use_gpu = False
-    if want_gpu:
-        if not gpus:
-            if device == "gpu" or gpu_layers:
-                raise UnsupportedFeatureError(backend, "GPU placement",
-                                              "no GPU was found on this machine")
-        elif not gpu_offload_supported:
-            msg = (f"{gpus[0].name} found, but the installed {backend} build cannot offload "
-                   "to a GPU (CPU-only build); rebuild it with GPU support to use it")
-            if device == "gpu" or gpu_layers:
-                if not allow_fallback:
-                    raise UnsupportedFeatureError(backend, "GPU offload", msg)
-                reasons.append(msg + "; running on the CPU because allow_fallback=True")
-            else:
-                reasons.append(msg + "; planning for the CPU")
-        else:
-            use_gpu = True
+    use_gpu = _use_gpu(gpus, device, gpu_layers, gpu_offload_supported, allow_fallback,
+                       backend, reasons)
     vram = gpus[0].memory_free if use_gpu else 0
     budget = _Budget(ram=max(0, ram - base), vram=vram)
     threads = threads or max(1, int(profile.cpu.usable_cores))
@@ -346,28 +381,8 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
                                gpu_layers=layers_for(ctx, n_seq), batch_size=batch_size,
                                parallel=n_seq)
 
-    trained = shape.n_ctx_train
-    if context_length is not None:
-        if not MIN_CONTEXT // 32 <= context_length <= trained:
-            raise ConfigError(f"context_length={context_length} is out of range "
-                              f"{MIN_CONTEXT // 32}..{trained}; the model was trained on "
-                              f"{trained} tokens and longer contexts degrade silently")
-        chosen = context_length
-        reasons.append(f"context {chosen} as requested (trained: {trained})")
-    else:
-        chosen = trained
-        if not _fits(estimate(chosen, n_seq), budget):
-            low, high = MIN_CONTEXT, trained
-            while high - low > 256:
-                mid = (low + high) // 2 // 256 * 256
-                if _fits(estimate(mid, n_seq), budget):
-                    low = mid
-                else:
-                    high = mid
-            chosen = low
-            reasons.append(f"context {chosen}: the largest that fits (trained: {trained})")
-        else:
-            reasons.append(f"context {chosen}: the full trained length fits")
+    chosen = _choose_context(context_length, shape.n_ctx_train,
+                             lambda ctx: _fits(estimate(ctx, n_seq), budget), reasons)
     if parallel is None and batching:
         # the default: up to DEFAULT_PARALLEL sequences of the chosen context, as memory allows
         n_seq = next(n for n in range(DEFAULT_PARALLEL, 0, -1)

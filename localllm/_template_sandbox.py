@@ -169,6 +169,26 @@ def limited_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return limited
 
 
+def _check_binop(limits: Any, operator: str, left: Any, right: Any) -> None:
+    """Refuse, before it is computed, an operation whose result would pass the limits: a
+    huge power or product of integers, a repeated or joined string or list, a format."""
+    numbers = type(left) is int and type(right) is int
+    if operator == "**" and numbers and right > 0 and abs(left) > 1:
+        if right * (abs(left).bit_length() - 1) > MAX_INT_BITS:
+            limits.check_width(limits.max_chars + 1)
+    elif operator == "*" and numbers:
+        if left.bit_length() + right.bit_length() > MAX_INT_BITS:
+            limits.check_width(limits.max_chars + 1)
+    elif operator == "*" and isinstance(left, _SIZED) and type(right) is int:
+        limits.check_width(len(left) * right)
+    elif operator == "*" and isinstance(right, _SIZED) and type(left) is int:
+        limits.check_width(len(right) * left)
+    elif operator == "+" and isinstance(left, _SIZED) and isinstance(right, _SIZED):
+        limits.check_width(len(left) + len(right))
+    elif operator == "%" and isinstance(left, str):
+        limits.check_format(left)
+
+
 @lru_cache(maxsize=1)
 def environment_class() -> type[jinja2.sandbox.ImmutableSandboxedEnvironment]:
     """The sandbox class, built on first use (it subclasses Jinja's)."""
@@ -228,21 +248,7 @@ def environment_class() -> type[jinja2.sandbox.ImmutableSandboxedEnvironment]:
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             limits = active_limits()
             limits.check()
-            numbers = type(left) is int and type(right) is int
-            if operator == "**" and numbers and right > 0 and abs(left) > 1:
-                if right * (abs(left).bit_length() - 1) > MAX_INT_BITS:
-                    limits.check_width(limits.max_chars + 1)
-            elif operator == "*" and numbers:
-                if left.bit_length() + right.bit_length() > MAX_INT_BITS:
-                    limits.check_width(limits.max_chars + 1)
-            elif operator == "*" and isinstance(left, _SIZED) and type(right) is int:
-                limits.check_width(len(left) * right)
-            elif operator == "*" and isinstance(right, _SIZED) and type(left) is int:
-                limits.check_width(len(right) * left)
-            elif operator == "+" and isinstance(left, _SIZED) and isinstance(right, _SIZED):
-                limits.check_width(len(left) + len(right))
-            elif operator == "%" and isinstance(left, str):
-                limits.check_format(left)
+            _check_binop(limits, operator, left, right)
             return limits.check_size(super().call_binop(context, operator, left, right))
 
         def limited_iter(self, iterable: Iterable[Any]) -> Iterator[Any]:
