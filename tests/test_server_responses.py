@@ -251,3 +251,15 @@ def test_a_failure_mid_stream_is_the_last_event(default_model_path: Path,
     assert events[-1]["type"] == "response.failed"
     assert events[-1]["response"]["status"] == "failed"
     assert "closed" in events[-1]["response"]["error"]["message"]
+
+
+def test_text_format_constrains_the_answer(base: str) -> None:
+    client = client_for(base)
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+              "required": ["city"], "additionalProperties": False}
+    response = client.responses.create(
+        model=MODEL, input="Name a city in Japan.", max_output_tokens=40, store=False,
+        text={"format": {"type": "json_schema", "name": "city", "schema": schema,
+                         "strict": True}})
+    assert response.status == "completed"  # the schema bounds the answer within 40 tokens
+    jsonschema.validate(json.loads(response.output_text), schema)
