@@ -368,6 +368,11 @@ def test_33_disconnect_stops_generation(base: str, no_eos: dict[str, float]) -> 
         for _ in range(10):
             next(lines)
         steps_at_disconnect = scheduler.steps
+    assert_dropped_soon(scheduler, steps_at_disconnect)
+
+
+def assert_dropped_soon(scheduler: Any, steps_at_disconnect: int) -> None:
+    """The request whose client went away is gone within a few decode steps."""
     deadline = time.monotonic() + 10
     while scheduler.active_sequences and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -647,8 +652,4 @@ def test_agent_apis_disconnect_stops_generation(api: str, base: str) -> None:
         for _ in range(12):
             next(lines)
         steps_at_disconnect = scheduler.steps
-    deadline = time.monotonic() + 10
-    while scheduler.active_sequences and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert scheduler.active_sequences == 0
-    assert scheduler.steps - steps_at_disconnect <= 6  # as in case 33: not 400 steps
+    assert_dropped_soon(scheduler, steps_at_disconnect)
