@@ -401,6 +401,11 @@ class LocalRun:
             self.done = True
         return Piece(self.detok.feed(self.engine.token_bytes(token)), (token,), logprobs)
 
+    def _tail(self) -> list[Piece]:
+        """The bytes the detokenizer held back, once the run ended on its own."""
+        tail = self.detok.flush()
+        return [Piece(tail)] if tail else []
+
     def pieces(self) -> Iterator[Piece]:
         request = self._submit(None)
         try:  # errors arrive typed from the scheduler
@@ -408,9 +413,7 @@ class LocalRun:
                 yield self._piece(item)
                 if self.done:
                     break
-            tail = self.detok.flush()
-            if tail:
-                yield Piece(tail)
+            yield from self._tail()
         finally:
             request.cancel()
 
@@ -421,9 +424,8 @@ class LocalRun:
                 yield self._piece(item)
                 if self.done:
                     break
-            tail = self.detok.flush()
-            if tail:
-                yield Piece(tail)
+            for piece in self._tail():
+                yield piece
         finally:
             request.cancel()
 

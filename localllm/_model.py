@@ -117,7 +117,7 @@ class Model:
     def __getattr__(self, name: str) -> Any:
         # the names RemoteModel had, before remote models became Models (deprecated)
         if name in ("flavour", "api", "remote"):
-            server = self.__dict__["_generator"].__dict__.get("server")
+            server = getattr(self.__dict__.get("_generator"), "server", None)
             if server is not None:
                 warnings.warn(f"model.{name} is deprecated; read model.server."
                               f"{'capabilities' if name == 'remote' else name}",

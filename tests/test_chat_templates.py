@@ -122,6 +122,36 @@ def test_the_issue_cases_render_the_whole_conversation(templates: dict[str, str]
         assert "<tool_call" not in text and "[TOOL_CALLS]" not in text, (name, text)
 
 
+def as_text_parts(message: Any) -> Any:
+    """A message with its string content split into OpenAI-style text parts."""
+    content = message.get("content")
+    if not isinstance(content, str) or not content:
+        return message
+    half = len(content) // 2
+    return {**message, "content": [{"type": "text", "text": content[:half]},
+                                   {"type": "text", "text": content[half:]}]}
+
+
+def test_text_parts_render_as_their_text_in_every_template(templates: dict[str, str]
+                                                           ) -> None:
+    """Content written as text parts reaches every real template as the joined string (as
+    llama-server flattens text parts): the reference renderer given the string content is
+    the oracle, for every template and conversation it renders."""
+    compared = 0
+    for name, source in templates.items():
+        for conv in CONVERSATIONS:
+            expected, ref_error = reference(source, conv)
+            if ref_error is not None:
+                continue
+            parts = [as_text_parts(m) for m in conv.messages]
+            ours = localllm.render_chat(source, parts, tools=conv.tools,
+                                        add_generation_prompt=conv.add_generation_prompt,
+                                        **TOKENS)
+            assert ours == expected, f"{name} / {conv.name}"
+            compared += 1
+    assert compared > 0.85 * len(templates) * len(CONVERSATIONS)
+
+
 def test_messages_reach_the_template_as_written() -> None:
     """Absent keys stay absent, lists stay lists, arguments keep their type; a message
     built in code shows only the fields that were set, tool calls in OpenAI's shape."""

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._errors import RemoteError, RequestError, UnsupportedFeatureError
 from .._request import GenerationRequest, Piece
 from .._types import Completion, Message, StreamChunk, ToolCallDelta
-from .codec import Call, Failure, StreamDecoder, server_request, validate
+from .codec import Call, Failure, StreamDecoder, named_event, server_request, validate
 
 VERSION = "2023-06-01"  # the anthropic-version this API follows
 #: Anthropic's stop reasons by localllm's finish reason (a stop string: stop_sequence)
@@ -250,9 +250,7 @@ class MessagesCodec:
         yield {"type": "message_stop"}
 
     def frame(self, event: Mapping[str, Any]) -> bytes:
-        name = str(event.get("type", "message"))
-        return (f"event: {name}\ndata: ".encode() + json.dumps(event, ensure_ascii=False)
-                .encode() + b"\n\n")
+        return named_event(event)
 
     def end(self) -> bytes:
         return b""

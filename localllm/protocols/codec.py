@@ -10,6 +10,7 @@ is one codec module and one line that mounts it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -94,6 +95,14 @@ class StreamDecoder:
         raise AssertionError(f"{type(self).__name__} reads streamed replies only")
 
 
+def named_event(event: Mapping[str, Any]) -> bytes:
+    """An SSE frame named by the event's ``type`` (Anthropic's and the Responses API's
+    framing); an error envelope without a type is an ``error`` event."""
+    name = str(event.get("type") or ("error" if "error" in event else "message"))
+    return (f"event: {name}\ndata: ".encode() + json.dumps(event, ensure_ascii=False).encode()
+            + b"\n\n")
+
+
 def validate(model: type[BaseModel], body: Any) -> Any:
     """Parse a body into ``model``; a bad field is a ``RequestError`` that names it."""
     if not isinstance(body, dict):
@@ -121,8 +130,8 @@ def sampling_params(fields: Mapping[str, Any], names: Mapping[str, str]) -> dict
 def server_request(*, messages: list[Any] | None = None, prompt: str | None = None,
                    params: Mapping[str, Any], response_format: Any = None,
                    tools: list[Any] | None = None, tool_choice: Any = None,
-                   logprobs: int | None = None, context_limit: int | None = None
-                   ) -> GenerationRequest:
+                   logprobs: int | None = None, context_limit: int | None = None,
+                   overflow: str = "error") -> GenerationRequest:
     """The request a served call asks for. No ``max_tokens`` means up to the context's
     end, as in every wire API (not the library's default of 256), and a ``max_tokens`` past
     the context's end is cut to it; ``context_limit`` is a smaller window for this request
@@ -132,4 +141,5 @@ def server_request(*, messages: list[Any] | None = None, prompt: str | None = No
     return build_request(messages=messages, prompt=prompt, response_format=response_format,
                          tools=tools, tool_choice=tool_choice, logprobs=logprobs,
                          clamp_to_context=True, context_limit=context_limit,
+                         overflow=overflow,
                          **{"max_tokens": None, **params})

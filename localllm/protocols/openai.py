@@ -312,12 +312,11 @@ class _Echo:
     created: int
     model: str
     include_usage: bool
-    n: int
 
 
 def _echo(prefix: str, body: _Body) -> _Echo:
     return _Echo(prefix + secrets.token_hex(12), int(time.time()), body.model,
-                 body.include_usage, body.n)
+                 body.include_usage)
 
 
 class _SSE:

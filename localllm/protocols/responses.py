@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._errors import ModelNotFoundError, RemoteError, RequestError, UnsupportedFeatureError
 from .._request import GenerationRequest, Piece
 from .._types import Completion, Message, StreamChunk, ToolCallDelta
-from .codec import Call, StreamDecoder, server_request, validate
+from .codec import Call, StreamDecoder, named_event, server_request, validate
 from .openai import _SSE
 
 
@@ -206,11 +206,8 @@ class ResponsesCodec(_SSE):
                     if req.instructions else []) + history
         tools, choice = read_tools(req.tools, req.tool_choice)
         gen = server_request(messages=messages, params=req.params(), tools=tools,
-                             tool_choice=choice, response_format=read_format(req.text))
-        if req.truncation == "auto":
-            from dataclasses import replace
-
-            gen = replace(gen, overflow="drop_oldest")
+                             tool_choice=choice, response_format=read_format(req.text),
+                             overflow="drop_oldest" if req.truncation == "auto" else "error")
         echo = _Echo(_new_id("resp"), int(time.time()), req, caller, history, items,
                      list(req.tools or []))
         return Call(req.model, [gen], 1, req.stream, echo=echo)
@@ -295,10 +292,7 @@ class ResponsesCodec(_SSE):
         yield stream.event(kind, response=whole)
 
     def frame(self, event: Mapping[str, Any]) -> bytes:
-        """A named SSE event; an error mid-stream is an ``error`` event."""
-        name = str(event.get("type") or ("error" if "error" in event else "message"))
-        return (f"event: {name}\ndata: ".encode() + json.dumps(event, ensure_ascii=False)
-                .encode() + b"\n\n")
+        return named_event(event)
 
     def end(self) -> bytes:
         return b""

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..protocols.codec import Call, Failure, ServerCodec
+from ..protocols.codec import Failure, ServerCodec
 from . import _generation as generation
 from ._app import HTTPError, ServerState, http_error, read_json, until_disconnect
 from ._registry import ServedModel, parse_keep_alive
@@ -89,5 +89,3 @@ def _load_s(served: ServedModel, started: float) -> float:
     """Seconds this request spent loading the model (0 when it was loaded already)."""
     return served.loaded_at - started if served.loaded_at >= started else 0.0
 
-
-__all__ = ["Call", "mount"]
