@@ -46,8 +46,8 @@ plan = model.info.plan
 rng = random.Random(0)
 ids = [rng.randrange(300, model.tokenizer.vocab_size - 10) for _ in range(int(ctx * 0.9))]
 if moment == "peak":
-    engine = model._live()
-    engine.start(ids)
+    from localllm.testing import next_token_logits
+    next_token_logits(model, ids)
     predicted = plan.predicted_peak_ram
 elif moment == "peak-restored":
     sys.path.insert(0, os.environ["LOCALLLM_BENCH_DIR"])

@@ -6,7 +6,6 @@ Run: .venv/bin/python examples/custom_backend.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,7 +18,6 @@ from localllm.backends import (
     GGUFFile,
     LocalTokenizerEngine,
     register_backend,
-    sample_from_logits,
 )
 
 
@@ -61,10 +59,6 @@ class CountingEngine(LocalTokenizerEngine):
     def push(self, token: int) -> Any:
         self._last = token
         return self._logits()
-
-    def generate(self, prompt: list[int], params: localllm.SamplingParams,
-                 seed: int) -> Iterator[int]:
-        return sample_from_logits(self, prompt, params, seed)
 
     def close(self) -> None:
         self._last = 0

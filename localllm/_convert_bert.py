@@ -219,9 +219,21 @@ def convert_bert_to_gguf(source_dir: str | os.PathLike[str], out_path: str | os.
     tokens, types, normalizer, specials = _vocab(src, int(cfg["vocab_size"]))
 
     w = gguf.GGUFWriter(path=None, arch="bert")
+    _add_metadata(gguf, w, src, cfg, dtype, name or src.name)
+    _add_tokenizer(gguf, w, src, tokens, types, normalizer, specials)
+    shapes = _add_tensors(gguf, w, weights, weights_path, n_layers, dtype)
+    _check_tensors(shapes, weights_path, n_layers, len(tokens))
+    _write(w, out)
+    return out
+
+
+def _add_metadata(gguf: Any, w: Any, src: Path, cfg: dict[str, Any], dtype: str,
+                  name: str) -> None:
+    """The model keys llama.cpp's BERT loader reads, from config.json and the pooling
+    config: a non-causal encoder whose output is pooled into one vector."""
     w.add_type("model")
-    w.add_name(name or src.name)
-    w.add_block_count(n_layers)
+    w.add_name(name)
+    w.add_block_count(int(cfg["num_hidden_layers"]))
     w.add_context_length(int(cfg["max_position_embeddings"]))
     w.add_embedding_length(int(cfg["hidden_size"]))
     w.add_feed_forward_length(int(cfg["intermediate_size"]))
@@ -232,6 +244,12 @@ def convert_bert_to_gguf(source_dir: str | os.PathLike[str], out_path: str | os.
     w.add_pooling_type(gguf.PoolingType(_pooling_type(src)))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_token_type_count(int(cfg.get("type_vocab_size", 1)))
+
+
+def _add_tokenizer(gguf: Any, w: Any, src: Path, tokens: list[str], types: list[int],
+                   normalizer: Any, specials: dict[str, int]) -> None:
+    """The WordPiece vocabulary, special ids and normalizer flags, as llama.cpp's converter
+    writes them."""
     w.add_tokenizer_model("bert")
     # llama.cpp reads tokenizer.ggml.pre only for BPE vocabularies; its converter derives a
     # name from a hash of transformers' output, which this module cannot compute.
@@ -252,6 +270,12 @@ def convert_bert_to_gguf(source_dir: str | os.PathLike[str], out_path: str | os.
         if isinstance(norm.get(key), bool):
             w.add_bool(f"tokenizer.ggml.normalizer.{key}", norm[key])
 
+
+def _add_tensors(gguf: Any, w: Any, weights: dict[str, npt.NDArray[Any]], weights_path: Path,
+                 n_layers: int, dtype: str) -> dict[str, tuple[int, ...]]:
+    """Each tensor the embedding graph uses, under llama.cpp's name and in the type its
+    converter would pick (sorted by name, so the bytes are deterministic); returns the
+    shapes written, by GGUF name."""
     tmap, q = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layers), gguf.GGMLQuantizationType
     shapes: dict[str, tuple[int, ...]] = {}
     for name in sorted(weights):
@@ -284,6 +308,13 @@ def convert_bert_to_gguf(source_dir: str | os.PathLike[str], out_path: str | os.
             packed = gguf.quants.quantize(data, qtype)
         w.add_tensor(new_name, packed, raw_dtype=qtype)
         shapes[new_name] = data.shape
+    return shapes
+
+
+def _check_tensors(shapes: dict[str, tuple[int, ...]], weights_path: Path, n_layers: int,
+                   n_tokens: int) -> None:
+    """Refuse weights that lack a tensor llama.cpp's BERT graph loads, or whose token
+    embedding does not match the vocabulary."""
     need = {"token_embd.weight", "position_embd.weight", "token_types.weight",
             "token_embd_norm.weight", "token_embd_norm.bias"} | {
         f"blk.{i}.{part}.{kind}" for i in range(n_layers) for kind in ("weight", "bias")
@@ -292,10 +323,14 @@ def convert_bert_to_gguf(source_dir: str | os.PathLike[str], out_path: str | os.
     if missing := sorted(need - shapes.keys()):
         raise ModelFormatError(f"{weights_path}: tensors for {', '.join(missing[:4])}"
                                f"{' …' if len(missing) > 4 else ''} are missing")
-    if shapes["token_embd.weight"][0] != len(tokens):
+    if shapes["token_embd.weight"][0] != n_tokens:
         raise ModelFormatError(f"{weights_path}: {shapes['token_embd.weight'][0]} token "
-                               f"embeddings but config.json vocab_size is {len(tokens)}")
+                               f"embeddings but config.json vocab_size is {n_tokens}")
 
+
+def _write(w: Any, out: Path) -> None:
+    """Write the GGUF as ``<out>.part`` and rename it into place, so an interrupted or
+    failed write never leaves a file at ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + ".part")
     try:
@@ -308,4 +343,3 @@ def convert_bert_to_gguf(source_dir: str | os.PathLike[str], out_path: str | os.
         w.close()
         part.unlink(missing_ok=True)
         raise
-    return out

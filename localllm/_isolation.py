@@ -21,7 +21,7 @@ run a user's top-level ``load()`` again.
 
 from __future__ import annotations
 
-import contextlib
+import abc
 import functools
 import mmap
 import os
@@ -32,18 +32,17 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, ClassVar
 
-from ._backends.base import Engine, EngineOptions, SeqInput
-from ._errors import BackendCrashedError, BackendError, ConfigError, LocalLLMError
+from ._backends.base import ENGINE_CALLS, ENGINE_FACTS, Engine, EngineOptions, SeqInput
+from ._errors import BackendCrashedError, BackendError, ConfigError
 from ._gguf import GGUFFile
-from ._types import DevicePlacement, SamplingParams
+from ._types import SamplingParams
 
 ISOLATIONS = ("none", "process", "auto")
 STOP_WAIT_S = 10.0  # a closing worker gets this long to free the runtime, then is killed
-_FINISHED = "__finished__"
 
 
 def wants_process(isolation: str, engine_cls: type[Engine]) -> bool:
@@ -62,7 +61,37 @@ def isolated_class(engine_cls: type[Engine]) -> type[ProcessEngine]:
         "backend_name": engine_cls.backend_name, "extra": engine_cls.extra,
         "formats": engine_cls.formats, "capabilities": engine_cls.capabilities,
         "options_accepted": engine_cls.options_accepted, "batching": engine_cls.batching,
+        "native_sampling": engine_cls.native_sampling,
         "runtime_module": engine_cls.runtime_module, "inner": engine_cls})
+
+
+def _forwarding(cls: type[ProcessEngine]) -> type[ProcessEngine]:
+    """Give the class every fact and call of the engine protocol it does not define
+    itself (``ENGINE_FACTS``, ``ENGINE_CALLS``): a fact reads the copy the worker sent at
+    start, a call is one request/reply. So a new engine method needs no edit here."""
+
+    def fact(name: str) -> property:
+        def read(self: ProcessEngine) -> Any:
+            value = self._facts[name]
+            if isinstance(value, _Raised):  # the engine raised when asked: so does this
+                raise _rebuild(value.portable)
+            return value
+        return property(read)
+
+    def call(name: str) -> Callable[..., Any]:
+        def forward(self: ProcessEngine, *args: Any, **kwargs: Any) -> Any:
+            return self._call(name, args, kwargs)
+        forward.__name__ = name
+        return forward
+
+    for name in ENGINE_FACTS:
+        if name not in vars(cls):
+            setattr(cls, name, fact(name))
+    for name in ENGINE_CALLS:
+        if name not in vars(cls):
+            setattr(cls, name, call(name))
+    abc.update_abstractmethods(cls)
+    return cls
 
 
 def open_isolated(engine_cls: type[Engine], gguf: GGUFFile, options: EngineOptions
@@ -71,8 +100,11 @@ def open_isolated(engine_cls: type[Engine], gguf: GGUFFile, options: EngineOptio
     return isolated_class(engine_cls)(gguf, options)
 
 
+@_forwarding
 class ProcessEngine(Engine):
-    """An engine in a worker process (see the module docstring)."""
+    """An engine in a worker process (see the module docstring). The worker runs the
+    batched contract (a one-sequence runtime through the contract's default step), so a
+    decode step is one round trip whatever the runtime."""
 
     inner: ClassVar[type[Engine]]
 
@@ -85,10 +117,9 @@ class ProcessEngine(Engine):
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
-        self._restarts = 0  # workers started after the first; part of handles and kv_epoch
+        self._restarts = 0  # workers started after the first; part of sampler handles
         self._closed = False
         self._texts: dict[int, str] = {}
-        self.kv_epoch = 0
         self._rows_file = _shared_file()  # logits rows, written by the worker (see above)
         self._rows: mmap.mmap | None = None
         try:
@@ -101,8 +132,6 @@ class ProcessEngine(Engine):
         self._facts = facts
         self._token_bytes: list[bytes] = facts["token_bytes"]
         self._eog: frozenset[int] = facts["eog"]
-        self.pooling = facts["pooling"]
-        self.shares_prefixes = facts["shares_prefixes"]
 
     # ------------------------------------------------------------ the worker's life
     def _start_worker(self) -> dict[str, Any]:
@@ -138,10 +167,9 @@ class ProcessEngine(Engine):
     def _receive(self, doing: str) -> Any:
         assert self._conn is not None
         try:
-            status, value, epoch = self._conn.recv()
+            status, value = self._conn.recv()
         except (EOFError, OSError) as exc:
             raise self._crashed(doing) from exc
-        self.kv_epoch = (self._restarts << 32) | epoch
         if status == "err":
             raise _rebuild(value)
         return value
@@ -158,8 +186,7 @@ class ProcessEngine(Engine):
                 code = proc.wait()
         self._discard_connection()
         self._proc = None
-        self._restarts += 1
-        self.kv_epoch = self._restarts << 32  # the KV cache died with the worker
+        self._restarts += 1  # the KV cache died with the worker; the new one says so
         if code is not None and code < 0:
             how = f"killed by {signal.Signals(-code).name}"
         else:
@@ -179,7 +206,7 @@ class ProcessEngine(Engine):
         self._proc = None
         if conn is not None and not kill:
             try:
-                conn.send(("close", ()))
+                conn.send(("close", (), {}))
                 if conn.poll(STOP_WAIT_S):
                     conn.recv()
             except (EOFError, OSError):
@@ -194,7 +221,8 @@ class ProcessEngine(Engine):
                 proc.kill()
                 proc.wait()
 
-    def _call(self, name: str, *args: Any) -> Any:
+    def _call(self, name: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+              ) -> Any:
         with self._lock:
             if self._closed:
                 raise BackendError(f"the {self.backend_name} worker was closed")
@@ -202,7 +230,7 @@ class ProcessEngine(Engine):
                 self._start_worker()
             assert self._conn is not None
             try:
-                self._conn.send((name, args))
+                self._conn.send((name, args, kwargs or {}))
             except OSError as exc:
                 raise self._crashed(f"running {name}") from exc
             return self._receive(f"running {name}")
@@ -228,90 +256,24 @@ class ProcessEngine(Engine):
             return self._row_table[value[1]].copy()
         return value
 
-    # ------------------------------------------------------------ facts, copied once
-    @property
-    def backend_version(self) -> str:
-        return str(self._facts["backend_version"])
-
-    @property
-    def placement(self) -> DevicePlacement:
-        placement: DevicePlacement = self._facts["placement"]
-        return placement
-
-    @property
-    def context_length(self) -> int:
-        return int(self._facts["context_length"])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self._facts["vocab_size"])
-
-    @property
-    def add_bos(self) -> bool:
-        return bool(self._facts["add_bos"])
-
-    @property
-    def max_sequences(self) -> int:
-        return int(self._facts["max_sequences"])
-
-    @property
-    def kv_capacity(self) -> int:
-        return int(self._facts["kv_capacity"])
-
-    @property
-    def batch_size(self) -> int:
-        return int(self._facts["batch_size"])
-
-    @property
-    def embedding_dim(self) -> int:
-        if self._facts["embedding_dim"] is None:  # raise the runtime's own error
-            return int(self._call("embedding_dim"))
-        return int(self._facts["embedding_dim"])
-
+    # ------------------------------------------------------------ what is not a plain call
+    # (facts and the other calls are forwarded generically: see _forwarding)
     def token_bytes(self, token: int) -> bytes:
-        return self._token_bytes[token]
+        return self._token_bytes[token]  # a table copied at start: read per token
 
     def is_end_of_generation(self, token: int) -> bool:
         return token in self._eog
 
-    # ------------------------------------------------------------ calls
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        ids: list[int] = self._call("tokenize", text, add_special, parse_special)
-        return ids
-
-    def decode(self, ids: list[int]) -> str:
-        return str(self._call("decode", list(ids)))
-
     def token_text(self, token: int) -> str:
         if token not in self._texts:
-            self._texts[token] = str(self._call("token_text", token))
+            self._texts[token] = str(self._call("token_text", (token,)))
         return self._texts[token]
-
-    def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
-        handle = self._call("gen_open", list(prompt), params, seed)
-        worker = self._restarts
-        try:
-            while True:
-                token = self._call("gen_next", handle)
-                if token == _FINISHED:
-                    return
-                yield int(token)
-        finally:
-            if worker == self._restarts and not self._closed:
-                with contextlib.suppress(LocalLLMError):
-                    self._call("gen_close", handle)
-
-    def start(self, prompt: list[int]) -> Any:
-        return self._row(self._call("start", list(prompt)))
-
-    def push(self, token: int) -> Any:
-        return self._row(self._call("push", token))
 
     def decode_batch(self, inputs: Sequence[SeqInput]) -> list[Any]:
         sent = [(inp.seq, list(inp.tokens), inp.pos, inp.output,
                  None if inp.native_sampler is None else self._handle(inp.native_sampler))
                 for inp in inputs]
-        return [self._row(out) for out in self._call("decode_batch", sent)]
+        return [self._row(out) for out in self._call("decode_batch", (sent,))]
 
     def _handle(self, sampler: tuple[int, int]) -> int:
         worker, handle = sampler
@@ -320,26 +282,21 @@ class ProcessEngine(Engine):
                                "again")
         return handle
 
-    def seq_remove(self, seq: int, start: int) -> None:
-        self._call("seq_remove", seq, start)
-
-    def seq_copy(self, src: int, dst: int, n: int) -> None:
-        self._call("seq_copy", src, dst, n)
-
-    def reusable_prefix(self, seq: int, n: int) -> int:
-        return int(self._call("reusable_prefix", seq, n)) if n else 0
-
     def native_sampler(self, params: SamplingParams, seed: int, prompt: list[int]) -> Any:
-        handle = self._call("native_sampler", params, seed, list(prompt))
+        handle = self._call("native_sampler", (params, seed, list(prompt)))
         return (self._restarts, handle)
 
     def free_native_sampler(self, sampler: Any) -> None:
         worker, handle = sampler
         if worker == self._restarts and not self._closed:  # else it died with its worker
-            self._call("free_native_sampler", handle)
+            self._call("free_native_sampler", (handle,))
 
-    def embed_batch(self, sequences: Sequence[Sequence[int]]) -> Any:
-        return self._call("embed_batch", [list(s) for s in sequences])
+
+class _Raised:
+    """A fact the engine raised on when asked (``embedding_dim`` of a generative model)."""
+
+    def __init__(self, portable: tuple[Any, ...]) -> None:
+        self.portable = portable
 
 
 # ---------------------------------------------------------------- exceptions across
@@ -405,12 +362,13 @@ class _Worker:
     def facts(self) -> dict[str, Any]:
         e = self.engine
         n = e.vocab_size
-        return {"backend_version": e.backend_version, "placement": e.placement,
-                "context_length": e.context_length, "vocab_size": n, "add_bos": e.add_bos,
-                "max_sequences": e.max_sequences, "kv_capacity": e.kv_capacity,
-                "batch_size": e.batch_size, "pooling": e.pooling,
-                "shares_prefixes": e.shares_prefixes, "rows_bytes": self.rows_bytes,
-                "embedding_dim": None if e.pooling is None else e.embedding_dim,
+        facts: dict[str, Any] = {}
+        for name in ENGINE_FACTS:
+            try:
+                facts[name] = getattr(e, name)
+            except Exception as exc:
+                facts[name] = _Raised(_portable(exc))
+        return {**facts, "rows_bytes": self.rows_bytes,
                 "token_bytes": [e.token_bytes(t) for t in range(n)],
                 "eog": frozenset(t for t in range(n) if e.is_end_of_generation(t))}
 
@@ -419,35 +377,20 @@ class _Worker:
         self.objects[self.next_handle] = obj
         return self.next_handle
 
-    def run(self, name: str, args: tuple[Any, ...]) -> Any:
+    def run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         e = self.engine
-        if name == "tokenize":
-            text, add_special, parse_special = args
-            return e.tokenize(text, add_special=add_special, parse_special=parse_special)
         if name == "decode_batch":
             outputs = e.decode_batch([
                 SeqInput(seq, tokens, pos, output, None if handle is None else
                          self.objects[handle]) for seq, tokens, pos, output, handle in args[0]])
             return [self.row(out, slot) for slot, out in enumerate(outputs)]
-        if name in ("start", "push"):
-            return self.row(getattr(e, name)(*args), 0)
-        if name == "native_sampler":
+        if name == "native_sampler":  # the runtime's sampler stays here, behind a handle
             return self.keep(e.native_sampler(*args))
         if name == "free_native_sampler":
             e.free_native_sampler(self.objects.pop(args[0]))
             return None
-        if name == "gen_open":
-            return self.keep(e.generate(*args))
-        if name == "gen_next":
-            return next(self.objects[args[0]], _FINISHED)
-        if name == "gen_close":
-            self.objects.pop(args[0]).close()
-            return None
-        if name == "embedding_dim":  # asked only of a generative model: raises
-            return e.embedding_dim
-        if name in ("decode", "token_text", "seq_remove", "seq_copy", "reusable_prefix",
-                    "embed_batch"):
-            return getattr(e, name)(*args)
+        if name in ENGINE_CALLS:
+            return getattr(e, name)(*args, **kwargs)
         raise BackendError(f"the worker has no call {name!r}")
 
 
@@ -456,22 +399,22 @@ def serve(conn: Connection, rows_fd: int) -> None:
     engine_cls, gguf, options = conn.recv()
     try:
         worker = _Worker(engine_cls.open(gguf, options), rows_fd)
-        conn.send(("ok", worker.facts(), worker.engine.kv_epoch))
+        conn.send(("ok", worker.facts()))
     except BaseException as exc:
-        conn.send(("err", _portable(exc), 0))
+        conn.send(("err", _portable(exc)))
         return
     while True:
         try:
-            name, args = conn.recv()
+            name, args, kwargs = conn.recv()
         except (EOFError, OSError):  # the application went away
             break
         if name == "close":
             worker.engine.close()
-            conn.send(("ok", None, 0))
+            conn.send(("ok", None))
             break
         try:
-            reply = ("ok", worker.run(name, args), worker.engine.kv_epoch)
+            reply = ("ok", worker.run(name, args, kwargs))
         except Exception as exc:
-            reply = ("err", _portable(exc), worker.engine.kv_epoch)
+            reply = ("err", _portable(exc))
         conn.send(reply)
 

@@ -257,7 +257,9 @@ class LocalGenerator:
         if request.sampler == "native" and needs_logits:
             raise ConfigError("logits_processors, response_format, tools and logprobs run "
                               "on localllm's sampler; drop sampler='native'")
-        if not needs_logits and request.sampler != "localllm":
+        # the runtime's own sampler where it has one (or nothing else: no logits to sample)
+        runtime_samples = engine.native_sampling or not engine.capabilities.logits
+        if not needs_logits and request.sampler != "localllm" and runtime_samples:
             return Decoding(native=True)
         if not engine.capabilities.logits:
             raise UnsupportedFeatureError(

@@ -4,7 +4,8 @@ Continuous batching as llama-server does it: one context, several sequences shar
 KV cache. Each step decodes one batch holding the next token of every generating
 sequence plus chunks of waiting prompts, so requests join and leave between steps and a
 long prompt never stalls the streams already decoding. Engines that cannot batch declare
-one sequence and get the same queue, admission and cancellation, one request at a time.
+one sequence (the engine contract's default step) and take the same path: the same
+queue, admission, cancellation, sampler stage and prefix reuse, one request at a time.
 
 The scheduler only moves tokens. Everything a caller sees (detokenization, stop strings,
 usage) stays in ``Model``, which consumes the tokens delivered to each request's outbox.
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._backends.base import Engine, SeqInput, sample_from_logits
+from ._backends.base import SEQUENCE_ENDED, Engine, SeqInput
 from ._defaults import DEFAULTS
 from ._errors import (
     BackendError,
@@ -127,7 +128,6 @@ class Request:
     last: int = -1                   # last sampled token, fed back next step
     sampler: Any = None
     native_chain: Any = None
-    iterator: Iterator[int] | None = None   # single-sequence engines
     history: list[int] = field(default_factory=list)
 
     def cancel(self) -> None:
@@ -171,7 +171,6 @@ class Scheduler:
         self.engine = engine
         self.max_queue = max_queue
         self.parallel = max(1, engine.max_sequences)
-        self.batched = engine.batching
         self._capacity = engine.kv_capacity
         self._slots = [_Slot(i) for i in range(self.parallel)]
         self._waiting: collections.deque[Request] = collections.deque()
@@ -181,7 +180,6 @@ class Scheduler:
         self._closing = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (tests and benchmarks read it)
-        self._kv_epoch = engine.kv_epoch
 
     # ------------------------------------------------------------------ submission
     def submit(self, request: Request) -> Request:
@@ -243,6 +241,7 @@ class Scheduler:
                 except Exception as exc:  # the runtime failed: every request in it fails
                     for req in list(self._active):
                         self._finish(req, exc)
+                    self._forget_cached()
         with self._engine_lock:
             for req in pending:
                 self._finish(req, ModelClosedError("the model was closed during the request"))
@@ -251,12 +250,8 @@ class Scheduler:
         with self._cond:
             self._admit()
         self._drop_finished()
-        if not self._active:
-            return
-        if self.batched:
-            self._step_batched()
-        else:
-            self._step_single()
+        if self._active:
+            self._decode_step()
 
     def _reserved(self) -> int:
         return sum(len(r.prompt) + r.budget for r in self._active)
@@ -282,18 +277,6 @@ class Scheduler:
 
     def _start(self, req: Request) -> None:
         engine = self.engine
-        if not self.batched:
-            req.iterator = (engine.generate(req.prompt, req.params, req.seed) if req.native
-                            else sample_from_logits(engine, req.prompt, req.params, req.seed,
-                                                    req.processors, req.grammar,
-                                                    with_logits=req.logprobs))
-            return
-        if engine.kv_epoch != self._kv_epoch:  # the KV cache was used directly: forget it
-            self._kv_epoch = engine.kv_epoch
-            for other in self._slots:
-                if not other.busy:
-                    engine.seq_remove(other.seq, 0)
-                    other.tokens = []
         slot = self._choose_slot(req.prompt)
         slot.busy = True
         req.seq = slot.seq
@@ -335,7 +318,7 @@ class Scheduler:
         for other in self._slots if engine.shares_prefixes else ():
             if other is not slot and other.tokens:
                 n = min(_common_prefix(other.tokens, prompt), limit)
-                if n > best:
+                if n > best and (n := engine.reusable_prefix(other.seq, n)) > best:
                     best, source = n, other
         if source is None:
             engine.seq_remove(slot.seq, own)
@@ -360,19 +343,7 @@ class Scheduler:
             elif req.deadline is not None and now > req.deadline:
                 self._finish(req, RequestTimeoutError(req.generated))
 
-    def _step_single(self) -> None:
-        req = self._active[0]
-        assert req.iterator is not None
-        item = next(req.iterator, None)
-        self.steps += 1
-        if item is None:  # the runtime ended the sequence itself
-            self._finish(req, None)
-        elif isinstance(item, tuple):
-            self._deliver(req, *item)
-        else:
-            self._deliver(req, item)
-
-    def _step_batched(self) -> None:
+    def _decode_step(self) -> None:
         engine = self.engine
         room = engine.batch_size
         inputs: list[SeqInput] = []
@@ -401,6 +372,9 @@ class Scheduler:
             if req.done < len(req.prompt):
                 req.done += len(inp.tokens)
             if out is None:
+                continue
+            if isinstance(out, int) and out == SEQUENCE_ENDED:  # the runtime ended it
+                self._finish(req, None)
                 continue
             try:
                 if isinstance(out, int):
@@ -436,15 +410,18 @@ class Scheduler:
         if req.native_chain is not None:
             self.engine.free_native_sampler(req.native_chain)
             req.native_chain = None
-        if req.iterator is not None:
-            close = getattr(req.iterator, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    close()
-            req.iterator = None
         if error is not None:
             req.outbox.put(self._typed(error))
         req.outbox.put(_END)
+
+    def _forget_cached(self) -> None:
+        """After a failed step the KV cache is in an unknown state (a crashed worker took
+        it with it): no idle sequence's tokens may be reused."""
+        for slot in self._slots:
+            if not slot.busy and slot.tokens:
+                with contextlib.suppress(Exception):
+                    self.engine.seq_remove(slot.seq, 0)
+                slot.tokens = []
 
     def _typed(self, exc: BaseException) -> BaseException:
         """The one place a failure becomes what the caller catches: localllm errors as

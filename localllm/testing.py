@@ -27,7 +27,7 @@ from ._model import Model
 from ._types import DevicePlacement, ModelInfo, SamplingParams
 from .sampling import Logits, LogitsProcessor
 
-__all__ = ["BackendContract", "FakeModel"]
+__all__ = ["BackendContract", "FakeModel", "next_token_logits"]
 
 
 def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,
@@ -49,6 +49,22 @@ def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,
         placement=DevicePlacement(), has_chat_template=True)
     return Model(LocalGenerator(engine, info, resolve_template(chat_template, None), "<s>",
                                 "</s>", load_s=0.0))
+
+
+def next_token_logits(model: Model, ids: Sequence[int]) -> Any:
+    """The logits row after ``ids`` (numpy float32), evaluated as any request is: through
+    the model's scheduler, so the KV cache stays the scheduler's (no engine call behind its
+    back). For engines that expose logits."""
+    from ._scheduler import Request
+
+    request = model._scheduler.submit(Request(
+        prompt=list(ids), params=SamplingParams(temperature=0.0), seed=0, budget=1,
+        native=False, logprobs=True))
+    delivered = list(request.tokens())
+    if len(delivered) != 1:
+        raise AssertionError(f"one token was asked for, {len(delivered)} came")
+    _token, row = delivered[0]
+    return row
 
 
 #: Top-2 logit margin below which two float paths may pick different greedy tokens. On the

@@ -44,7 +44,7 @@ from synthetic_models import Shape, write_ggjt_copy, write_gguf_v1_copy, write_m
 import localllm
 from localllm._ggml import read_ggml
 from localllm._gguf import read_gguf
-from localllm.testing import BackendContract
+from localllm.testing import BackendContract, next_token_logits
 from localllm.tokenizer import tokenizer_from_gguf
 
 TINY = Shape("ct-tiny", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, n_ff=352,
@@ -101,7 +101,7 @@ def test_logits_match_an_independent_numpy_forward_pass(
 def test_the_oracle_agrees_with_llama_cpp_too(tiny_llama: Path) -> None:
     with localllm.load(tiny_llama, context_length=256, chat_template="chatml") as model:
         assert model._engine is not None
-        logits = model._engine.start(IDS)
+        logits = next_token_logits(model, IDS)
     reference = forward(tiny_llama, IDS)
     assert int(np.argmax(logits)) == int(np.argmax(reference))
     assert float(np.abs(logits - reference).max()) < 1e-3
@@ -152,7 +152,7 @@ def test_legacy_gpt2_logits_match_numpy(tiny_gpt2: tuple[Path, dict[str, np.ndar
         assert (model.info.backend, model.info.format, model.info.architecture) == (
             "ctransformers", "ggml", "gpt2")
         assert model._engine is not None
-        logits = model._engine.start(ids)
+        logits = next_token_logits(model, ids)
     reference = gpt2_forward(weights, ids)
     error = float(np.abs(logits - reference).max())
     assert int(np.argmax(logits)) == int(np.argmax(reference))
@@ -188,7 +188,7 @@ def test_llama_ggjt_v3_runs_through_ctransformers(tmp_path: Path) -> None:
         assert (model.info.backend, model.info.format, model.info.architecture) == (
             "ctransformers", "ggml", "llama")
         assert model._engine is not None
-        logits = model._engine.start(IDS)
+        logits = next_token_logits(model, IDS)
         assert model.tokenizer.encode("hello world") == \
             tokenizer_from_gguf(read_gguf(source)).encode("hello world")
         result = model.complete("hello world", max_tokens=5, temperature=0)
@@ -256,7 +256,7 @@ def legacy_logits(path: Path, architecture: str) -> np.ndarray:
     with localllm.load(path, chat_template="chatml", context_length=128) as model:
         assert (model.info.backend, model.info.architecture) == ("ctransformers", architecture)
         assert model._engine is not None
-        logits = model._engine.start(LEGACY_IDS)
+        logits = next_token_logits(model, LEGACY_IDS)
         result = model.complete("the fox", max_tokens=4, temperature=0,
                                 logit_bias={t: 50.0 for t in (256, 257, 258)})  # " the" …
         assert result.usage.completion_tokens == 4

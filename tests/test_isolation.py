@@ -164,7 +164,10 @@ def test_a_dying_worker_is_a_typed_error_and_the_next_call_recovers(
     runners = [threading.Thread(target=run) for _ in range(3)]
     for t in runners:
         t.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30  # all three decoding (a busy machine renders slowly)
+    while isolated.stats.active_sequences < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
     os.kill(pid, how)
     for t in runners:
         t.join(timeout=60)

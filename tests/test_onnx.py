@@ -19,7 +19,7 @@ import localllm
 from localllm._backends.onnx import choose_provider
 from localllm._convert import convert_gguf_to_onnx
 from localllm._gguf import copy_with_metadata
-from localllm.testing import NEAR_TIE, BackendContract
+from localllm.testing import NEAR_TIE, BackendContract, next_token_logits
 
 PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "1, 1, 2, 3, 5,",
            "The three primary colors are", "Water boils at", "My favourite food is",
@@ -71,7 +71,7 @@ def test_tiny_model_logits_and_greedy_match(tiny_gguf: Path, tiny_onnx: Path) ->
     with localllm.load(tiny_onnx, context_length=256, chat_template="chatml") as ox, \
             localllm.load(tiny_gguf, context_length=256, chat_template="chatml") as lc:
         assert ox._engine is not None
-        logits = ox._engine.start(ids)
+        logits = next_token_logits(ox, ids)
         assert float(np.abs(logits - forward(tiny_gguf, ids)).max()) < 1e-4
         a = ox.complete("the quick brown fox", max_tokens=16, temperature=0)
         # the KV cache is carried: after the prompt, one token per step
@@ -92,10 +92,10 @@ def test_default_model_conversion_is_exact_and_close_to_llama_cpp(
         assert ox._engine is not None and lc._engine is not None
         ids = ox.tokenizer.encode(PROMPTS[0])
         exact = forward(default_model_path, ids)
-        assert float(np.abs(ox._engine.start(ids) - exact).max()) < 1e-3
+        assert float(np.abs(next_token_logits(ox, ids) - exact).max()) < 1e-3
         for prompt in PROMPTS:
             ids = ox.tokenizer.encode(prompt)
-            a, b = ox._engine.start(ids), lc._engine.start(ids)
+            a, b = next_token_logits(ox, ids), next_token_logits(lc, ids)
             cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
             assert cosine >= 0.99, (prompt, cosine)
             ia, ib = int(np.argmax(a)), int(np.argmax(b))
@@ -282,7 +282,7 @@ def test_smaller_conversions_stay_close_to_fp32(tiny_gguf: Path, tiny_onnx: Path
     with localllm.load(small, context_length=256, chat_template="chatml") as q, \
             localllm.load(tiny_onnx, context_length=256, chat_template="chatml") as f:
         assert q._engine is not None and f._engine is not None
-        a, b = q._engine.start(ids), f._engine.start(ids)
+        a, b = next_token_logits(q, ids), next_token_logits(f, ids)
         assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > min_cosine
         result = q.complete("the quick brown fox", max_tokens=8, seed=1)
         # whether a draw ends at the end-of-sequence token depends on the float path

@@ -2,9 +2,13 @@
 
 An engine turns token ids into sampled token ids and answers tokenizer questions. Its
 generation methods are only called from its model's scheduler thread, so engines hold
-their runtime state without locks of their own. An engine that can decode several
-sequences in one step (``batching``) implements the multi-sequence hook below; the
-others generate one request at a time through ``generate``/``start``/``push``.
+their runtime state without locks of their own.
+
+The contract is one batched decode step (``decode_batch`` and the ``seq_*`` methods): the
+scheduler has that one path. A runtime that decodes several sequences at once implements
+it (``batching``); a runtime that generates one sequence at a time implements ``start`` and
+``push`` (logits) or ``generate`` (its own sampler) instead, and the default step below
+adapts them, so the scheduler, its sampler stage and its prefix reuse are written once.
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar
 
-from .._errors import BackendUnavailableError, ConfigError, UnsupportedFeatureError
+from .._errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigError,
+    UnsupportedFeatureError,
+)
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
 
@@ -143,13 +152,19 @@ class Engine(ABC):
     def token_text(self, token: int) -> str:
         """The token's spelling in the vocabulary (``<|im_end|>`` for specials)."""
 
-    @abstractmethod
+    #: True when the runtime has a sampler of its own (``generate``, or ``native_sampler``
+    #: for a batching engine); others are sampled by localllm's sampler on their logits
+    native_sampling: ClassVar[bool] = False
+
     def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
-        """Evaluate ``prompt`` and yield sampled tokens until the caller stops iterating.
+        """Evaluate ``prompt`` and yield tokens sampled by the runtime's own sampler until
+        the caller stops iterating (only for ``native_sampling`` single-sequence engines).
 
         The first ``next()`` does the prompt processing. The engine never decides to
         stop by itself: end-of-generation, stop strings and limits are ``Model``'s job.
         """
+        raise UnsupportedFeatureError(self.backend_name, "its own sampler",
+                                      "localllm's sampler is used on its logits")
 
     def start(self, prompt: list[int]) -> Any:
         """Evaluate ``prompt``; return the logits row (numpy float32) for the next token.
@@ -162,11 +177,10 @@ class Engine(ABC):
         """Append one token; return the logits row for the token after it."""
         raise UnsupportedFeatureError(self.backend_name, "logits access")
 
-    # ------------------------------------------------------------ multi-sequence hook
-    #: True when the engine implements decode_batch and the seq_* methods below
+    # ------------------------------------------------------------ the batched step
+    #: True when the engine decodes several sequences in one step (it implements
+    #: decode_batch and the seq_* methods itself); the defaults below run one sequence
     batching: ClassVar[bool] = False
-    #: changes whenever something other than the batch hook rewrote the KV cache
-    kv_epoch: int = 0
 
     @property
     def max_sequences(self) -> int:
@@ -185,32 +199,39 @@ class Engine(ABC):
 
     def decode_batch(self, inputs: Sequence[SeqInput]) -> list[Any]:
         """Decode one batch; per input, ``None`` (no output wanted), the sampled token
-        (``native_sampler`` given) or the logits row (numpy float32)."""
-        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+        (``native_sampler`` given; :data:`SEQUENCE_ENDED` when the runtime ended the
+        sequence itself) or the logits row (numpy float32, the caller's to keep)."""
+        return [self._one_sequence().decode(inp) for inp in inputs]
 
     def seq_remove(self, seq: int, start: int) -> None:
         """Drop sequence ``seq``'s KV entries from position ``start`` on."""
-        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+        self._one_sequence().truncate(start)
 
     def seq_copy(self, src: int, dst: int, n: int) -> None:
         """Share the first ``n`` KV entries of ``src`` with ``dst`` (a common prefix)."""
-        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+        raise UnsupportedFeatureError(self.backend_name, "sharing a cached prefix")
 
-    #: False when a sequence's cached prefix cannot be copied to another (a KV cache that
-    #: keeps only a sliding window of each sequence has dropped the prefix's start)
-    shares_prefixes: bool = True
+    #: False when a sequence's cached prefix cannot be copied to another (one sequence
+    #: only, or a KV cache that keeps only a sliding window of each sequence)
+    shares_prefixes: bool = False
 
     def reusable_prefix(self, seq: int, n: int) -> int:
-        """How many of the first ``n`` cached positions of ``seq`` a request may continue
-        from: ``n``, or 0 where the cache no longer holds what the next tokens attend to."""
-        return n
+        """How many of the first ``n`` positions of ``seq`` the KV cache holds so that a
+        request may continue from there (a runtime run one sequence at a time: none)."""
+        return 0
 
     def native_sampler(self, params: SamplingParams, seed: int, prompt: list[int]) -> Any:
         """The runtime's sampler for one request (prompt counted as penalty history)."""
-        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+        return (params, seed)
 
     def free_native_sampler(self, sampler: Any) -> None:
-        raise UnsupportedFeatureError(self.backend_name, "batched decoding")
+        self._one_sequence().truncate(0)
+
+    def _one_sequence(self) -> _OneSequence:
+        state: _OneSequence | None = self.__dict__.get("_single_sequence")
+        if state is None:
+            state = self.__dict__["_single_sequence"] = _OneSequence(self)
+        return state
 
     # ------------------------------------------------------------ embeddings
     #: how an embedding model pools token states into one vector ("mean", "cls" or
@@ -231,13 +252,27 @@ class Engine(ABC):
         """Free the runtime's memory; called once."""
 
 
+#: The engine protocol as process isolation forwards it (``localllm._isolation``): facts
+#: are read once when a worker starts, calls go to the worker each time. A new engine
+#: method is written in ``Engine`` and named here; the isolation forwards it unchanged.
+ENGINE_FACTS = ("backend_version", "placement", "context_length", "vocab_size", "add_bos",
+                "max_sequences", "kv_capacity", "batch_size", "pooling", "shares_prefixes",
+                "embedding_dim")
+ENGINE_CALLS = ("tokenize", "decode", "token_text", "decode_batch", "seq_remove", "seq_copy",
+                "reusable_prefix", "native_sampler", "free_native_sampler", "embed_batch")
+
+
 def sample_from_logits(engine: Engine, prompt: list[int], params: SamplingParams, seed: int,
                        processors: Sequence[Any] = (), grammar: Any = None, *,
                        with_logits: bool = False) -> Iterator[Any]:
-    """Generation through localllm's sampler on an engine's logits (start, then push);
-    ``with_logits`` yields ``(token, logits row)`` pairs, for log probabilities."""
+    """Deprecated: an engine with ``start``/``push`` needs no ``generate`` any more (the
+    core samples its logits with localllm's sampler). Kept so older backends still run."""
+    import warnings
+
     from ..sampling import Sampler
 
+    warnings.warn("sample_from_logits is deprecated: an engine with start() and push() "
+                  "needs no generate(); remove it", DeprecationWarning, stacklevel=2)
     sampler = Sampler(params, seed, [*processors, *([grammar] if grammar is not None else [])])
     history = list(prompt)
     logits = engine.start(prompt)
@@ -245,9 +280,61 @@ def sample_from_logits(engine: Engine, prompt: list[int], params: SamplingParams
         token = sampler.sample(history, logits)
         if grammar is not None:
             grammar.consume(token)
-        yield (token, logits.copy()) if with_logits else token  # the runtime reuses rows
+        yield (token, logits.copy()) if with_logits else token
         history.append(token)
         logits = engine.push(token)
+
+
+#: ``decode_batch``'s output for a sequence the runtime ended by itself (no token)
+SEQUENCE_ENDED = -1
+
+
+class _OneSequence:
+    """The batched step over a runtime that runs one sequence at a time.
+
+    A prompt may arrive in several chunks (``output`` false); it is held and handed to
+    ``start`` (or ``generate``, for the runtime's own sampler) whole with the last one.
+    After that each step brings the token sampled last, which ``push`` evaluates; with
+    the runtime's sampler the runtime has already taken it, so the next token is drawn.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.prompt: list[int] = []
+        self.started = False
+        self.tokens: Iterator[int] | None = None
+
+    def decode(self, inp: SeqInput) -> Any:
+        if not self.started:
+            if inp.pos != len(self.prompt):
+                raise BackendError(f"{self.engine.backend_name} runs one sequence from its "
+                                   f"start; position {inp.pos} follows {len(self.prompt)}")
+            self.prompt.extend(inp.tokens)
+            if not inp.output:
+                return None
+            self.started = True
+            if inp.native_sampler is None:  # copies: a runtime may reuse its logits row
+                return self.engine.start(self.prompt).copy()
+            params, seed = inp.native_sampler
+            self.tokens = self.engine.generate(self.prompt, params, seed)
+            return next(self.tokens, SEQUENCE_ENDED)
+        if self.tokens is not None:  # the runtime's sampler took its own token already
+            return next(self.tokens, SEQUENCE_ENDED)
+        logits = None
+        for token in inp.tokens:
+            logits = self.engine.push(token)
+        return None if logits is None else logits.copy()
+
+    def truncate(self, start: int) -> None:
+        """Forget the sequence (a runtime run this way cannot keep part of it)."""
+        if start and not self.started:
+            del self.prompt[start:]
+            return
+        if self.tokens is not None:
+            close = getattr(self.tokens, "close", None)
+            if close is not None:
+                close()
+        self.prompt, self.started, self.tokens = [], False, None
 
 
 class LocalTokenizerEngine(Engine):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import re
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,13 +22,12 @@ import numpy as np
 from .._errors import BackendError, ModelFormatError, UnsupportedModelError
 from .._ggml import LEGACY_GGML_ARCHITECTURES
 from .._gguf import GGUFFile
-from .._types import Capabilities, DevicePlacement, SamplingParams
+from .._types import Capabilities, DevicePlacement
 from .base import (
     EngineOptions,
     LocalTokenizerEngine,
     distribution_version,
     import_runtime,
-    sample_from_logits,
     sampled_by_localllm,
 )
 
@@ -206,8 +204,6 @@ class CTransformersEngine(LocalTokenizerEngine):
         self._eval([token])
         return self._logits()
 
-    def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
-        return sample_from_logits(self, prompt, params, seed)
 
     def close(self) -> None:
         if not self._closed:

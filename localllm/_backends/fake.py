@@ -28,6 +28,7 @@ class FakeEngine(Engine):
     formats: ClassVar[tuple[str, ...]] = ("fake",)
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, sampling_params=frozenset({"max_tokens", "stop", "seed"}))
+    native_sampling: ClassVar[bool] = True
 
     def __init__(self, options: EngineOptions, reply: str = DEFAULT_REPLY) -> None:
         self._options = options

@@ -111,6 +111,7 @@ class GPT4AllEngine(LocalTokenizerEngine):
     aborts_process: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=True,
                                                         sampling_params=_NATIVE_PARAMS)
+    native_sampling: ClassVar[bool] = True
     options_accepted: ClassVar[dict[str, str]] = {
         "compat_copy": "True: run a cached copy whose pre-tokenizer name gpt4all knows, "
                        "for files whose pre-tokenizer is an equivalent newer name (smollm)",

@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -130,6 +130,7 @@ class LlamaCppEngine(Engine):
     options_accepted: ClassVar[dict[str, str]] = {
         "flash_attention": "True/False forces flash attention on or off (default: auto)"}
     batching: ClassVar[bool] = True
+    native_sampling: ClassVar[bool] = True
 
     @classmethod
     def open(cls, gguf: GGUFFile, options: EngineOptions) -> LlamaCppEngine:
@@ -212,10 +213,7 @@ class LlamaCppEngine(Engine):
         self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
-        self._cached: list[int] = []  # tokens whose KV entries are in the context
-        self._one = (lib.llama_token * 1)()
         self._closed = False
-        self.kv_epoch = 0  # bumped when the one-sequence path takes over the KV cache
 
     @staticmethod
     def _last_log() -> str:
@@ -324,7 +322,6 @@ class LlamaCppEngine(Engine):
                 want[n - 1] = 1
             rows.append(n - 1 if inp.output else -1)
         batch.n_tokens = n
-        self._cached = []  # the single-sequence prefix cache no longer describes the KV
         self._check_decode(lib.llama_decode(self._ctx, batch))
         out: list[Any] = []
         for inp, row in zip(inputs, rows, strict=True):
@@ -391,10 +388,14 @@ class LlamaCppEngine(Engine):
         self._lib.llama_memory_seq_cp(self._memory, src, dst, 0, n)
 
     def reusable_prefix(self, seq: int, n: int) -> int:
-        """With a sliding window the cache drops a sequence's oldest positions; continuing
+        """Asked of the cache itself (a worker restarted after a crash holds nothing).
+        With a sliding window the cache drops a sequence's oldest positions; continuing
         at ``n`` needs the window before it (llama-server's check)."""
-        if not self._n_swa or n == 0:
-            return n
+        if n == 0:
+            return 0
+        n = min(n, int(self._lib.llama_memory_seq_pos_max(self._memory, seq)) + 1)
+        if not self._n_swa or n <= 0:
+            return max(n, 0)
         oldest = int(self._lib.llama_memory_seq_pos_min(self._memory, seq))
         return n if 0 <= oldest <= max(0, n - self._n_swa) else 0
 
@@ -411,77 +412,7 @@ class LlamaCppEngine(Engine):
     # ---------------------------------------------------------------- generation
     def _check_decode(self, rc: int) -> None:
         if rc != 0:
-            self._forget_cache()
             raise BackendError(f"llama_decode failed with code {rc} ({self._last_log()})")
-
-    def _eval_prompt(self, prompt: list[int]) -> None:
-        """Evaluate ``prompt`` in batches, keeping the KV entries of a shared prefix.
-
-        This one-sequence path (``start``/``push``/``generate``, for direct engine use)
-        rewrites the KV cache under the scheduler's feet: ``kv_epoch`` tells it so."""
-        self.kv_epoch += 1
-        lib = self._lib
-        start = self._reuse_prefix(prompt)
-        self._cached = list(prompt[:start])
-        n_batch = self._options.batch_size
-        for at in range(start, len(prompt), n_batch):
-            part = prompt[at:at + n_batch]
-            arr = (lib.llama_token * len(part))(*part)
-            self._check_decode(lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr,
-                                                                                   len(part))))
-        self._cached = list(prompt)
-
-    def _forget_cache(self) -> None:
-        if self._memory:
-            self._lib.llama_memory_clear(self._memory, True)
-        self._cached = []
-
-    def _reuse_prefix(self, prompt: list[int]) -> int:
-        """Keep the KV entries shared with the previous request; return where to resume."""
-        keep = 0
-        limit = min(len(self._cached), len(prompt) - 1)  # the last token is always evaluated
-        while keep < limit and self._cached[keep] == prompt[keep]:
-            keep += 1
-        keep = self.reusable_prefix(0, keep)
-        if keep == 0 or not self._lib.llama_memory_seq_rm(self._memory, -1, keep, -1):
-            self._forget_cache()
-            return 0
-        self._cached = self._cached[:keep]
-        return keep
-
-    def _logits(self) -> Any:
-        row = self._lib.llama_get_logits_ith(self._ctx, -1)
-        return np.ctypeslib.as_array(row, shape=(self._n_vocab,)).copy()
-
-    def _eval_one(self, token: int) -> None:
-        self._one[0] = token
-        self._check_decode(self._lib.llama_decode(self._ctx,
-                                                  self._lib.llama_batch_get_one(self._one, 1)))
-        self._cached.append(token)
-
-    def start(self, prompt: list[int]) -> Any:
-        self._eval_prompt(prompt)
-        return self._logits()
-
-    def push(self, token: int) -> Any:
-        self._eval_one(token)
-        return self._logits()
-
-    def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
-        lib = self._lib
-        chain = build_sampler_chain(lib, params, seed, self._n_vocab)
-        try:
-            self._eval_prompt(prompt)
-            if _penalties_active(params):  # the prompt counts as history, as in llama-server
-                for token in prompt[-params.repeat_last_n:]:
-                    lib.llama_sampler_accept(chain, token)
-            sample, ctx, eval_one = lib.llama_sampler_sample, self._ctx, self._eval_one
-            while True:
-                token = sample(chain, ctx, -1)  # also accepts the token into the chain
-                yield token
-                eval_one(token)
-        finally:
-            lib.llama_sampler_free(chain)
 
     def close(self) -> None:
         if self._closed:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from .._errors import BackendError, ConfigError, ModelFormatError, UnsupportedFeatureError
 from .._gguf import MAX_HPARAM, GGUFFile, TensorInfo
-from .._types import Capabilities, DevicePlacement, SamplingParams
+from .._types import Capabilities, DevicePlacement
 from ..hardware import GPU_PROVIDERS
 from .base import (
     Engine,
@@ -26,7 +26,6 @@ from .base import (
     LocalTokenizerEngine,
     distribution_version,
     import_runtime,
-    sample_from_logits,
     sampled_by_localllm,
 )
 
@@ -424,8 +423,6 @@ class OnnxEngine(LocalTokenizerEngine):
     def push(self, token: int) -> Any:
         return self._run([token])
 
-    def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
-        return sample_from_logits(self, prompt, params, seed)
 
     def close(self) -> None:
         self._cache = {}

@@ -7,20 +7,18 @@ Chosen with ``backend="onnxruntime-genai"``; ``backend="auto"`` uses plain onnxr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .._errors import BackendError, UnsupportedModelError
 from .._gguf import GGUFFile
-from .._types import Capabilities, DevicePlacement, SamplingParams
+from .._types import Capabilities, DevicePlacement
 from .base import (
     EngineOptions,
     LocalTokenizerEngine,
     distribution_version,
     import_runtime,
-    sample_from_logits,
     sampled_by_localllm,
 )
 
@@ -88,8 +86,6 @@ class GenAIEngine(LocalTokenizerEngine):
             raise BackendError(f"onnxruntime-genai failed: {exc}") from exc
         return self._last_logits()
 
-    def generate(self, prompt: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
-        return sample_from_logits(self, prompt, params, seed)
 
     def close(self) -> None:
         self._generator = None
