@@ -131,7 +131,8 @@ class LocalGenerator:
     def stats(self) -> ModelStats:
         scheduler = self.scheduler
         return ModelStats(active_sequences=scheduler.active_sequences,
-                          queue_depth=scheduler.queue_depth, max_sequences=self.info.parallel)
+                          queue_depth=scheduler.queue_depth, max_sequences=self.info.parallel,
+                          decode_steps=scheduler.steps)
 
     def clear_cache(self) -> None:
         self.live()

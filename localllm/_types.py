@@ -382,6 +382,8 @@ class ModelStats(_Frozen):
     active_sequences: int = Field(description="requests being decoded now")
     queue_depth: int = Field(description="requests waiting for a free sequence")
     max_sequences: int = Field(description="requests decoded together at most (parallel)")
+    decode_steps: int = Field(0, description="decode steps run since the model was loaded; "
+                              "one step advances every request decoding then")
 
 
 class ModelInfo(_Frozen):

@@ -8,13 +8,14 @@ the backend declares, never by backend name. Requires pytest.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 import pytest
 
 from ._backends.base import EngineOptions
-from ._backends.fake import DEFAULT_REPLY, FakeEngine
+from ._backends.fake import DEFAULT_REPLY, BatchingFakeEngine, FakeEngine
 from ._chat import resolve_template
 from ._errors import (
     ConfigError,
@@ -27,7 +28,7 @@ from ._model import Model
 from ._types import DevicePlacement, ModelInfo, SamplingParams
 from .sampling import Logits, LogitsProcessor
 
-__all__ = ["BackendContract", "FakeModel", "next_token_logits"]
+__all__ = ["BackendContract", "BatchingFakeModel", "FakeModel", "next_token_logits"]
 
 
 def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,
@@ -40,13 +41,28 @@ def FakeModel(reply: str = DEFAULT_REPLY, *, context_length: int = 512,
     'Paris.'
     """
     options = EngineOptions(context_length=context_length, threads=1, batch_size=64)
-    engine = FakeEngine(options, reply)
+    return _fake_model(FakeEngine(options, reply), chat_template)
+
+
+def BatchingFakeModel(*, parallel: int = 4, context_length: int = 512, batch_size: int = 64,
+                      chat_template: str = "chatml") -> Model:
+    """A ``Model`` on a fake engine that implements the batched contract itself
+    (``parallel`` sequences in one step, prefix copies, logits): the scheduler's batching
+    without a runtime. Its text is a deterministic function of each sequence's history."""
+    options = EngineOptions(context_length=context_length, threads=1, batch_size=batch_size,
+                            parallel=parallel)
+    return _fake_model(BatchingFakeEngine(options), chat_template)
+
+
+def _fake_model(engine: FakeEngine, chat_template: str) -> Model:
+    options = engine._options
     info = ModelInfo(
         path="<fake>", name="fake", format="fake", architecture="fake", parameter_count=0,
         quantization="none", file_size=0, vocab_size=engine.vocab_size,
-        trained_context_length=context_length, context_length=context_length,
-        backend="fake", backend_version=engine.backend_version, threads=1, batch_size=64,
-        placement=DevicePlacement(), has_chat_template=True)
+        trained_context_length=options.context_length,
+        context_length=options.context_length, backend=engine.backend_name,
+        backend_version=engine.backend_version, threads=1, batch_size=options.batch_size,
+        parallel=options.parallel, placement=DevicePlacement(), has_chat_template=True)
     return Model(LocalGenerator(engine, info, resolve_template(chat_template, None), "<s>",
                                 "</s>", load_s=0.0))
 
@@ -325,6 +341,78 @@ class BackendContract:
         text = model.render_chat([{"role": "system", "content": "Be brief."},
                                   {"role": "user", "content": "Hello there"}])
         assert "Be brief." in text and "Hello there" in text
+
+    # ------------------------------------------------------------ batching
+    # For engines that decode several sequences in one step (max_sequences > 1).
+
+    def needs_batching(self, model: Model) -> None:
+        if model.stats.max_sequences < 2 or not model.capabilities.logits:
+            pytest.skip("the backend decodes one sequence at a time")
+
+    def test_batched_requests_decode_together_and_alike(self, model: Model) -> None:
+        """Requests that overlap share decode steps, and each one's greedy text is its solo
+        text (or parts from it only at a near tie: another float path, never another
+        sequence's data). The first request's first step waits until the others queue,
+        so they overlap by construction, however fast the engine is."""
+        self.needs_batching(model)
+        n = min(model.stats.max_sequences, 4)
+        prompts = [self.prompt, "Once upon a time", "1, 2, 3,", "def main():"][:n]
+        traces = {p: greedy_trace(model, p, 12) for p in prompts}
+        queued = threading.Event()
+
+        def hold_until_queued(_ids: Sequence[int], logits: Logits) -> Logits:
+            deadline = time.monotonic() + 30
+            while (not queued.is_set() and model.stats.queue_depth < n - 1
+                   and time.monotonic() < deadline):
+                time.sleep(0.001)
+            queued.set()
+            return logits
+
+        results: dict[str, tuple[int, ...]] = {}
+        errors: list[BaseException] = []
+
+        def run(prompt: str, processors: list[LogitsProcessor]) -> None:
+            try:
+                results[prompt] = model.complete(prompt, max_tokens=12, temperature=0,
+                                                 logits_processors=processors).token_ids
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+
+        before = model.stats.decode_steps
+        threads = [threading.Thread(target=run, args=(p, [hold_until_queued] if i == 0
+                                                       else [])) for i, p in enumerate(prompts)]
+        threads[0].start()
+        for t in threads[1:]:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors, errors
+        steps = model.stats.decode_steps - before
+        assert steps < sum(len(ids) for ids in results.values()), steps
+        for prompt, ids in results.items():
+            assert_batched_agrees(traces[prompt], ids)
+
+    def test_a_shared_prefix_is_reused_and_changes_nothing(self, model: Model) -> None:
+        """The second request continues the first one's cached prefix (usage says how
+        many prompt tokens were not evaluated again) and gets the text it gets alone."""
+        self.needs_batching(model)
+        shared = "You answer in one short sentence. " * 4
+        model.clear_cache()
+        model.complete(shared + "Q: first", max_tokens=4, temperature=0)
+        second = model.complete(shared + "Q: second", max_tokens=8, temperature=0)
+        assert second.usage.cached_prompt_tokens >= model.count_tokens(shared) // 2
+        model.clear_cache()
+        assert_batched_agrees(greedy_trace(model, shared + "Q: second", 8), second.token_ids)
+
+    def test_a_cancelled_sequence_is_freed(self, model: Model) -> None:
+        self.needs_batching(model)
+        for _chunk in model.stream(self.prompt, max_tokens=200):
+            break
+        deadline = time.monotonic() + 30
+        while model.stats.active_sequences and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert model.stats.active_sequences == 0
+        assert model.complete(self.prompt, max_tokens=2).usage.completion_tokens > 0
 
     def test_close_is_idempotent_and_final(self, model: Model) -> None:
         # runs last within the class on a model the fixture gives each test

@@ -14,7 +14,7 @@ import pytest
 import localllm
 from localllm import ConfigError, ContextOverflowError, UnsupportedFeatureError
 from localllm._backends.fake import DEFAULT_REPLY
-from localllm.testing import BackendContract, FakeModel
+from localllm.testing import BackendContract, BatchingFakeModel, FakeModel
 
 
 class TestFakeBackendContract(BackendContract):
@@ -22,6 +22,31 @@ class TestFakeBackendContract(BackendContract):
     def model(self) -> Iterator[localllm.Model]:
         with FakeModel("Paris is the capital. It is big.") as m:
             yield m
+
+
+class TestBatchingFakeContract(BackendContract):
+    """The whole contract, its batching section included, on a fake engine that
+    implements the batched step itself (it checks every position it is fed): the
+    scheduler's batching, prefix reuse and cancellation proven without a runtime."""
+
+    @pytest.fixture
+    def model(self) -> Iterator[localllm.Model]:
+        with BatchingFakeModel(parallel=4, batch_size=16) as m:
+            yield m
+
+
+def test_batches_hold_several_sequences_and_long_prompts_in_chunks() -> None:
+    """A prompt longer than a batch is fed in chunks at the right positions (the fake
+    raises otherwise), and overlapping requests share steps."""
+    with BatchingFakeModel(parallel=3, batch_size=16) as model:
+        engine = model._engine
+        prompt = "a long prompt that does not fit one batch of sixteen tokens " * 3
+        assert model.count_tokens(prompt) > 16
+        outs = [model.complete(f"{prompt} {i}", max_tokens=6, temperature=0)
+                for i in range(2)]
+        assert all(o.usage.completion_tokens == 6 for o in outs)
+        assert outs[1].usage.cached_prompt_tokens > 16  # the shared part was kept
+        assert engine is not None and max(engine.steps_with) == 1  # one at a time so far
 
 
 def test_utf8_streaming_never_splits_characters() -> None:

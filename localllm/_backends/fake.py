@@ -9,12 +9,14 @@ it declares no sampling parameters, so asking it for temperature or top-k raises
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import ClassVar
+import hashlib
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
+from .._errors import BackendError
 from .._gguf import GGUFFile
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from .base import Engine, EngineOptions
+from .base import Engine, EngineOptions, SeqInput, sampled_by_localllm
 
 SPECIALS = ("<s>", "</s>", "<|im_start|>", "<|im_end|>")
 BOS, EOS = 256, 257
@@ -94,3 +96,70 @@ class FakeEngine(Engine):
 
     def close(self) -> None:
         self.closed = True
+
+
+class BatchingFakeEngine(FakeEngine):
+    """A fake that implements the batched contract itself: several sequences in one KV
+    cache, prefix copies, logits. Its next token is a function of the sequence's whole
+    history, so a position fed twice, a token fed to the wrong sequence or a stale cached
+    prefix changes the text: the contract suite's batching section runs on it without a
+    runtime. Every next token is a letter or a space, so texts are printable."""
+
+    backend_name: ClassVar[str] = "fake-batching"
+    capabilities: ClassVar[Capabilities] = sampled_by_localllm()
+    native_sampling: ClassVar[bool] = False
+    batching: ClassVar[bool] = True
+    shares_prefixes = True
+    ALPHABET = b"abcdefghijklmnopqrstuvwxyz "
+
+    def __init__(self, options: EngineOptions, reply: str = DEFAULT_REPLY) -> None:
+        super().__init__(options, reply)
+        self.kv: dict[int, list[int]] = {seq: [] for seq in range(options.parallel)}
+        self.steps_with: list[int] = []  # sequences in each decode step, for assertions
+
+    @property
+    def max_sequences(self) -> int:
+        return self._options.parallel
+
+    @property
+    def kv_capacity(self) -> int:
+        return self._options.context_length * self._options.parallel
+
+    @property
+    def batch_size(self) -> int:
+        return self._options.batch_size
+
+    def _logits(self, history: list[int]) -> Any:
+        import numpy as np
+
+        digest = hashlib.blake2b(bytes(str(history), "ascii"), digest_size=4).digest()
+        row = np.full(self.vocab_size, -8.0, dtype=np.float32)
+        row[self.ALPHABET[int.from_bytes(digest, "little") % len(self.ALPHABET)]] = 8.0
+        return row
+
+    def decode_batch(self, inputs: Sequence[SeqInput]) -> list[Any]:
+        if sum(len(inp.tokens) for inp in inputs) > self.batch_size:
+            raise BackendError("the batch holds more tokens than batch_size")
+        if len({inp.seq for inp in inputs}) != len(inputs):
+            raise BackendError("a sequence appears twice in one batch")
+        out: list[Any] = []
+        for inp in inputs:
+            cache = self.kv[inp.seq]
+            if inp.pos != len(cache):
+                raise BackendError(f"sequence {inp.seq} holds {len(cache)} positions; "
+                                   f"a batch wrote at {inp.pos}")
+            cache.extend(inp.tokens)
+            out.append(self._logits(cache) if inp.output else None)
+        self.steps_with.append(len(inputs))
+        return out
+
+    def seq_remove(self, seq: int, start: int) -> None:
+        del self.kv[seq][start:]
+
+    def seq_copy(self, src: int, dst: int, n: int) -> None:
+        if self.kv[dst]:
+            raise BackendError(f"sequence {dst} is not empty; remove it before a copy")
+        self.kv[dst] = list(self.kv[src][:n])
+
+    def reusable_prefix(self, seq: int, n: int) -> int:
+        return min(n, len(self.kv[seq]))
