@@ -56,7 +56,7 @@ soak: model
 FUZZ_SECONDS ?= 600
 fuzz: setup
 	for target in gguf ggml onnx-folder chat-template; do \
-		$(BIN)/python -m localllm._fuzz $$target --seconds $(FUZZ_SECONDS) \
+		$(BIN)/python -m localllm.support.fuzz $$target --seconds $(FUZZ_SECONDS) \
 			--corpus build/fuzz/corpus/$$target || exit 1; \
 	done
 

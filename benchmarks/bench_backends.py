@@ -49,7 +49,7 @@ Stream = Callable[[str], Iterator[Any]]
 
 
 def local_tokenizer(path: Path) -> Any:
-    from localllm._gguf import read_gguf
+    from localllm.models.gguf import read_gguf
     from localllm.tokenizer import tokenizer_from_folder, tokenizer_from_gguf
 
     return tokenizer_from_folder(path) if path.is_dir() else tokenizer_from_gguf(
@@ -197,9 +197,9 @@ def prepare(work: Path) -> list[dict[str, Any]]:
     from synthetic_models import SHAPES, write_model
 
     import localllm
-    from localllm._backends.gpt4all import compat_copy
-    from localllm._convert import convert_gguf_to_onnx
-    from localllm._gguf import read_gguf
+    from localllm.engines.gpt4all import compat_copy
+    from localllm.models.convert import convert_gguf_to_onnx
+    from localllm.models.gguf import read_gguf
 
     default = localllm.ModelStore().ensure(localllm.DEFAULT_MODEL)
     compat = compat_copy(read_gguf(default), "starcoder")
@@ -242,7 +242,7 @@ def bytes_per_token(weights: str) -> int:
         graph = onnx.load(str(path / "model.onnx"), load_external_data=False).graph
         return sum(ExternalDataInfo(t).length or 0 for t in graph.initializer
                    if t.name != "token_embd")
-    from localllm._gguf import read_gguf
+    from localllm.models.gguf import read_gguf
 
     info = read_gguf(path)
     names = {t.name for t in info.tensors}

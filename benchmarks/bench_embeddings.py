@@ -46,7 +46,7 @@ from bench_batching import cpu_seconds
 from results_file import write_result
 
 import localllm
-from localllm._index import SQL_SEARCH_LIMIT, Index
+from localllm.rag.index import SQL_SEARCH_LIMIT, Index
 
 DOCS = Path(__file__).resolve().parent.parent / "tests" / "data" / "rag" / "docs"
 KNN_SQL = "SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ?"

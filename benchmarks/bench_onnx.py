@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from results_file import write_result  # noqa: E402
 
 import localllm  # noqa: E402
-from localllm._convert import DTYPES, convert_gguf_to_onnx  # noqa: E402
+from localllm.models.convert import DTYPES, convert_gguf_to_onnx  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "1, 1, 2, 3, 5,",
            "The three primary colors are", "Water boils at", "My favourite food is",

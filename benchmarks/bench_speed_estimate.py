@@ -1,6 +1,6 @@
 """The speed estimate of ``recommend()`` / ``localllm models --fits`` against measured speed.
 
-``localllm._speed`` estimates decode tokens/s as 1 / (weight bytes ÷ read bandwidth +
+``localllm.planning.speed`` estimates decode tokens/s as 1 / (weight bytes ÷ read bandwidth +
 operations ÷ compute rate), with the bandwidth measured by numpy and the compute rate
 calibrated from a short decode of the default model; prompt tokens/s as the calibrated
 prompt-phase rate ÷ operations per prompt token. This script measures a fresh profile,
@@ -20,9 +20,9 @@ from datetime import date
 from pathlib import Path
 
 import localllm
-from localllm._gguf import read_gguf
-from localllm._planner import ModelShape
-from localllm._speed import estimate, speed_profile
+from localllm.models.gguf import read_gguf
+from localllm.planning.planner import ModelShape
+from localllm.planning.speed import estimate, speed_profile
 
 MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 PROMPT = " ".join(["the quick brown fox jumps over the lazy dog"] * 22)

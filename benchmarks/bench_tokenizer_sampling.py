@@ -20,9 +20,9 @@ from results_file import write_result
 
 import localllm
 from localllm import SamplingParams
-from localllm._corpus import tokenizer_corpus
-from localllm._gguf import read_gguf
+from localllm.models.gguf import read_gguf
 from localllm.sampling import Sampler
+from localllm.support.corpus import tokenizer_corpus
 from localllm.tokenizer import tokenizer_from_gguf
 
 

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from localllm._doctor import run_checks  # noqa: E402
-from localllm._planner import MIB, make_plan  # noqa: E402
-from localllm._recommend import RECOMMENDED, recommend  # noqa: E402
 from localllm.hardware import probe  # noqa: E402
+from localllm.planning.planner import MIB, make_plan  # noqa: E402
+from localllm.planning.recommend import RECOMMENDED, recommend  # noqa: E402
 
 
 def main() -> None:

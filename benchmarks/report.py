@@ -50,7 +50,7 @@ MEASURES = [("load_s", "load s", "{:.2f}"), ("ttft_s", "first token s", "{:.2f}"
 
 def read_bandwidth(threads: int, mib: int = 512, tries: int = 5) -> float:
     """Bytes/s numpy reads with ``threads`` threads (localllm's own measurement, bigger)."""
-    from localllm._speed import read_bandwidth as measure
+    from localllm.planning.speed import read_bandwidth as measure
 
     return measure(threads, mib, tries)
 

@@ -9,8 +9,6 @@ Only re-exports live here; importing localllm loads no runtime.
 
 import logging as _logging
 
-from ._backends import backend_names, register_backend
-from ._chat import NAMED_TEMPLATES, render_chat
 from ._errors import (
     AuthenticationError,
     BackendCrashedError,
@@ -40,19 +38,6 @@ from ._errors import (
     UnsupportedModelError,
     WillNotFitError,
 )
-from ._gguf import GGUFFile, read_gguf
-from ._loader import load, plan
-from ._model import Model, Tokenizer
-from ._request import GenerationRequest, build_request
-from ._store import (
-    CATALOG,
-    DEFAULT_EMBEDDER,
-    DEFAULT_MODEL,
-    CatalogEntry,
-    HubSource,
-    ModelStore,
-    PyPISource,
-)
 from ._types import (
     Capabilities,
     Completion,
@@ -67,6 +52,21 @@ from ._types import (
     Truncation,
     Usage,
 )
+from .core.model import Model, Tokenizer
+from .core.request import GenerationRequest, build_request
+from .engines import backend_names, register_backend
+from .models.gguf import GGUFFile, read_gguf
+from .models.loader import load, plan
+from .models.store import (
+    CATALOG,
+    DEFAULT_EMBEDDER,
+    DEFAULT_MODEL,
+    CatalogEntry,
+    HubSource,
+    ModelStore,
+    PyPISource,
+)
+from .templates.chat import NAMED_TEMPLATES, render_chat
 
 __version__ = "0.1.0"
 
@@ -154,13 +154,13 @@ __all__ = [
 # Loaded on first use: planning and the model catalog build pydantic schemas and read
 # the machine, which `import localllm` should not pay for.
 _LAZY = {
-    "LoadPlan": "._planner", "MemoryEstimate": "._planner", "RECOMMENDED": "._recommend",
-    "ModelFacts": "._recommend", "Recommendation": "._recommend", "recommend": "._recommend",
-    "Embeddings": "._embed", "Index": "._index", "Hit": "._index", "AddReport": "._index",
-    "Answer": "._answer", "answer": "._answer",
-    "RemoteModel": "._remote_generator", "connect": "._remote_generator",
-    "RemoteServer": "._remote_generator",
-    "FoundModel": "._discover", "discover": "._discover",
+    "LoadPlan": ".planning.planner", "MemoryEstimate": ".planning.planner", "RECOMMENDED": ".planning.recommend",
+    "ModelFacts": ".planning.recommend", "Recommendation": ".planning.recommend", "recommend": ".planning.recommend",
+    "Embeddings": ".core.embed", "Index": ".rag.index", "Hit": ".rag.index", "AddReport": ".rag.index",
+    "Answer": ".rag.answer", "answer": ".rag.answer",
+    "RemoteModel": ".remote.generator", "connect": ".remote.generator",
+    "RemoteServer": ".remote.generator",
+    "FoundModel": ".models.discover", "discover": ".models.discover",
 }
 
 

@@ -28,6 +28,8 @@ already catch a builtin for the same situation, the class also derives from it, 
 
 from __future__ import annotations
 
+from types import ModuleType
+
 
 class LocalLLMError(Exception):
     """Base class of every error raised on purpose by localllm."""
@@ -203,3 +205,13 @@ class RemoteBusyError(RemoteError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message)
+
+
+def import_runtime(backend: str, module: str, extra: str) -> ModuleType:
+    """Import a runtime module, turning its absence into ``BackendUnavailableError``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailableError(backend, module, extra) from exc

@@ -4,16 +4,16 @@ for runtimes that take token ids), declare capabilities, and register it.
 See docs/writing-a-backend.md and examples/custom_backend.py.
 """
 
-from ._backends import backend_names, register_backend
-from ._backends.base import (
+from ._errors import import_runtime
+from ._types import Capabilities, DevicePlacement
+from .core.engine import (
     Engine,
     EngineOptions,
     LocalTokenizerEngine,
-    import_runtime,
     sample_from_logits,
 )
-from ._gguf import GGUFFile
-from ._types import Capabilities, DevicePlacement
+from .engines import backend_names, register_backend
+from .models.gguf import GGUFFile
 
 __all__ = [
     "Capabilities",

@@ -41,7 +41,7 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from ._loader import load
+    from .models.loader import load
 
     return load(args.model, backend=args.backend, context_length=args.context,
                 threads=args.threads)
@@ -95,8 +95,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ._gguf import read_gguf
-    from ._loader import resolve_source
+    from .models.gguf import read_gguf
+    from .models.loader import resolve_source
 
     gguf = read_gguf(resolve_source(args.model))
     facts = {
@@ -125,7 +125,7 @@ def _template_check(gguf: Any) -> str:
     """The conformance conversations through the file's template: whether it passes,
     whether it writes tools itself, and whether folding the system message
     (``system_message="fold"``) mends a refusal."""
-    from ._template_check import check_template
+    from .templates.check import check_template
 
     bos, eos = gguf.special_texts
     report = check_template(gguf.chat_template, bos_token=bos, eos_token=eos)
@@ -143,7 +143,7 @@ def _template_check(gguf: Any) -> str:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from ._store import DEFAULT_MODEL, ModelStore
+    from .models.store import DEFAULT_MODEL, ModelStore
 
     path = ModelStore().ensure(args.name or DEFAULT_MODEL)
     print(path)
@@ -151,7 +151,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ._store import ModelStore
+    from .models.store import ModelStore
 
     if args.fits:
         return _models_that_fit(args)
@@ -179,7 +179,7 @@ def _models_on_disk(args: argparse.Namespace) -> int:
     """Other tools' GGUF models (Ollama, LM Studio, GPT4All, HF cache, llamafiles)."""
     from pathlib import Path
 
-    from ._discover import discover, fit_summary, verify_ollama_blob
+    from .models.discover import discover, fit_summary, verify_ollama_blob
 
     rows: list[dict[str, Any]] = []
     for found in discover(llamafiles=[Path(p) for p in args.scan or []]):
@@ -212,7 +212,7 @@ def _models_on_disk(args: argparse.Namespace) -> int:
 
 
 def _models_that_fit(args: argparse.Namespace) -> int:
-    from ._recommend import describe_fit, recommend
+    from .planning.recommend import describe_fit, recommend
 
     recs = recommend(min_context=args.context)
     if args.json:
@@ -252,7 +252,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ._loader import plan
+    from .models.loader import plan
 
     the_plan = plan(args.model, backend=args.backend, context_length=args.context,
                     device=args.device)
@@ -261,14 +261,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ._convert import convert_gguf_to_onnx
-    from ._loader import resolve_source
     from ._progress import ProgressBar
+    from .models.convert import convert_gguf_to_onnx
+    from .models.loader import resolve_source
 
     source = resolve_source(args.model)
     folder = source if source.is_dir() else source.parent
     if (folder / "model.safetensors").is_file():  # a sentence-transformers BERT folder
-        from ._convert_bert import convert_bert_to_gguf
+        from .models.convert_bert import convert_bert_to_gguf
 
         dtype = {"fp32": "f32", "fp16": "f16"}.get(args.dtype, args.dtype)
         print(convert_bert_to_gguf(folder, args.out_dir, dtype=dtype))
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="context length for --fits (default 4096)")
     models.set_defaults(func=cmd_models)
 
-    from ._convert import DTYPES
+    from .models.convert import DTYPES
 
     convert = sub.add_parser("convert", help="a llama-family GGUF to an ONNX folder, or a "
                                              "BERT safetensors folder to a GGUF file")
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
 
-    from ._rag_cli import add_parsers
+    from .rag.cli import add_parsers
 
     add_parsers(sub)
 

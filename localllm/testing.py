@@ -14,19 +14,19 @@ from typing import Any, NamedTuple, Protocol
 
 import pytest
 
-from ._backends.base import EngineOptions
-from ._backends.fake import DEFAULT_REPLY, BatchingFakeEngine, FakeEngine
-from ._chat import resolve_template
 from ._errors import (
     ConfigError,
     ContextOverflowError,
     ModelClosedError,
     UnsupportedFeatureError,
 )
-from ._local import LocalGenerator
-from ._model import Model
 from ._types import DevicePlacement, ModelInfo, SamplingParams
+from .core.engine import EngineOptions
+from .core.local import LocalGenerator
+from .core.model import Model
+from .engines.fake import DEFAULT_REPLY, BatchingFakeEngine, FakeEngine
 from .sampling import Logits, LogitsProcessor
+from .templates.chat import resolve_template
 
 __all__ = ["BackendContract", "BatchingFakeModel", "FakeModel", "next_token_logits"]
 
@@ -71,7 +71,7 @@ def next_token_logits(model: Model, ids: Sequence[int]) -> Any:
     """The logits row after ``ids`` (numpy float32), evaluated as any request is: through
     the model's scheduler, so the KV cache stays the scheduler's (no engine call behind its
     back). For engines that expose logits."""
-    from ._scheduler import Request
+    from .core.scheduler import Request
 
     request = model._scheduler.submit(Request(
         prompt=list(ids), params=SamplingParams(temperature=0.0), seed=0, budget=1,

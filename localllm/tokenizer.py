@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ModelFormatError, UnsupportedModelError
-from ._gguf import GGUFFile
 from ._text import IncrementalDetokenizer
+from .models.gguf import GGUFFile
 
 if TYPE_CHECKING:
     import tokenizers
@@ -166,7 +166,7 @@ _BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
 
 
 def _import_tokenizers() -> Any:
-    from ._backends.base import import_runtime
+    from ._errors import import_runtime
 
     return import_runtime("localllm tokenizer", "tokenizers", "all")
 

@@ -2,7 +2,7 @@
 
 Seeds are small valid inputs that reach deep into each reader: every GGUF value type and
 version, each legacy GGML layout, ONNX folders with and without external data, and real
-chat templates with conversations. ``python -m localllm._fuzz`` mutates from these.
+chat templates with conversations. ``python -m localllm.support.fuzz`` mutates from these.
 Run: ``.venv/bin/python scripts/make_fuzz_seeds.py`` (needs the onnx package).
 """
 
@@ -13,8 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from localllm._chat import NAMED_TEMPLATES
-from localllm._fuzz.samples import (
+from localllm.support.fuzz.samples import (
     ARRAY,
     BOOL,
     F16_TYPE,
@@ -44,6 +43,7 @@ from localllm._fuzz.samples import (
     tiny_kvs,
     tiny_tensors,
 )
+from localllm.templates.chat import NAMED_TEMPLATES
 
 ROOT = Path(__file__).resolve().parents[1] / "tests" / "data" / "fuzz_seeds"
 

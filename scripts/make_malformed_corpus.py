@@ -1,6 +1,6 @@
 """Write the regression corpus of malformed model files, tests/data/malformed/.
 
-Each entry is a tiny valid file (built by ``localllm._fuzz.samples``, never taken from a
+Each entry is a tiny valid file (built by ``localllm.support.fuzz.samples``, never taken from a
 real model) with one field damaged or cut, or an ONNX folder with one file wrong. The
 manifest maps each entry to its class and to a fragment of the ModelFormatError message
 it must raise; tests/test_fuzz.py loads every entry and checks both. Deterministic: run
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from localllm._fuzz.samples import (
+from localllm.support.fuzz.samples import (
     ARRAY,
     F32,
     I32,
@@ -327,15 +327,15 @@ def onnx_entries() -> dict[str, Entry]:
 def check(path: Path, fragment: str) -> str | None:
     """What reading ``path`` the way load() does raises, if not the expected error."""
     from localllm import ModelFormatError
-    from localllm._fuzz.targets import use_description
-    from localllm._gguf import read_ggml, read_gguf
-    from localllm._loader import detect_format
+    from localllm.models.gguf import read_ggml, read_gguf
+    from localllm.models.loader import detect_format
+    from localllm.support.fuzz.targets import use_description
 
     reader: Callable[[Path], object]
     try:
         kind = detect_format(path)
         if kind == "onnx":
-            from localllm._backends.onnx import describe_folder as reader
+            from localllm.engines.onnx import describe_folder as reader
         else:
             reader = read_ggml if kind == "ggml" else read_gguf
         use_description(reader(path))  # type: ignore[arg-type]

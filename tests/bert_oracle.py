@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from localllm._convert_bert import read_safetensors
+from localllm.models.convert_bert import read_safetensors
 
 F32 = npt.NDArray[np.float32]
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench_backends
 import report
 
-from localllm._gguf import read_gguf
+from localllm.models.gguf import read_gguf
 
 
 def sample_report() -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 import localllm
 from localllm import ChatTemplateError, render_chat
-from localllm._chat import resolve_template
+from localllm.templates.chat import resolve_template
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 

@@ -5,7 +5,7 @@ runs; a test-only dependency, used without torch). The templates are the 70-odd 
 that the pinned llama-cpp-python sdist ships in ``vendor/llama.cpp/models/templates``,
 kept in the reference tools' cache by ``make tools`` (never copied into this repository).
 Each goes through every conversation of the conformance set
-(``localllm._template_check.CONVERSATIONS``): localllm's text must equal the reference's
+(``localllm.templates.check.CONVERSATIONS``): localllm's text must equal the reference's
 wherever the reference renders, and where the reference raises, localllm raises
 ``ChatTemplateError`` carrying the template's own message. The table (template ×
 conversation) is written to ``build/template-conformance.md``.
@@ -22,8 +22,8 @@ from server_harness import reference_tools
 
 import localllm
 from localllm import ChatTemplateError
-from localllm._template_check import CONVERSATIONS, check_template
 from localllm._types import ToolCall
+from localllm.templates.check import CONVERSATIONS, check_template
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
@@ -175,7 +175,7 @@ def test_messages_reach_the_template_as_written() -> None:
 def test_a_message_written_as_a_dict_equals_one_built_in_code() -> None:
     """Keeping what the caller wrote for the template changes no message's identity:
     equal fields, equal messages and hashes (dropped messages compare as before)."""
-    from localllm._chat import normalize_messages
+    from localllm.templates.chat import normalize_messages
 
     (written,) = normalize_messages([{"role": "user", "content": "hi"}])
     built = localllm.Message(role="user", content="hi")

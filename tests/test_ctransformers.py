@@ -42,8 +42,8 @@ from margins import TINY_NEAR_TIE, assert_greedy_agrees
 from synthetic_models import Shape, write_ggjt_copy, write_gguf_v1_copy, write_model
 
 import localllm
-from localllm._ggml import read_ggml
-from localllm._gguf import read_gguf
+from localllm.models.ggml import read_ggml
+from localllm.models.gguf import read_gguf
 from localllm.testing import BackendContract, next_token_logits
 from localllm.tokenizer import tokenizer_from_gguf
 

@@ -16,7 +16,7 @@ import pytest
 
 import localllm
 from localllm import cli
-from localllm._discover import discover, resolve_short_form, verify_ollama_blob
+from localllm.models.discover import discover, resolve_short_form, verify_ollama_blob
 
 pytestmark = pytest.mark.real_model
 SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # the default model
@@ -224,7 +224,7 @@ def test_an_ollama_model_without_a_gguf_template_names_the_matching_one(stores: 
         assert model.render_chat([{"role": "user", "content": "hi"}]).count(
             "<start_of_turn>user\nhi<end_of_turn>") == 1
     chatml = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-    from localllm._discover import go_template_family
+    from localllm.models.discover import go_template_family
 
     assert go_template_family(chatml) == "chatml"
     assert go_template_family("{{ .Prompt }}") is None

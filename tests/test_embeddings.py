@@ -18,8 +18,8 @@ from bert_oracle import BertOracle
 
 import localllm
 from localllm import cli
-from localllm._convert_bert import convert_bert_to_gguf
-from localllm._store import PINNED_MINILM_F16, ModelStore
+from localllm.models.convert_bert import convert_bert_to_gguf
+from localllm.models.store import PINNED_MINILM_F16, ModelStore
 
 pytestmark = pytest.mark.real_model
 SENTENCES = (Path(__file__).parent / "data" / "embed_sentences.txt").read_text(

@@ -23,10 +23,11 @@ import pytest
 
 import localllm
 from localllm import ChatTemplateError, ModelFormatError
-from localllm._backends import backend_names, get_backend
-from localllm._backends.onnx import describe_folder
-from localllm._chat import render_chat
-from localllm._fuzz.samples import (
+from localllm.engines import backend_names, get_backend
+from localllm.engines.onnx import describe_folder
+from localllm.models.ggml import read_ggml
+from localllm.models.gguf import read_gguf
+from localllm.support.fuzz.samples import (
     KV,
     U32,
     gguf,
@@ -36,9 +37,8 @@ from localllm._fuzz.samples import (
     tiny_kvs,
     tiny_tensors,
 )
-from localllm._fuzz.targets import TARGETS, Scratch
-from localllm._ggml import read_ggml
-from localllm._gguf import read_gguf
+from localllm.support.fuzz.targets import TARGETS, Scratch
+from localllm.templates.chat import render_chat
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "malformed"
@@ -91,7 +91,7 @@ def test_fuzz_target_runs_clean(target: str) -> None:
                     "extra: pip install -e '.[dev]'")
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "localllm._fuzz", target, "--seconds", str(FUZZ_SECONDS)],
+        [sys.executable, "-m", "localllm.support.fuzz", target, "--seconds", str(FUZZ_SECONDS)],
         cwd=ROOT, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     print(f"\n{summary} (wall {time.monotonic() - started:.0f} s)")
@@ -113,7 +113,7 @@ def test_the_fuzzer_fails_on_an_untyped_error_or_a_slow_input(
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from localllm._fuzz import child, targets\n"
+        "from localllm.support.fuzz import child, targets\n"
         "def broken(scratch, data):\n"
         "    if not data.startswith(b'GGUF'):  # the seeds pass, the first mutants fail\n"
         f"        {failure}\n"

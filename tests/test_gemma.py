@@ -13,8 +13,8 @@ import pytest
 from test_tokenizer import VocabOnly
 
 import localllm
-from localllm._corpus import tokenizer_corpus
-from localllm._gguf import read_gguf
+from localllm.models.gguf import read_gguf
+from localllm.support.corpus import tokenizer_corpus
 from localllm.testing import NEAR_TIE, first_divergence, greedy_with_margins
 from localllm.tokenizer import tokenizer_from_gguf
 
@@ -107,7 +107,7 @@ def test_streaming_stops_and_limits(gemma: localllm.Model) -> None:
 def test_other_backends_refuse_it_clearly(gemma_path: Path, tmp_path: Path) -> None:
     """gemma3 runs on llama.cpp only: gpt4all's 2024 llama.cpp and ctransformers predate
     it, and the GGUF to ONNX converter handles llama-family decoders; each says so."""
-    from localllm._convert import convert_gguf_to_onnx
+    from localllm.models.convert import convert_gguf_to_onnx
 
     with pytest.raises(localllm.UnsupportedModelError, match="gemma3"):
         convert_gguf_to_onnx(gemma_path, tmp_path / "out")

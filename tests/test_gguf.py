@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import localllm
-from localllm._gguf import FILE_TYPES, GGML_TYPES, read_gguf
+from localllm.models.gguf import FILE_TYPES, GGML_TYPES, read_gguf
 
 
 def write_tiny(path: Path, *, template: str | None = None, n_layers: int = 2) -> Path:

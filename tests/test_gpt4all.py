@@ -11,9 +11,9 @@ import pytest
 from margins import assert_greedy_agrees
 
 import localllm
-from localllm._backends.base import EngineOptions
-from localllm._backends.gpt4all import GPT4AllEngine, compatibility_problems
-from localllm._gguf import copy_with_metadata, read_gguf
+from localllm.core.engine import EngineOptions
+from localllm.engines.gpt4all import GPT4AllEngine, compatibility_problems
+from localllm.models.gguf import copy_with_metadata, read_gguf
 from localllm.testing import BackendContract
 
 COMPAT = {"compat_copy": True}

@@ -18,8 +18,9 @@ import pytest
 
 import localllm
 from localllm._doctor import run_checks
-from localllm._gguf import GGUFFile, TensorInfo
-from localllm._planner import (
+from localllm.hardware import GPU_PROVIDERS, HardwareProfile, RuntimeInfo, probe
+from localllm.models.gguf import GGUFFile, TensorInfo
+from localllm.planning.planner import (
     MIB,
     ModelShape,
     current_rss,
@@ -27,9 +28,8 @@ from localllm._planner import (
     make_plan,
     scale_out,
 )
-from localllm._recommend import RECOMMENDED, ModelFacts, describe_fit, recommend
-from localllm._speed import SpeedProfile, bytes_per_token, ops_per_token
-from localllm.hardware import GPU_PROVIDERS, HardwareProfile, RuntimeInfo, probe
+from localllm.planning.recommend import RECOMMENDED, ModelFacts, describe_fit, recommend
+from localllm.planning.speed import SpeedProfile, bytes_per_token, ops_per_token
 
 MACHINES = Path(__file__).parent / "machines"
 GIB = 1 << 30
@@ -354,8 +354,8 @@ def test_loaded_model_reports_its_plan(shared_model: localllm.Model) -> None:
 
 def test_placement_is_verified_after_loading() -> None:
     """Stands in for a runtime that ignored a GPU request (no GPU exists here)."""
-    from localllm._loader import _verify_placement
     from localllm._types import DevicePlacement
+    from localllm.models.loader import _verify_placement
 
     engine = SimpleNamespace(backend_name="llama.cpp",
                              placement=DevicePlacement(device="cpu", gpu_layers=0,

@@ -23,8 +23,8 @@ import pytest
 
 import localllm
 from localllm import cli
-from localllm._chunking import chunk_text
-from localllm._index import connect
+from localllm.rag.chunking import chunk_text
+from localllm.rag.index import connect
 
 pytestmark = pytest.mark.real_model
 RAG = Path(__file__).parent / "data" / "rag"
@@ -290,7 +290,7 @@ def test_an_interrupted_run_keeps_what_it_committed(tmp_path: Path) -> None:
 
 def test_answer_cites_sources_and_reports_what_did_not_fit(built: Path, embedder: localllm.Model,
                                                            default_model_path: Path) -> None:
-    from localllm._answer import _messages
+    from localllm.rag.answer import _messages
 
     question = "How long should the lentil soup simmer?"
     with localllm.Index(built, embedder) as index, \

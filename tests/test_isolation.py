@@ -22,7 +22,7 @@ import pytest
 from synthetic_models import SHAPES, write_model
 
 import localllm
-from localllm._isolation import ProcessEngine
+from localllm.core.isolation import ProcessEngine
 from localllm.testing import BackendContract, assert_batched_agrees, greedy_trace
 
 PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time",
@@ -279,10 +279,10 @@ def test_the_server_isolates_runtimes_known_to_abort_by_default() -> None:
     from localllm.server._registry import Registry
 
     assert Registry([]).isolation == "auto"
-    from localllm._backends.ctransformers import CTransformersEngine
-    from localllm._backends.gpt4all import GPT4AllEngine
-    from localllm._backends.llamacpp import LlamaCppEngine
-    from localllm._isolation import wants_process
+    from localllm.core.isolation import wants_process
+    from localllm.engines.ctransformers import CTransformersEngine
+    from localllm.engines.gpt4all import GPT4AllEngine
+    from localllm.engines.llamacpp import LlamaCppEngine
 
     assert wants_process("auto", GPT4AllEngine) and wants_process("auto", CTransformersEngine)
     assert not wants_process("auto", LlamaCppEngine)
@@ -324,7 +324,7 @@ def test_an_onnx_folder_in_a_worker_keeps_its_own_tokenizer_for_constraints(
     """An ONNX folder has no GGUF vocabulary: the grammar is built from its tokenizer.json."""
     from synthetic_models import Shape
 
-    from localllm._convert import convert_gguf_to_onnx
+    from localllm.models.convert import convert_gguf_to_onnx
 
     tiny = Shape("onnx-tiny", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, n_ff=352,
                  n_vocab=600, dtype="f32", n_ctx_train=512)

@@ -22,30 +22,31 @@ PACKAGE = Path(__file__).resolve().parent.parent / "localllm"
 #: server, and test and docs support
 LAYERS: dict[int, tuple[str, ...]] = {
     1: ("_errors", "_types", "_defaults"),
-    2: ("_gguf", "_ggml", "tokenizer", "sampling", "_chat", "_template_sandbox", "_template_check",
-        "_structured", "_tools", "hardware", "_text", "_progress", "_chunking", "_corpus"),
-    3: ("_model", "_request", "_local", "_scheduler", "_embed", "_isolation", "_worker",
-        "_backends.base"),
-    4: ("_backends", "_backends.llamacpp", "_backends.gpt4all", "_backends.ctransformers",
-        "_backends.onnx", "_backends.onnx_embed", "_backends.onnx_genai", "_backends.fake",
-        "_remote", "_remote_generator", "backends", "protocols", "protocols.codec",
-        "protocols.openai", "protocols.ollama", "protocols.anthropic",
+    2: ("models", "models.gguf", "models.ggml", "tokenizer", "sampling", "templates",
+        "templates.chat", "templates.sandbox", "templates.check", "decoding",
+        "decoding.structured", "decoding.tools", "hardware", "_text", "_progress", "rag",
+        "rag.chunking", "support", "support.corpus"),
+    3: ("core", "core.model", "core.request", "core.local", "core.scheduler", "core.embed",
+        "core.isolation", "core.worker", "core.engine"),
+    4: ("engines", "engines.llamacpp", "engines.gpt4all", "engines.ctransformers",
+        "engines.onnx", "engines.onnx_embed", "engines.onnx_genai", "engines.fake",
+        "remote", "remote.transport", "remote.generator", "backends", "protocols",
+        "protocols.codec", "protocols.openai", "protocols.ollama", "protocols.anthropic",
         "protocols.responses"),
-    5: ("_planner", "_speed", "_recommend", "_store", "_discover", "_convert",
-        "_convert_bert", "_index", "_answer", "_loader"),
-    6: ("", "cli", "_docs", "_doctor", "_rag_cli", "testing", "_fuzz", "_fuzz.__main__",
-        "_fuzz.child", "_fuzz.samples", "_fuzz.targets", "server", "server._app",
-        "server._anthropic", "server._responses",
-        "server._cli", "server._embeddings", "server._endpoint", "server._generation",
-        "server._metrics", "server._ollama", "server._openai", "server._registry",
-        "server._streaming"),
+    5: ("planning", "planning.planner", "planning.speed", "planning.recommend",
+        "models.store", "models.discover", "models.convert", "models.convert_bert",
+        "models.loader", "rag.index", "rag.answer"),
+    6: ("", "cli", "_doctor", "rag.cli", "testing", "support.docs", "support.fuzz",
+        "support.fuzz.__main__", "support.fuzz.child", "support.fuzz.samples",
+        "support.fuzz.targets", "server", "server._app", "server._anthropic",
+        "server._responses", "server._cli", "server._embeddings", "server._endpoint",
+        "server._generation", "server._metrics", "server._ollama", "server._openai",
+        "server._registry", "server._streaming"),
 }
 
 #: upward imports that exist today, each with why; the list only shrinks
 KNOWN_UPWARD: dict[tuple[str, str], str] = {
-    ("tokenizer", "_backends.base"):
-        "the Tokenizer facade wraps an engine's tokenizer; it belongs with the core",
-    ("_backends.gpt4all", "_store"):
+    ("engines.gpt4all", "models.store"):
         "gpt4all's engine finds its bundled library folder through the store's paths",
 }
 
@@ -117,21 +118,21 @@ def test_imports_go_downward_only() -> None:
 def test_the_server_never_reaches_into_the_scheduler() -> None:
     for path in (PACKAGE / "server").glob("*.py"):
         text = path.read_text()
-        assert "_scheduler" not in text, f"{path.name} reads the scheduler; use Model.stats"
-        assert "_scheduler" not in imports_of(path)
+        assert "core.scheduler" not in text, f"{path.name} reads the scheduler; use Model.stats"
+        assert "core.scheduler" not in imports_of(path)
 
 
 def test_engines_import_neither_the_server_nor_a_wire_protocol() -> None:
-    for path in (PACKAGE / "_backends").glob("*.py"):
+    for path in (PACKAGE / "engines").glob("*.py"):
         reached = imports_of(path)
         assert not {m for m in reached if m.startswith(("server", "protocols"))
-                    or m in ("_remote", "_remote_generator")}, (path.name, reached)
+                    or m in ("remote.transport", "remote.generator")}, (path.name, reached)
 
 
 def test_the_import_reader_sees_relative_lazy_and_absolute_imports(tmp_path: Path) -> None:
     """The checker itself: a function-level relative import and an absolute one count."""
     probe = PACKAGE / "_types.py"
     assert "_errors" in imports_of(probe)
-    assert {"_backends.base", "_chat", "_tools", "_structured"} <= imports_of(
-        PACKAGE / "_local.py")
+    assert {"core.engine", "templates.chat", "decoding.tools", "decoding.structured"} <= \
+        imports_of(PACKAGE / "core" / "local.py")
     assert "server._app" in imports_of(PACKAGE / "server" / "_openai.py")

@@ -13,7 +13,7 @@ import pytest
 
 import localllm
 from localllm import ConfigError, ContextOverflowError, UnsupportedFeatureError
-from localllm._backends.fake import DEFAULT_REPLY
+from localllm.engines.fake import DEFAULT_REPLY
 from localllm.testing import BackendContract, BatchingFakeModel, FakeModel
 
 

@@ -16,9 +16,9 @@ from margins import TINY_NEAR_TIE, assert_greedy_agrees, wide_greedy_prefix
 from synthetic_models import Shape, write_model
 
 import localllm
-from localllm._backends.onnx import choose_provider
-from localllm._convert import convert_gguf_to_onnx
-from localllm._gguf import copy_with_metadata
+from localllm.engines.onnx import choose_provider
+from localllm.models.convert import convert_gguf_to_onnx
+from localllm.models.gguf import copy_with_metadata
 from localllm.testing import NEAR_TIE, BackendContract, next_token_logits
 
 PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "1, 1, 2, 3, 5,",

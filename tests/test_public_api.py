@@ -45,8 +45,8 @@ def test_sampling_params_are_frozen_and_validated() -> None:
 def test_feature_matrix_page_is_generated_from_the_code() -> None:
     from pathlib import Path
 
-    from localllm._docs import feature_matrix
+    from localllm.support.docs import feature_matrix
 
     page = Path(__file__).parent.parent / "docs" / "feature-matrix.md"
     assert page.read_text() == feature_matrix(), \
-        "regenerate: python -m localllm._docs > docs/feature-matrix.md"
+        "regenerate: python -m localllm.support.docs > docs/feature-matrix.md"

@@ -236,9 +236,9 @@ def test_stop_strings_hold_on_the_client(served: str) -> None:
 def test_the_client_cuts_at_a_stop_the_server_ignored() -> None:
     """The stream parser on server events as a server that ignores ``stop`` sends them
     (no server needed to show what the client does with them)."""
-    from localllm._remote_generator import RemoteRun
-    from localllm._request import Assembler, build_request
+    from localllm.core.request import Assembler, build_request
     from localllm.protocols.openai import Decoder
+    from localllm.remote.generator import RemoteRun
 
     request = build_request(prompt="The answer is", stop=["END"])
     decoder = Decoder(chat=False)

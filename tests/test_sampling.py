@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from localllm import SamplingParams
-from localllm._backends.llamacpp import build_sampler_chain
+from localllm.engines.llamacpp import build_sampler_chain
 from localllm.sampling import (
     LogitBias,
     LogitsProcessor,

@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import localllm
-from localllm._structured import strict_schema
+from localllm.decoding.structured import strict_schema
 
 
 def obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import pytest
 from spm_vocab import write_spm_vocab
 
 import localllm
-from localllm._corpus import tokenizer_corpus
-from localllm._gguf import read_gguf
+from localllm.models.gguf import read_gguf
+from localllm.support.corpus import tokenizer_corpus
 from localllm.tokenizer import LocalTokenizer, tokenizer_from_folder, tokenizer_from_gguf
 
 CORPUS = tokenizer_corpus(2000)

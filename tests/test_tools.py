@@ -18,7 +18,7 @@ import pytest
 
 import localllm
 from localllm import ConfigError
-from localllm._tools import OPEN
+from localllm.decoding.tools import OPEN
 from localllm.testing import next_token_logits
 
 pytestmark = pytest.mark.real_model

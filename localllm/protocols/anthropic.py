@@ -21,8 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._errors import RemoteError, RequestError, UnsupportedFeatureError
-from .._request import GenerationRequest, Piece
 from .._types import Completion, Message, StreamChunk, ToolCallDelta
+from ..core.request import GenerationRequest, Piece
 from .codec import Call, Failure, StreamDecoder, named_event, server_request, validate
 
 VERSION = "2023-06-01"  # the anthropic-version this API follows

@@ -2,7 +2,7 @@
 
 A codec is one wire surface (OpenAI chat completions, OpenAI completions, Ollama's chat
 and generate...). On the server side it parses a JSON body into a :class:`Call` (one or
-more :class:`~localllm._request.GenerationRequest`s and how to answer them) and encodes
+more :class:`~localllm.core.request.GenerationRequest`s and how to answer them) and encodes
 the answer: whole, as a stream of events, or as an error in the API's own envelope. The
 server mounts one generic endpoint per codec (``server/_endpoint.py``), so a new wire API
 is one codec module and one line that mounts it.
@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ValidationError
 
 from .._errors import RequestError
-from .._request import GenerationRequest
 from .._types import Completion, StreamChunk
+from ..core.request import GenerationRequest
 
 
 @dataclass
@@ -136,7 +136,7 @@ def server_request(*, messages: list[Any] | None = None, prompt: str | None = No
     end, as in every wire API (not the library's default of 256), and a ``max_tokens`` past
     the context's end is cut to it; ``context_limit`` is a smaller window for this request
     (Ollama's ``num_ctx``). The model decides all of it once, when it tokenizes."""
-    from .._request import build_request
+    from ..core.request import build_request
 
     return build_request(messages=messages, prompt=prompt, response_format=response_format,
                          tools=tools, tool_choice=tool_choice, logprobs=logprobs,

@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._errors import RemoteError, RequestError
-from .._request import GenerationRequest, Piece
 from .._types import Completion, Message, StreamChunk, TokenLogprob, ToolCall, ToolCallDelta
+from ..core.request import GenerationRequest, Piece
 from .codec import Call, Failure, StreamDecoder, sampling_params, server_request, validate
 from .openai import logprob_entry
 

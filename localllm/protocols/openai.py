@@ -14,7 +14,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._errors import RemoteError, RequestError
-from .._request import GenerationRequest, Piece
 from .._types import (
     Completion,
     Message,
@@ -24,6 +23,7 @@ from .._types import (
     ToolCallDelta,
     TopLogprob,
 )
+from ..core.request import GenerationRequest, Piece
 from .codec import Call, Failure, StreamDecoder, sampling_params, server_request, validate
 
 #: the sampling fields OpenAI's API defines

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._errors import ModelNotFoundError, RemoteError, RequestError, UnsupportedFeatureError
-from .._request import GenerationRequest, Piece
 from .._types import Completion, Message, StreamChunk, ToolCallDelta
+from ..core.request import GenerationRequest, Piece
 from .codec import Call, StreamDecoder, named_event, server_request, validate
 from .openai import _SSE
 

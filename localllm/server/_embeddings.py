@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from .._embed import Embeddings
-from .._model import Model
+from ..core.embed import Embeddings
+from ..core.model import Model
 from ._app import HTTPError
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from .._model import Model
-from .._request import GenerationRequest
 from .._types import Completion, StreamChunk
+from ..core.model import Model
+from ..core.request import GenerationRequest
 from ._metrics import Metrics
 
 

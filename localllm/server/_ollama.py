@@ -37,7 +37,7 @@ def _details(served: ServedModel) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=64)
 def _facts(source: str, size: int) -> dict[str, Any]:
-    from .._loader import describe_source
+    from ..models.loader import describe_source
 
     gguf = describe_source(source)
     params = gguf.parameter_count

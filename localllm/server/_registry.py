@@ -19,8 +19,8 @@ from typing import Any
 
 from .._defaults import DEFAULTS
 from .._errors import ConfigError, LocalLLMError, ModelNotFoundError, WillNotFitError
-from .._model import Model
-from .._store import ModelStore
+from ..core.model import Model
+from ..models.store import ModelStore
 
 
 class ModelUnavailableError(LocalLLMError):
@@ -175,7 +175,7 @@ class Registry:
     async def _load(self, served: ServedModel, options: dict[str, Any]) -> None:
         """Read the header once, plan once (unloading idle models while the plan does not
         fit the budget), and open the model as planned."""
-        from .._loader import open_planned, plan_resolved, resolve
+        from ..models.loader import open_planned, plan_resolved, resolve
 
         kwargs: dict[str, Any] = {"parallel": self.parallel, "threads": self.threads,
                                   "context_length": self.context_length, **options}

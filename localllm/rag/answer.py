@@ -1,0 +1,65 @@
+"""Answering a question from an :class:`Index` with a chat model, citing its sources.
+
+The retrieved chunks go into the prompt whole, numbered ``[1]``, ``[2]`` ..., best first,
+as many as the context holds after the question, the instructions and the answer's
+``max_tokens``. A chunk that does not fit is left out whole and reported in
+``Answer.left_out``: nothing is cut silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._errors import ConfigError, ContextOverflowError
+
+if TYPE_CHECKING:
+    from .._types import Completion
+    from ..core.model import Model
+    from .index import Hit, Index
+
+INSTRUCTIONS = ("Answer the question using only the numbered sources below. Cite the "
+                "sources you use as [1], [2] and so on. If the sources do not contain the "
+                "answer, say that you do not know.")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's answer, the sources it was shown (``sources[i]`` is ``[i+1]``) and the
+    retrieved chunks that did not fit the context."""
+
+    text: str
+    sources: tuple[Hit, ...]
+    left_out: tuple[Hit, ...]
+    completion: Completion
+
+
+def _messages(question: str, hits: list[Hit]) -> list[dict[str, str]]:
+    numbered = "\n\n".join(f"[{i}] ({hit.location})\n{hit.text}"
+                           for i, hit in enumerate(hits, 1))
+    return [{"role": "system", "content": f"{INSTRUCTIONS}\n\nSources:\n\n{numbered}"},
+            {"role": "user", "content": question}]
+
+
+def answer(question: str, index: Index, model: Model, *, k: int = 5, max_tokens: int = 256,
+           **params: Any) -> Answer:
+    """Retrieve ``k`` chunks for ``question`` and answer from those that fit.
+
+    ``params`` go to ``model.chat`` (temperature, seed, ...). Raises
+    ``ContextOverflowError`` when not even the question and the instructions fit."""
+    if not isinstance(question, str) or not question.strip():
+        raise ConfigError("the question must be a non-empty str")
+    hits = index.search(question, k=k)
+    budget = model.info.context_length - max_tokens
+    if model.count_tokens(_messages(question, [])) > budget:
+        raise ContextOverflowError(model.count_tokens(_messages(question, [])), max_tokens,
+                                   model.info.context_length)
+    shown: list[Hit] = []
+    left_out: list[Hit] = []
+    for hit in hits:  # best first; a later, shorter chunk may still fit
+        if model.count_tokens(_messages(question, [*shown, hit])) <= budget:
+            shown.append(hit)
+        else:
+            left_out.append(hit)
+    completion = model.chat(_messages(question, shown), max_tokens=max_tokens, **params)
+    return Answer(completion.text, tuple(shown), tuple(left_out), completion)
