@@ -21,7 +21,7 @@ from typing import IO
 
 from .targets import TARGETS, Scratch
 
-SEEDS = Path(__file__).resolve().parents[2] / "tests" / "data" / "fuzz_seeds"
+SEEDS = Path(__file__).resolve().parents[3] / "tests" / "data" / "fuzz_seeds"
 RSS_LIMIT_MB = 2048
 _INSIDE = "LOCALLLM_FUZZING"  # set in the child's environment
 MAX_LEN = {"gguf": 16384, "ggml": 16384, "onnx-folder": 16384, "chat-template": 8192}
