@@ -154,13 +154,14 @@ __all__ = [
 # Loaded on first use: planning and the model catalog build pydantic schemas and read
 # the machine, which `import localllm` should not pay for.
 _LAZY = {
-    "LoadPlan": ".planning.planner", "MemoryEstimate": ".planning.planner", "RECOMMENDED": ".planning.recommend",
-    "ModelFacts": ".planning.recommend", "Recommendation": ".planning.recommend", "recommend": ".planning.recommend",
-    "Embeddings": ".core.embed", "Index": ".rag.index", "Hit": ".rag.index", "AddReport": ".rag.index",
-    "Answer": ".rag.answer", "answer": ".rag.answer",
+    "LoadPlan": ".planning.planner", "MemoryEstimate": ".planning.planner",
+    "RECOMMENDED": ".planning.recommend", "ModelFacts": ".planning.recommend",
+    "Recommendation": ".planning.recommend", "recommend": ".planning.recommend",
+    "Embeddings": ".core.embed", "Index": ".rag.index", "Hit": ".rag.index",
+    "AddReport": ".rag.index", "Answer": ".rag.answer", "answer": ".rag.answer",
     "RemoteModel": ".remote.generator", "connect": ".remote.generator",
-    "RemoteServer": ".remote.generator",
-    "FoundModel": ".models.discover", "discover": ".models.discover",
+    "RemoteServer": ".remote.generator", "FoundModel": ".models.discover",
+    "discover": ".models.discover",
 }
 
 

@@ -13,7 +13,7 @@ from .core.engine import (
     sample_from_logits,
 )
 from .engines import backend_names, register_backend
-from .models.gguf import GGUFFile
+from .models.gguf import GGUFFile, ModelFile
 
 __all__ = [
     "Capabilities",
@@ -22,6 +22,7 @@ __all__ = [
     "EngineOptions",
     "GGUFFile",
     "LocalTokenizerEngine",
+    "ModelFile",
     "backend_names",
     "import_runtime",
     "register_backend",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ModelFormatError, UnsupportedModelError
 from ._text import IncrementalDetokenizer
-from .models.gguf import GGUFFile
+from .models.gguf import ModelFile
 
 if TYPE_CHECKING:
     import tokenizers
@@ -188,7 +188,7 @@ CONTROL_LOOKING = frozenset({
     "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>"})
 
 
-def tokenizer_from_gguf(gguf: GGUFFile) -> LocalTokenizer:
+def tokenizer_from_gguf(gguf: ModelFile) -> LocalTokenizer:
     """Build the tokenizer described by a GGUF file's metadata."""
     md = gguf.metadata
     model = md.get("tokenizer.ggml.model")
@@ -235,7 +235,7 @@ def _special_tokens(tokens: Sequence[str], types: Sequence[int]) -> list[Any]:
     return out
 
 
-def _bpe_backend(gguf: GGUFFile, tokens: Sequence[str], types: Sequence[int]) -> Any:
+def _bpe_backend(gguf: ModelFile, tokens: Sequence[str], types: Sequence[int]) -> Any:
     tk = _import_tokenizers()
     pre = str(gguf.metadata.get("tokenizer.ggml.pre", "default"))
     regexes = PRE_TOKENIZER_REGEXES.get(pre)
@@ -255,7 +255,7 @@ def _bpe_backend(gguf: GGUFFile, tokens: Sequence[str], types: Sequence[int]) ->
     return backend
 
 
-def _spm_backend(gguf: GGUFFile, tokens: Sequence[str], types: Sequence[int]) -> Any:
+def _spm_backend(gguf: ModelFile, tokens: Sequence[str], types: Sequence[int]) -> Any:
     """SentencePiece vocabularies as BPE with score-ranked merges (as HF's Llama converter)."""
     tk = _import_tokenizers()
     scores = gguf.metadata.get("tokenizer.ggml.scores") or [0.0] * len(tokens)

@@ -42,8 +42,9 @@ from margins import TINY_NEAR_TIE, assert_greedy_agrees
 from synthetic_models import Shape, write_ggjt_copy, write_gguf_v1_copy, write_model
 
 import localllm
-from localllm.models.ggml import read_ggml
-from localllm.models.gguf import read_gguf
+from localllm.models.ggml import GGMLFile, read_ggml
+from localllm.models.gguf import GGUFFile, ModelFile, read_gguf
+from localllm.models.loader import describe_source
 from localllm.testing import BackendContract, next_token_logits
 from localllm.tokenizer import tokenizer_from_gguf
 
@@ -99,6 +100,7 @@ def test_logits_match_an_independent_numpy_forward_pass(
 
 
 def test_the_oracle_agrees_with_llama_cpp_too(tiny_llama: Path) -> None:
+    assert isinstance(describe_source(tiny_llama), GGUFFile)
     with localllm.load(tiny_llama, context_length=256, chat_template="chatml") as model:
         assert model._engine is not None
         logits = next_token_logits(model, IDS)
@@ -252,7 +254,11 @@ def test_legacy_gptj_gpt_neox_and_mpt_match_numpy(kind: str, tmp_path: Path) -> 
 
 def legacy_logits(path: Path, architecture: str) -> np.ndarray:
     """Load through the Model API (the architecture recognised from the header), generate
-    a few tokens, and return the logits after LEGACY_IDS."""
+    a few tokens, and return the logits after LEGACY_IDS. The file is described by the
+    legacy format's own descriptor, in the metadata names every format shares."""
+    described = describe_source(path)
+    assert isinstance(described, GGMLFile) and isinstance(described, ModelFile)
+    assert (described.format, described.architecture) == ("ggml", architecture)
     with localllm.load(path, chat_template="chatml", context_length=128) as model:
         assert (model.info.backend, model.info.architecture) == ("ctransformers", architecture)
         assert model._engine is not None

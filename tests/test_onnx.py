@@ -18,7 +18,8 @@ from synthetic_models import Shape, write_model
 import localllm
 from localllm.engines.onnx import choose_provider
 from localllm.models.convert import convert_gguf_to_onnx
-from localllm.models.gguf import copy_with_metadata
+from localllm.models.gguf import OnnxFolder, copy_with_metadata
+from localllm.models.loader import describe_source
 from localllm.testing import NEAR_TIE, BackendContract, next_token_logits
 
 PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "1, 1, 2, 3, 5,",
@@ -55,6 +56,9 @@ class TestOnnxContract(BackendContract):
 
 
 def test_conversion_writes_the_optimum_layout(tiny_onnx: Path) -> None:
+    described = describe_source(tiny_onnx)  # the folder's own descriptor
+    assert isinstance(described, OnnxFolder) and described.format == "onnx"
+    assert described.block_count > 0 and described.vocab_size > 0
     names = {p.name for p in tiny_onnx.iterdir()}
     assert {"model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json",
             "config.json"} <= names

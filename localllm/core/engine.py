@@ -25,7 +25,7 @@ from .._errors import (
     UnsupportedFeatureError,
 )
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from ..models.gguf import GGUFFile
+from ..models.gguf import ModelFile
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class Engine(ABC):
 
     @classmethod
     @abstractmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> Engine:
+    def open(cls, gguf: ModelFile, options: EngineOptions) -> Engine:
         """Load the model; raise a localllm error (never a bare runtime one)."""
 
     @property

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from .._errors import BackendCrashedError, BackendError, ConfigError
 from .._types import SamplingParams
-from ..models.gguf import GGUFFile
+from ..models.gguf import ModelFile
 from .engine import ENGINE_CALLS, ENGINE_FACTS, Engine, EngineOptions, SeqInput
 
 ISOLATIONS = ("none", "process", "auto")
@@ -94,7 +94,7 @@ def _forwarding(cls: type[ProcessEngine]) -> type[ProcessEngine]:
     return cls
 
 
-def open_isolated(engine_cls: type[Engine], gguf: GGUFFile, options: EngineOptions
+def open_isolated(engine_cls: type[Engine], gguf: ModelFile, options: EngineOptions
                   ) -> ProcessEngine:
     engine_cls.check_options(options)
     return isolated_class(engine_cls)(gguf, options)
@@ -109,10 +109,10 @@ class ProcessEngine(Engine):
     inner: ClassVar[type[Engine]]
 
     @classmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> Engine:
+    def open(cls, gguf: ModelFile, options: EngineOptions) -> Engine:
         return cls(gguf, options)
 
-    def __init__(self, gguf: GGUFFile, options: EngineOptions) -> None:
+    def __init__(self, gguf: ModelFile, options: EngineOptions) -> None:
         self._gguf, self._options = gguf, options
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None

@@ -28,7 +28,7 @@ from ..core.engine import (
     sampled_by_localllm,
 )
 from ..models.ggml import LEGACY_GGML_ARCHITECTURES
-from ..models.gguf import GGUFFile
+from ..models.gguf import ModelFile
 
 GGUF_ARCHITECTURES = frozenset({"llama", "falcon"})  # what its GGUF reader handles (#105)
 LEGACY_ARCHITECTURES = frozenset(LEGACY_GGML_ARCHITECTURES)  # ctransformers' model_type names
@@ -41,7 +41,7 @@ class _LegacyVocab:
     add_bos = False
     bos_id = None
 
-    def __init__(self, llm: Any, gguf: GGUFFile) -> None:
+    def __init__(self, llm: Any, gguf: ModelFile) -> None:
         self._llm = llm
         self._pieces: list[bytes] = [
             str(t).encode("latin-1") for t in gguf.metadata["tokenizer.ggml.tokens"]]
@@ -72,7 +72,7 @@ class _LegacyVocab:
         return b"".join(self._pieces[t] for t in ids).decode("utf-8", errors="replace")
 
 
-def _check_utf8_vocabulary(gguf: GGUFFile) -> None:
+def _check_utf8_vocabulary(gguf: ModelFile) -> None:
     """ctransformers' MPT loader converts every token to a wide string and aborts the whole
     process (an uncaught std::range_error) on one that is not UTF-8: check first."""
     for i, token in enumerate(gguf.metadata["tokenizer.ggml.tokens"]):
@@ -85,7 +85,7 @@ def _check_utf8_vocabulary(gguf: GGUFFile) -> None:
                 "written by a different converter") from None
 
 
-def _check_falcon_merges(gguf: GGUFFile) -> None:
+def _check_falcon_merges(gguf: ModelFile) -> None:
     """ctransformers' Falcon loader (ggllm.cpp) reads the BPE merges of a ggjt file from the
     ``tokenizer.json`` beside it and calls ``exit(1)`` — ending the whole process — when
     that file is missing or not laid out as Hugging Face writes it: check first."""
@@ -122,9 +122,9 @@ class CTransformersEngine(LocalTokenizerEngine):
 
 
     @classmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> CTransformersEngine:
+    def open(cls, gguf: ModelFile, options: EngineOptions) -> CTransformersEngine:
         cls.check_options(options)
-        if gguf.container == "ggml":
+        if gguf.format == "ggml":
             if gguf.architecture not in LEGACY_ARCHITECTURES:
                 raise UnsupportedModelError(f"legacy GGML {gguf.architecture!r} files are not "
                                             "supported; convert the model to GGUF")
@@ -146,7 +146,7 @@ class CTransformersEngine(LocalTokenizerEngine):
                 "backend='llama.cpp'")
         return cls(gguf, options)
 
-    def __init__(self, gguf: GGUFFile, options: EngineOptions) -> None:
+    def __init__(self, gguf: ModelFile, options: EngineOptions) -> None:
         from ..tokenizer import tokenizer_from_gguf
 
         llm_module = import_runtime("ctransformers", "ctransformers.llm", "ctransformers")

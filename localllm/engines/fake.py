@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from .._errors import BackendError
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from ..core.engine import Engine, EngineOptions, SeqInput, sampled_by_localllm
-from ..models.gguf import GGUFFile
+from ..models.gguf import ModelFile
 
 SPECIALS = ("<s>", "</s>", "<|im_start|>", "<|im_end|>")
 BOS, EOS = 256, 257
@@ -39,7 +39,7 @@ class FakeEngine(Engine):
         self.closed = False
 
     @classmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> FakeEngine:
+    def open(cls, gguf: ModelFile, options: EngineOptions) -> FakeEngine:
         return cls(options)
 
     @property

@@ -28,7 +28,7 @@ from ..core.engine import (
     LocalTokenizerEngine,
     distribution_version,
 )
-from ..models.gguf import GGUFFile, copy_with_metadata
+from ..models.gguf import ModelFile, copy_with_metadata
 
 log = logging.getLogger("localllm.gpt4all")
 
@@ -52,7 +52,7 @@ _NATIVE_PARAMS = frozenset({"max_tokens", "temperature", "top_k", "top_p", "min_
                             "repeat_penalty", "repeat_last_n", "stop"})
 
 
-def compatibility_problems(gguf: GGUFFile) -> list[str]:
+def compatibility_problems(gguf: ModelFile) -> list[str]:
     """Features of ``gguf`` the bundled runtime cannot read (empty: loadable)."""
     problems = []
     if gguf.architecture not in KNOWN_ARCHITECTURES:
@@ -88,7 +88,7 @@ def captured_stderr() -> Iterator[list[str]]:
                     log.info("%s", line)
 
 
-def compat_copy(gguf: GGUFFile, pre: str) -> Path:
+def compat_copy(gguf: ModelFile, pre: str) -> Path:
     """A cached copy of the file with ``tokenizer.ggml.pre`` rewritten; the original stays."""
     from ..models.store import default_home
 
@@ -119,7 +119,7 @@ class GPT4AllEngine(LocalTokenizerEngine):
     }
 
     @classmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> GPT4AllEngine:
+    def open(cls, gguf: ModelFile, options: EngineOptions) -> GPT4AllEngine:
         cls.check_options(options)
         opts = options.backend_options
         path = gguf.path
@@ -140,7 +140,7 @@ class GPT4AllEngine(LocalTokenizerEngine):
                     f"(backend='{other}'){hint}")
         return cls(gguf, path, options)
 
-    def __init__(self, gguf: GGUFFile, path: Path, options: EngineOptions) -> None:
+    def __init__(self, gguf: ModelFile, path: Path, options: EngineOptions) -> None:
         from ..tokenizer import tokenizer_from_gguf
 
         with captured_stderr():  # the import prints CUDA library probing failures

@@ -22,7 +22,7 @@ import numpy as np
 from .._errors import BackendError, UnsupportedFeatureError, UnsupportedModelError, import_runtime
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from ..core.engine import Engine, EngineOptions, SeqInput
-from ..models.gguf import GGUFFile
+from ..models.gguf import ModelFile
 
 log = logging.getLogger("localllm.llama_cpp")
 
@@ -101,7 +101,7 @@ class _Runtime:
             log.log(py_level, "%s", line)
 
 
-def _pooling(gguf: GGUFFile, options: EngineOptions) -> str | None:
+def _pooling(gguf: ModelFile, options: EngineOptions) -> str | None:
     """The pooling asked for, else the file's (``<arch>.pooling_type``); None: generative."""
     if options.pooling is not None:
         return options.pooling
@@ -133,7 +133,7 @@ class LlamaCppEngine(Engine):
     native_sampling: ClassVar[bool] = True
 
     @classmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> LlamaCppEngine:
+    def open(cls, gguf: ModelFile, options: EngineOptions) -> LlamaCppEngine:
         cls.check_options(options)
         if gguf.version < 2:
             raise UnsupportedModelError(
@@ -149,7 +149,7 @@ class LlamaCppEngine(Engine):
                 "a GPU backend (e.g. CMAKE_ARGS='-DGGML_CUDA=on') or load with gpu_layers=0")
         return cls(lib, gguf, options)
 
-    def __init__(self, lib: Any, gguf: GGUFFile, options: EngineOptions) -> None:
+    def __init__(self, lib: Any, gguf: ModelFile, options: EngineOptions) -> None:
         self._lib = lib
         self._options = options
         self._total_layers = gguf.block_count

@@ -32,7 +32,7 @@ from ..core.engine import (
     sampled_by_localllm,
 )
 from ..hardware import GPU_PROVIDERS
-from ..models.gguf import MAX_HPARAM, GGUFFile, TensorInfo
+from ..models.gguf import MAX_HPARAM, ModelFile, OnnxFolder, TensorInfo
 
 _KV = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 
@@ -186,7 +186,7 @@ MAX_LAYERS = 512
 MAX_VOCAB = 1 << 22
 
 
-def describe_folder(folder: Path) -> GGUFFile:
+def describe_folder(folder: Path) -> ModelFile:
     """The facts planning needs, from config.json and the weight files. Every value read
     is checked here: a folder is downloaded data, and a wrong value must be named before
     it fails inside the planner or onnxruntime."""
@@ -224,7 +224,7 @@ def describe_folder(folder: Path) -> GGUFFile:
         if isinstance(value, str) and value in tokens:
             md[f"tokenizer.ggml.{key}_token_id"] = tokens.index(value)
     tensors = (TensorInfo("onnx weights", (max(1, weights // 4),), 0, 0),)
-    return GGUFFile(model, 0, md, tensors, 0, weights, container="onnx")
+    return OnnxFolder(model, 0, md, tensors, 0, weights)
 
 
 def _config_int(folder: Path, cfg: dict[str, Any], key: str, default: int,
@@ -313,7 +313,7 @@ class OnnxEngine(LocalTokenizerEngine):
         return any(p in GPU_PROVIDERS for p in ort.get_available_providers())
 
     @classmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> Engine:
+    def open(cls, gguf: ModelFile, options: EngineOptions) -> Engine:
         cls.check_options(options)
         if gguf.architecture == "bert":  # an encoder folder: sentence embeddings
             from .onnx_embed import OnnxEmbeddingEngine
@@ -325,7 +325,7 @@ class OnnxEngine(LocalTokenizerEngine):
                 "embeddings run on encoder folders (config.json model_type bert and kin)")
         return cls(gguf, options)
 
-    def __init__(self, gguf: GGUFFile, options: EngineOptions) -> None:
+    def __init__(self, gguf: ModelFile, options: EngineOptions) -> None:
         from ..tokenizer import tokenizer_from_folder
 
         ort = import_runtime("onnxruntime", "onnxruntime", "onnx")

@@ -23,7 +23,7 @@ from .._errors import (
 )
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from ..core.engine import Engine, EngineOptions, distribution_version
-from ..models.gguf import GGUFFile
+from ..models.gguf import ModelFile
 
 #: Hugging Face model types that are encoders (embedding models, never generative)
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "nomic_bert")
@@ -61,10 +61,10 @@ class OnnxEmbeddingEngine(Engine):
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=False, embeddings=True)
 
     @classmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> OnnxEmbeddingEngine:
+    def open(cls, gguf: ModelFile, options: EngineOptions) -> OnnxEmbeddingEngine:
         return cls(gguf, options)
 
-    def __init__(self, gguf: GGUFFile, options: EngineOptions) -> None:
+    def __init__(self, gguf: ModelFile, options: EngineOptions) -> None:
         from .onnx import check_external_data, choose_provider
 
         ort = import_runtime("onnxruntime", "onnxruntime", "onnx")

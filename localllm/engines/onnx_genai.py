@@ -19,7 +19,7 @@ from ..core.engine import (
     distribution_version,
     sampled_by_localllm,
 )
-from ..models.gguf import GGUFFile
+from ..models.gguf import ModelFile
 
 
 class GenAIEngine(LocalTokenizerEngine):
@@ -30,7 +30,7 @@ class GenAIEngine(LocalTokenizerEngine):
     capabilities: ClassVar[Capabilities] = sampled_by_localllm()
 
     @classmethod
-    def open(cls, gguf: GGUFFile, options: EngineOptions) -> GenAIEngine:
+    def open(cls, gguf: ModelFile, options: EngineOptions) -> GenAIEngine:
         cls.check_options(options)
         if not (gguf.path.parent / "genai_config.json").is_file():
             raise UnsupportedModelError(
@@ -38,7 +38,7 @@ class GenAIEngine(LocalTokenizerEngine):
                 "or convert with `localllm convert`, which writes one")
         return cls(gguf, options)
 
-    def __init__(self, gguf: GGUFFile, options: EngineOptions) -> None:
+    def __init__(self, gguf: ModelFile, options: EngineOptions) -> None:
         from ..tokenizer import tokenizer_from_folder
         from .onnx import check_external_data
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import LocalLLMError, ModelFormatError, ModelNotFoundError, UnsupportedModelError
-from .gguf import GGUFFile, read_gguf
+from .gguf import ModelFile, read_gguf
 
 OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
 OLLAMA_TEMPLATE_LAYER = "application/vnd.ollama.image.template"
@@ -38,7 +38,7 @@ class FoundModel:
     path: Path            # the GGUF file (a llamafile: the executable holding it)
     size: int
     offset: int = 0       # where the GGUF starts inside ``path`` (llamafiles)
-    gguf: GGUFFile | None = None
+    gguf: ModelFile | None = None
     problem: str = ""     # why it cannot be loaded, when it cannot
     notes: tuple[str, ...] = field(default_factory=tuple)
 

@@ -1,7 +1,7 @@
 """Legacy GGML and GGJT files (before GGUF), inspected and validated in Python like GGUF
-files are (``_gguf``): the header, vocabulary and tensor table checked against the file
-size, described as a :class:`~localllm.models.gguf.GGUFFile` so the rest of localllm sees one
-shape. Only ctransformers runs them.
+files are (``models.gguf``): the header, vocabulary and tensor table checked against the
+file size, described as a :class:`GGMLFile` (a ``ModelFile`` in GGUF's metadata names) so
+the rest of localllm sees one shape. Only ctransformers runs them.
 """
 
 from __future__ import annotations
@@ -10,10 +10,17 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .._errors import ModelFormatError, UnsupportedModelError
-from .gguf import GGML_TYPES, GGUFFile, TensorInfo, _Reader
+from .gguf import GGML_TYPES, ModelFile, TensorInfo, _Reader
+
+
+class GGMLFile(ModelFile):
+    """A legacy GGML/GGJT file's header (``version`` 0: the loaders' versions differ)."""
+
+    format: ClassVar[str] = "ggml"
+
 
 GGML_MAGIC = b"lmgg"  # uint32 0x67676d6c ('ggml') little-endian: the unversioned format
 GGJT_MAGIC = b"tjgg"  # 'ggjt': llama.cpp's own format before GGUF (versions 1-3)
@@ -48,7 +55,7 @@ _GGJT_HPARAMS = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "f
 _FALCON_HPARAMS = ("n_vocab", "n_embd", "n_head", "n_head_kv", "n_layer", "version", "ftype")
 
 
-def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
+def read_ggml(path: str | os.PathLike[str]) -> GGMLFile:
     """Read a pre-GGUF file (unversioned GGML of GPT-2, StarCoder, GPT-J, GPT-NeoX, MPT or
     Replit layout; llama.cpp's ggjt v3) into the description a GGUF header gives:
     hyper-parameters as ``<arch>.*`` metadata, the vocabulary, and the tensor table
@@ -88,7 +95,7 @@ def read_ggml(path: str | os.PathLike[str]) -> GGUFFile:
     }
     if "n_rot" in hp:
         metadata[f"{arch}.rope.dimension_count"] = hp["n_rot"]
-    return GGUFFile(path, 0, metadata, tuple(tensors), 0, size, container="ggml")
+    return GGMLFile(path, 0, metadata, tuple(tensors), 0, size)
 
 
 def _ggml_header(r: _Reader, layout: _GGMLLayout, size: int
@@ -132,7 +139,7 @@ def _ggml_vocab(r: _Reader, n_vocab: int, size: int, *, scored: bool
     return raw, scores
 
 
-def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
+def _read_ggjt(r: _Reader, path: Path, size: int) -> GGMLFile:
     """A ggjt v3 file (mid-2023): llama.cpp's llama models, or ggllm.cpp's Falcon ones —
     seven hyper-parameters, a vocabulary with scores, tensors with 32-byte-aligned data,
     told apart by the first tensor's name. No context length is stored (2048, what both
@@ -154,7 +161,7 @@ def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
     if tensors and tensors[0].name.startswith("transformer.word_embeddings."):
         hp = dict(zip(_FALCON_HPARAMS, values, strict=True))
         _check_legacy_hparams(r, hp, tensors)
-        return GGUFFile(path, 0, {
+        return GGMLFile(path, 0, {
             "general.architecture": "falcon", "general.name": path.stem,
             "falcon.context_length": 2048, "falcon.block_count": hp["n_layer"],
             "falcon.embedding_length": hp["n_embd"], "falcon.attention.head_count": hp["n_head"],
@@ -162,7 +169,7 @@ def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
             "falcon.feed_forward_length": 4 * hp["n_embd"], "general.file_type": hp["ftype"],
             "tokenizer.ggml.model": "ggml-legacy",
             "tokenizer.ggml.tokens": [t.decode("latin-1") for t in raw],
-        }, tuple(tensors), 0, size, container="ggml")
+        }, tuple(tensors), 0, size)
     hp = dict(zip(_GGJT_HPARAMS, values, strict=True))
     _check_legacy_hparams(r, hp, tensors)
     tokens = [t.decode("utf-8", errors="replace") for t in raw]
@@ -181,7 +188,7 @@ def _read_ggjt(r: _Reader, path: Path, size: int) -> GGUFFile:
         "tokenizer.ggml.token_type": types, "tokenizer.ggml.bos_token_id": 1,
         "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
     }
-    return GGUFFile(path, 0, metadata, tuple(tensors), 0, size, container="ggml")
+    return GGMLFile(path, 0, metadata, tuple(tensors), 0, size)
 
 
 def _check_legacy_hparams(r: _Reader, hp: dict[str, int], tensors: list[TensorInfo]) -> None:

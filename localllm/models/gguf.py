@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, ClassVar, overload
 
 from .._errors import ModelFormatError, ModelNotFoundError
 
@@ -90,8 +90,12 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
-class GGUFFile:
-    """The parsed header of a GGUF file: metadata and the tensor table."""
+class ModelFile:
+    """What localllm knows of a model before loading it, whatever its format: metadata in
+    GGUF's key names (the common vocabulary every format's reader maps into, so planning,
+    templates and tokenizers read one shape) and the tensor table. Each format has its own
+    descriptor class: :class:`GGUFFile`, ``GGMLFile`` (legacy files, ``models.ggml``) and
+    :class:`OnnxFolder`; ``format`` names it."""
 
     path: Path
     version: int
@@ -99,7 +103,12 @@ class GGUFFile:
     tensors: tuple[TensorInfo, ...]
     data_offset: int
     file_size: int
-    container: str = "gguf"  # "ggml" for legacy files described by read_ggml
+    format: ClassVar[str] = "gguf"
+
+    @property
+    def container(self) -> str:
+        """The format's name (older name of :attr:`format`)."""
+        return self.format
 
     @property
     def architecture(self) -> str:
@@ -154,6 +163,21 @@ class GGUFFile:
         """The BOS and EOS tokens' text, which chat templates print ("" when absent)."""
         return (self.token_text(self.metadata.get("tokenizer.ggml.bos_token_id")),
                 self.token_text(self.metadata.get("tokenizer.ggml.eos_token_id")))
+
+
+class GGUFFile(ModelFile):
+    """The parsed header of a GGUF file: its version, metadata, tensor table and where the
+    tensor data starts."""
+
+    format: ClassVar[str] = "gguf"
+
+
+class OnnxFolder(ModelFile):
+    """An ONNX model folder described in GGUF's vocabulary: its config and tokenizer files
+    mapped into metadata keys, its initializers as the tensor table (``path`` is the
+    ``.onnx`` file, ``file_size`` the weights' bytes)."""
+
+    format: ClassVar[str] = "onnx"
 
 
 class StringArray(Sequence[str]):

@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,7 +32,7 @@ from ..core.model import Model
 from ..engines import auto_candidates, backend_names, get_backend
 from ..templates.chat import resolve_template
 from .ggml import read_ggml
-from .gguf import GGUFFile, read_gguf
+from .gguf import ModelFile, read_gguf
 from .store import DEFAULT_MODEL, ModelStore
 
 DEFAULT_BATCH = 512
@@ -146,7 +146,7 @@ class Resolved(NamedTuple):
     path: Path
     file_format: str
     engine_cls: type[Engine]
-    gguf: GGUFFile
+    gguf: ModelFile
 
 
 def resolve(source: Source, backend: str = "auto", store: ModelStore | None = None
@@ -157,18 +157,24 @@ def resolve(source: Source, backend: str = "auto", store: ModelStore | None = No
     path = resolve_source(source, store)
     file_format = detect_format(path)
     engine_cls = choose_backend(backend, file_format)
-    if file_format == "onnx":
-        from ..engines.onnx import describe_folder
-
-        gguf = describe_folder(path if path.is_dir() else path.parent)
-    else:
-        gguf = read_ggml(path) if file_format == "ggml" else read_gguf(path)
-        if gguf.version == 1 and backend == "auto":  # the one runtime that still reads it
-            engine_cls = choose_backend("ctransformers", file_format)
+    gguf = describe(path, file_format)
+    if gguf.format == "gguf" and gguf.version == 1 and backend == "auto":
+        engine_cls = choose_backend("ctransformers", file_format)  # the one that still reads it
     return Resolved(path, file_format, engine_cls, gguf)
 
 
-def describe_source(source: Source) -> GGUFFile:
+def describe(path: Path, file_format: str) -> ModelFile:
+    """The format's own descriptor of ``path`` (``detect_format`` named the format): a
+    GGUFFile, a GGMLFile or an OnnxFolder, each validated by its reader."""
+    if file_format == "onnx":
+        from ..engines.onnx import describe_folder
+
+        return describe_folder(path if path.is_dir() else path.parent)
+    readers: dict[str, Callable[[Path], ModelFile]] = {"gguf": read_gguf, "ggml": read_ggml}
+    return readers[file_format](path)
+
+
+def describe_source(source: Source) -> ModelFile:
     """The header facts of a model (GGUF, GGML or ONNX folder), without loading it."""
     return resolve(source).gguf
 
@@ -367,12 +373,12 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
         tokenizer_factory=lambda: _local_tokenizer(engine, gguf), max_queue=max_queue))
 
 
-def _local_tokenizer(engine: Engine, gguf: GGUFFile) -> Any:
+def _local_tokenizer(engine: Engine, gguf: ModelFile) -> Any:
     """The engine's own localllm tokenizer when it has one (ONNX folders have no GGUF
     vocabulary to rebuild it from); else one built from the file header."""
     if isinstance(engine, LocalTokenizerEngine):
         return engine._tokenizer
-    if isinstance(engine, ProcessEngine) and gguf.container == "onnx":
+    if isinstance(engine, ProcessEngine) and gguf.format == "onnx":
         from ..tokenizer import tokenizer_from_folder
 
         return tokenizer_from_folder(gguf.path.parent)

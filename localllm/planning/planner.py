@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .._errors import ConfigError, UnsupportedFeatureError, WillNotFitError
 from ..hardware import GPUInfo, HardwareProfile
-from ..models.gguf import GGUFFile
+from ..models.gguf import ModelFile
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -64,7 +64,7 @@ class ModelShape:
         return sum(self.layer_bytes) + self.embed_bytes + self.output_bytes
 
     @classmethod
-    def from_gguf(cls, gguf: GGUFFile) -> ModelShape:
+    def from_gguf(cls, gguf: ModelFile) -> ModelShape:
         n_layer = gguf.block_count
         n_embd = int(gguf.arch_value("embedding_length", 0))
         n_head = _first(gguf.arch_value("attention.head_count", 1))
@@ -99,7 +99,7 @@ SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "gemma-embedding": 6, "cohere2": 4, "g
                 "exaone4": 4, "olmo2": 4}
 
 
-def sliding_window_layers(gguf: GGUFFile) -> tuple[int, tuple[bool, ...]]:
+def sliding_window_layers(gguf: ModelFile) -> tuple[int, tuple[bool, ...]]:
     """The window and which layers use it, as llama.cpp reads them (a per-layer
     ``sliding_window_pattern`` array, a period, or the architecture's default period)."""
     window = gguf.arch_value("attention.sliding_window", 0)
@@ -332,7 +332,7 @@ def _choose_context(context_length: int | None, trained: int, fits: Callable[[in
     return low
 
 
-def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
+def make_plan(gguf: ModelFile, profile: HardwareProfile, *, backend: str,
               gpu_offload_supported: bool, context_length: int | None = None,
               device: str = "auto", kv_type: str = "f16", threads: int | None = None,
               batch_size: int = 512, gpu_layers: int | None = None,
@@ -414,7 +414,7 @@ def make_plan(gguf: GGUFFile, profile: HardwareProfile, *, backend: str,
         available_ram=profile.memory.available, reasons=tuple(reasons))
 
 
-def _will_not_fit(gguf: GGUFFile, shape: ModelShape, est: MemoryEstimate, budget: _Budget,
+def _will_not_fit(gguf: ModelFile, shape: ModelShape, est: MemoryEstimate, budget: _Budget,
                   kv_type: str, batch_size: int) -> str:
     need = est.host.total
     parts = [f"{gguf.path.name} needs about {need / MIB:,.0f} MiB of RAM at context "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...models.ggml import read_ggml
-from ...models.gguf import GGUFFile, read_gguf
+from ...models.gguf import ModelFile, read_gguf
 from ...models.loader import detect_format
 from ...planning.planner import ModelShape
 from ...templates.chat import render_chat
@@ -67,7 +67,7 @@ def _writable(folder: Path) -> bool:
     return True
 
 
-def use_description(gguf: GGUFFile) -> None:
+def use_description(gguf: ModelFile) -> None:
     """Read every fact of a description that loading reads before a runtime opens the
     file: a reader must not hand over values that break these later."""
     _ = (gguf.architecture, gguf.name, gguf.context_length, gguf.block_count,
