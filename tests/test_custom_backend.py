@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import localllm
+from localllm.engines import spec_of
 from localllm.testing import BackendContract
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -34,3 +35,10 @@ def test_it_counts_and_runs_as_a_script(default_model_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(EXAMPLES / "custom_backend.py")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("counting"), proc.stderr
+
+
+def test_a_third_party_class_declares_its_facts_itself() -> None:
+    """A registered class with no spec of its own: the registry reads its facts from it."""
+    spec = spec_of("counting")
+    assert (spec.name, spec.formats, spec.batching, spec.target) == (
+        "counting", ("gguf",), False, "custom_backend:CountingEngine")

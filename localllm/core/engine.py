@@ -64,8 +64,50 @@ def sampled_by_localllm() -> Capabilities:
                         sampling_params=frozenset(SamplingParams.model_fields))
 
 
+@dataclass(frozen=True)
+class BackendSpec:
+    """What the registry knows of a backend without importing it (``localllm.engines``
+    holds one per built-in backend): where its class is, which formats it opens, how to
+    install and find its runtime, and the facts planning and isolation decide by. An
+    engine class names its spec (``spec = SPECS["name"]``) and reads these facts from it,
+    so they are written once."""
+
+    name: str
+    target: str                      # "package.module:EngineClass"
+    formats: tuple[str, ...]         # file formats it opens, e.g. ("gguf",)
+    extra: str                       # pip extra that installs the runtime
+    runtime_module: str = ""         # found (not imported) to say whether it is installed
+    aborts_process: bool = False     # seen to abort the process: isolation="auto" isolates
+    partial_offload: bool = True     # False: the whole model on one device, no layer split
+    batching: bool = False           # decodes several sequences in one step
+    native_sampling: bool = False    # has a sampler of its own
+    auto: bool = True                # considered by backend="auto"
+
+    @classmethod
+    def of(cls, engine_cls: type[Engine], target: str) -> BackendSpec:
+        """The spec of a third-party engine class that declares its facts itself."""
+        return cls(engine_cls.backend_name, target, engine_cls.formats, engine_cls.extra,
+                   engine_cls.runtime_module, engine_cls.aborts_process,
+                   engine_cls.partial_offload, engine_cls.batching,
+                   engine_cls.native_sampling)
+
+
 class Engine(ABC):
     """One loaded model inside one runtime."""
+
+    #: the registry's facts about this backend; a subclass that names one gets
+    #: backend_name, formats, extra, runtime_module, aborts_process, partial_offload,
+    #: batching and native_sampling from it (a third-party class may declare them itself)
+    spec: ClassVar[BackendSpec | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is not None:
+            cls.backend_name, cls.formats, cls.extra = spec.name, spec.formats, spec.extra
+            cls.runtime_module, cls.aborts_process = spec.runtime_module, spec.aborts_process
+            cls.partial_offload, cls.batching = spec.partial_offload, spec.batching
+            cls.native_sampling = spec.native_sampling
 
     backend_name: ClassVar[str]
     #: pip extra that installs the runtime, used in BackendUnavailableError

@@ -39,7 +39,14 @@ from typing import Any, ClassVar
 from .._errors import BackendCrashedError, BackendError, ConfigError
 from .._types import SamplingParams
 from ..models.gguf import ModelFile
-from .engine import ENGINE_CALLS, ENGINE_FACTS, Engine, EngineOptions, SeqInput
+from .engine import (
+    ENGINE_CALLS,
+    ENGINE_FACTS,
+    BackendSpec,
+    Engine,
+    EngineOptions,
+    SeqInput,
+)
 
 ISOLATIONS = ("none", "process", "auto")
 STOP_WAIT_S = 10.0  # a closing worker gets this long to free the runtime, then is killed
@@ -55,14 +62,12 @@ def wants_process(isolation: str, engine_cls: type[Engine]) -> bool:
 
 @functools.cache
 def isolated_class(engine_cls: type[Engine]) -> type[ProcessEngine]:
-    """A ProcessEngine subclass carrying the class-level facts of ``engine_cls`` (its name,
-    capabilities and batching), which ``Model`` and the scheduler read from the class."""
+    """A ProcessEngine subclass carrying the class-level facts of ``engine_cls`` (its spec,
+    capabilities and options), which ``Model`` and the scheduler read from the class."""
+    spec = engine_cls.spec or BackendSpec.of(engine_cls, engine_cls.__qualname__)
     return type(f"Isolated{engine_cls.__name__}", (ProcessEngine,), {
-        "backend_name": engine_cls.backend_name, "extra": engine_cls.extra,
-        "formats": engine_cls.formats, "capabilities": engine_cls.capabilities,
-        "options_accepted": engine_cls.options_accepted, "batching": engine_cls.batching,
-        "native_sampling": engine_cls.native_sampling,
-        "runtime_module": engine_cls.runtime_module, "inner": engine_cls})
+        "spec": spec, "capabilities": engine_cls.capabilities,
+        "options_accepted": engine_cls.options_accepted, "inner": engine_cls})
 
 
 def _forwarding(cls: type[ProcessEngine]) -> type[ProcessEngine]:

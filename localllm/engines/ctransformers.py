@@ -22,6 +22,7 @@ import numpy as np
 from .._errors import BackendError, ModelFormatError, UnsupportedModelError, import_runtime
 from .._types import Capabilities, DevicePlacement
 from ..core.engine import (
+    BackendSpec,
     EngineOptions,
     LocalTokenizerEngine,
     distribution_version,
@@ -29,6 +30,7 @@ from ..core.engine import (
 )
 from ..models.ggml import LEGACY_GGML_ARCHITECTURES
 from ..models.gguf import ModelFile
+from . import SPECS
 
 GGUF_ARCHITECTURES = frozenset({"llama", "falcon"})  # what its GGUF reader handles (#105)
 LEGACY_ARCHITECTURES = frozenset(LEGACY_GGML_ARCHITECTURES)  # ctransformers' model_type names
@@ -113,11 +115,7 @@ def _cpu_library() -> str:
 
 
 class CTransformersEngine(LocalTokenizerEngine):
-    backend_name: ClassVar[str] = "ctransformers"
-    extra: ClassVar[str] = "ctransformers"
-    formats: ClassVar[tuple[str, ...]] = ("gguf", "ggml")
-    runtime_module: ClassVar[str] = "ctransformers"
-    aborts_process: ClassVar[bool] = True
+    spec: ClassVar[BackendSpec | None] = SPECS["ctransformers"]
     capabilities: ClassVar[Capabilities] = sampled_by_localllm()
 
 

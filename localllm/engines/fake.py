@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from .._errors import BackendError
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from ..core.engine import Engine, EngineOptions, SeqInput, sampled_by_localllm
+from ..core.engine import BackendSpec, Engine, EngineOptions, SeqInput, sampled_by_localllm
 from ..models.gguf import ModelFile
+from . import SPECS
 
 SPECIALS = ("<s>", "</s>", "<|im_start|>", "<|im_end|>")
 BOS, EOS = 256, 257
@@ -25,12 +27,9 @@ FAKE_TEMPLATE = "chatml"
 
 
 class FakeEngine(Engine):
-    backend_name: ClassVar[str] = "fake"
-    extra: ClassVar[str] = "fake"
-    formats: ClassVar[tuple[str, ...]] = ("fake",)
+    spec: ClassVar[BackendSpec | None] = SPECS["fake"]
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, sampling_params=frozenset({"max_tokens", "stop", "seed"}))
-    native_sampling: ClassVar[bool] = True
 
     def __init__(self, options: EngineOptions, reply: str = DEFAULT_REPLY) -> None:
         self._options = options
@@ -105,10 +104,10 @@ class BatchingFakeEngine(FakeEngine):
     prefix changes the text: the contract suite's batching section runs on it without a
     runtime. Every next token is a letter or a space, so texts are printable."""
 
-    backend_name: ClassVar[str] = "fake-batching"
+    spec: ClassVar[BackendSpec | None] = replace(
+        SPECS["fake"], name="fake-batching", target=f"{__name__}:BatchingFakeEngine",
+        batching=True, native_sampling=False)
     capabilities: ClassVar[Capabilities] = sampled_by_localllm()
-    native_sampling: ClassVar[bool] = False
-    batching: ClassVar[bool] = True
     shares_prefixes = True
     ALPHABET = b"abcdefghijklmnopqrstuvwxyz "
 

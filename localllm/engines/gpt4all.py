@@ -24,11 +24,13 @@ from typing import Any, ClassVar
 from .._errors import BackendError, UnsupportedModelError, import_runtime
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from ..core.engine import (
+    BackendSpec,
     EngineOptions,
     LocalTokenizerEngine,
     distribution_version,
 )
 from ..models.gguf import ModelFile, copy_with_metadata
+from . import SPECS
 
 log = logging.getLogger("localllm.gpt4all")
 
@@ -103,14 +105,9 @@ def compat_copy(gguf: ModelFile, pre: str) -> Path:
 
 
 class GPT4AllEngine(LocalTokenizerEngine):
-    backend_name: ClassVar[str] = "gpt4all"
-    extra: ClassVar[str] = "gpt4all"
-    formats: ClassVar[tuple[str, ...]] = ("gguf",)
-    runtime_module: ClassVar[str] = "gpt4all"
-    aborts_process: ClassVar[bool] = True
+    spec: ClassVar[BackendSpec | None] = SPECS["gpt4all"]
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=True,
                                                         sampling_params=_NATIVE_PARAMS)
-    native_sampling: ClassVar[bool] = True
     options_accepted: ClassVar[dict[str, str]] = {
         "compat_copy": "True: run a cached copy whose pre-tokenizer name gpt4all knows, "
                        "for files whose pre-tokenizer is an equivalent newer name (smollm)",

@@ -21,8 +21,9 @@ import numpy as np
 
 from .._errors import BackendError, UnsupportedFeatureError, UnsupportedModelError, import_runtime
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from ..core.engine import Engine, EngineOptions, SeqInput
+from ..core.engine import BackendSpec, Engine, EngineOptions, SeqInput
 from ..models.gguf import ModelFile
+from . import SPECS
 
 log = logging.getLogger("localllm.llama_cpp")
 
@@ -114,10 +115,7 @@ def _pooling(gguf: ModelFile, options: EngineOptions) -> str | None:
 
 
 class LlamaCppEngine(Engine):
-    backend_name: ClassVar[str] = "llama.cpp"
-    extra: ClassVar[str] = "llama-cpp"
-    formats: ClassVar[tuple[str, ...]] = ("gguf",)
-    runtime_module: ClassVar[str] = "llama_cpp"
+    spec: ClassVar[BackendSpec | None] = SPECS["llama.cpp"]
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, sampling_params=_NATIVE_PARAMS, logits=True, gpu_offload=True,
         embeddings=True)
@@ -129,8 +127,6 @@ class LlamaCppEngine(Engine):
 
     options_accepted: ClassVar[dict[str, str]] = {
         "flash_attention": "True/False forces flash attention on or off (default: auto)"}
-    batching: ClassVar[bool] = True
-    native_sampling: ClassVar[bool] = True
 
     @classmethod
     def open(cls, gguf: ModelFile, options: EngineOptions) -> LlamaCppEngine:

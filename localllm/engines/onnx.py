@@ -25,6 +25,7 @@ from .._errors import (
 )
 from .._types import Capabilities, DevicePlacement
 from ..core.engine import (
+    BackendSpec,
     Engine,
     EngineOptions,
     LocalTokenizerEngine,
@@ -33,6 +34,7 @@ from ..core.engine import (
 )
 from ..hardware import GPU_PROVIDERS
 from ..models.gguf import MAX_HPARAM, ModelFile, OnnxFolder, TensorInfo
+from . import SPECS
 
 _KV = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 
@@ -296,16 +298,12 @@ def _vocabulary(folder: Path, size: int) -> list[str]:
 
 
 class OnnxEngine(LocalTokenizerEngine):
-    backend_name: ClassVar[str] = "onnxruntime"
-    extra: ClassVar[str] = "onnx"
-    formats: ClassVar[tuple[str, ...]] = ("onnx",)
-    runtime_module: ClassVar[str] = "onnxruntime"
+    spec: ClassVar[BackendSpec | None] = SPECS["onnxruntime"]
     capabilities: ClassVar[Capabilities] = sampled_by_localllm().model_copy(
         update={"embeddings": True})  # encoder folders: see onnx_embed
     options_accepted: ClassVar[dict[str, str]] = {
         "provider": "execution provider name, e.g. 'CUDAExecutionProvider' (default: the "
                     "plan's device: a GPU provider this build has, else OpenVINO or CPU)"}
-    partial_offload: ClassVar[bool] = False
 
     @classmethod
     def gpu_offload_supported(cls) -> bool:

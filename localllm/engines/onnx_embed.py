@@ -22,8 +22,9 @@ from .._errors import (
     import_runtime,
 )
 from .._types import Capabilities, DevicePlacement, SamplingParams
-from ..core.engine import Engine, EngineOptions, distribution_version
+from ..core.engine import BackendSpec, Engine, EngineOptions, distribution_version
 from ..models.gguf import ModelFile
+from . import SPECS
 
 #: Hugging Face model types that are encoders (embedding models, never generative)
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "nomic_bert")
@@ -54,10 +55,7 @@ def folder_pooling(folder: Path) -> str:
 
 
 class OnnxEmbeddingEngine(Engine):
-    backend_name: ClassVar[str] = "onnxruntime"
-    extra: ClassVar[str] = "onnx"
-    formats: ClassVar[tuple[str, ...]] = ("onnx",)
-    runtime_module: ClassVar[str] = "onnxruntime"
+    spec: ClassVar[BackendSpec | None] = SPECS["onnxruntime"]
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=False, embeddings=True)
 
     @classmethod

@@ -14,19 +14,18 @@ import numpy as np
 from .._errors import BackendError, UnsupportedModelError, import_runtime
 from .._types import Capabilities, DevicePlacement
 from ..core.engine import (
+    BackendSpec,
     EngineOptions,
     LocalTokenizerEngine,
     distribution_version,
     sampled_by_localllm,
 )
 from ..models.gguf import ModelFile
+from . import SPECS
 
 
 class GenAIEngine(LocalTokenizerEngine):
-    backend_name: ClassVar[str] = "onnxruntime-genai"
-    extra: ClassVar[str] = "onnx-genai"
-    formats: ClassVar[tuple[str, ...]] = ("onnx",)
-    runtime_module: ClassVar[str] = "onnxruntime_genai"
+    spec: ClassVar[BackendSpec | None] = SPECS["onnxruntime-genai"]
     capabilities: ClassVar[Capabilities] = sampled_by_localllm()
 
     @classmethod

@@ -29,7 +29,7 @@ from ..core.engine import Engine, EngineOptions, LocalTokenizerEngine
 from ..core.isolation import ProcessEngine, open_isolated, wants_process
 from ..core.local import LocalGenerator
 from ..core.model import Model
-from ..engines import auto_candidates, backend_names, get_backend
+from ..engines import auto_candidates, backend_names, get_backend, is_installed
 from ..templates.chat import resolve_template
 from .ggml import read_ggml
 from .gguf import ModelFile, read_gguf
@@ -112,14 +112,17 @@ def detect_format(path: Path) -> str:
 
 
 def choose_backend(name: str, file_format: str) -> type[Engine]:
+    """The engine class for ``file_format``: the named backend, or with "auto" the first
+    installed one that reads the format (chosen from the registry's facts; only the
+    chosen backend's module is imported)."""
     if name == "auto":
         candidates = auto_candidates(file_format)
-        for cls in candidates:
-            if cls.is_available():
-                return cls
+        for spec in candidates:
+            if is_installed(spec):
+                return get_backend(spec.name)
         if candidates:  # none installed: name the extra of the preferred one
-            cls = candidates[0]
-            raise BackendUnavailableError(cls.backend_name, cls.backend_name, cls.extra)
+            spec = candidates[0]
+            raise BackendUnavailableError(spec.name, spec.name, spec.extra)
         raise UnsupportedModelError(f"no installed backend reads {file_format} files "
                                     f"(backends: {', '.join(backend_names())})")
     cls = get_backend(name)
