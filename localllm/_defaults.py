@@ -7,7 +7,9 @@ everywhere and the help text cannot drift from the behaviour.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -31,3 +33,14 @@ class Defaults:
 
 
 DEFAULTS = Defaults()
+
+
+def default_home() -> Path:
+    """Where localllm keeps its files (models, compatibility copies, speed records):
+    ``$LOCALLLM_HOME``, else the user's cache folder."""
+    env = os.environ.get("LOCALLLM_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("localllm"))

@@ -92,7 +92,7 @@ def captured_stderr() -> Iterator[list[str]]:
 
 def compat_copy(gguf: ModelFile, pre: str) -> Path:
     """A cached copy of the file with ``tokenizer.ggml.pre`` rewritten; the original stays."""
-    from ..models.store import default_home
+    from .._defaults import default_home
 
     stat = gguf.path.stat()
     key = hashlib.sha256(f"{gguf.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{pre}"

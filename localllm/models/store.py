@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._defaults import default_home
 from .._errors import ChecksumMismatchError, ModelNotFoundError, OfflineError, StoreError
 from .._progress import ProgressBar, ProgressCallback
 
@@ -187,15 +188,6 @@ CATALOG.update({e.name: e for e in (
         task="embed",
     ),
 )})
-
-
-def default_home() -> Path:
-    env = os.environ.get("LOCALLLM_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("localllm"))
 
 
 def is_offline() -> bool:

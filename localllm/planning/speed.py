@@ -107,8 +107,8 @@ def read_bandwidth(threads: int, mib: int = 256, tries: int = 3) -> float:
 def speed_profile(*, refresh: bool = False, calibrate: bool = True) -> SpeedProfile:
     """This machine's profile: from the cache, else measured (bandwidth: about a second;
     calibration: a short decode of the default model, when it is in the store)."""
+    from .._defaults import default_home
     from ..hardware import probe
-    from ..models.store import default_home
 
     profile = probe(runtimes=False)
     cores = int(profile.cpu.usable_cores)

@@ -23,7 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._errors import RemoteError, RequestError, UnsupportedFeatureError
 from .._types import Completion, Message, StreamChunk, ToolCallDelta
 from ..core.request import GenerationRequest, Piece
-from .codec import Call, Failure, StreamDecoder, named_event, server_request, validate
+from .codec import (
+    Call,
+    Failure,
+    StreamDecoder,
+    block_texts,
+    named_event,
+    server_request,
+    validate,
+)
 
 VERSION = "2023-06-01"  # the anthropic-version this API follows
 #: Anthropic's stop reasons by localllm's finish reason (a stop string: stop_sequence)
@@ -88,18 +96,8 @@ class MessagesBody(CountBody):
 
 def _text(value: Any, where: str) -> str:
     """A string, or a list of text blocks joined (``system``, a tool result's content)."""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise RequestError(f"{where} must be a string or a list of text blocks", param=where)
-    texts = []
-    for i, block in enumerate(value):
-        if not isinstance(block, dict) or block.get("type") != "text":
-            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-            raise RequestError(f"{where}[{i}] is a {kind!r} block; only text blocks are "
-                               "supported here", param=f"{where}.{i}")
-        texts.append(str(block.get("text", "")))
-    return "".join(texts)
+    texts = block_texts(value, where, ("text",), "text block")
+    return texts if isinstance(texts, str) else "".join(texts)
 
 
 def read_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

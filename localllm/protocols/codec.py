@@ -143,3 +143,22 @@ def server_request(*, messages: list[Any] | None = None, prompt: str | None = No
                          clamp_to_context=True, context_limit=context_limit,
                          overflow=overflow,
                          **{"max_tokens": None, **params})
+
+
+def block_texts(value: Any, where: str, kinds: tuple[str, ...], noun: str) -> str | list[str]:
+    """A string as it came, or the texts of a list of text blocks (Anthropic's ``text``
+    blocks, the Responses API's ``input_text``/``output_text`` parts); any other block is
+    a RequestError naming where it is and what is accepted."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise RequestError(f"{where} must be a string or a list of {noun}s", param=where)
+    texts = []
+    for i, block in enumerate(value):
+        kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+        if kind not in kinds:
+            raise RequestError(f"{where}[{i}] is a {kind!r} {noun}; only "
+                               f"{' and '.join(kinds)} {noun}s are supported here",
+                               param=f"{where}.{i}")
+        texts.append(str(block.get("text", "")))
+    return texts

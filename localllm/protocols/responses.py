@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._errors import ModelNotFoundError, RemoteError, RequestError, UnsupportedFeatureError
 from .._types import Completion, Message, StreamChunk, ToolCallDelta
 from ..core.request import GenerationRequest, Piece
-from .codec import Call, StreamDecoder, named_event, server_request, validate
+from .codec import Call, StreamDecoder, block_texts, named_event, server_request, validate
 from .openai import _SSE
 
 
@@ -80,18 +80,9 @@ def _new_id(prefix: str) -> str:
 
 
 def _parts_text(content: Any, where: str) -> Any:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise RequestError(f"{where} must be a string or a list of parts", param=where)
-    parts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in ("input_text", "output_text"):
-            raise RequestError(f"{where}[{j}] is a {kind!r} part; only input_text and "
-                               "output_text are supported", param=f"{where}.{j}")
-        parts.append({"type": "text", "text": str(part.get("text", ""))})
-    return parts
+    """A message's content: a string, or its text parts as localllm's text parts."""
+    texts = block_texts(content, where, ("input_text", "output_text"), "part")
+    return texts if isinstance(texts, str) else [{"type": "text", "text": t} for t in texts]
 
 
 def read_input(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
