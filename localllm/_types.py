@@ -412,6 +412,10 @@ class ModelInfo(_Frozen):
     pooling: str | None = Field(
         None, description="mean, cls or last for an embedding model (embed()); None for a "
                           "generative one")
+    tool_format: str = Field(
+        "localllm", description="how the model writes tool calls: its family's own format, "
+        "detected from the chat template (hermes, llama-3, mistral-nemo, ...) or named with "
+        "load(tool_format=...); 'localllm' for templates without one")
     plan: Any = Field(None, description="the LoadPlan load() executed (None for FakeModel)")
     isolation: str = Field("none", description='"process" when the runtime runs in a worker '
                            "process (a crash there raises BackendCrashedError)")

@@ -87,9 +87,13 @@ class LocalGenerator:
                  bos_text: str, eos_text: str, load_s: float,
                  tokenizer_factory: Callable[[], LocalTokenizer] | None = None,
                  max_queue: int = DEFAULTS.max_queue) -> None:
+        from ..decoding.tool_formats import named_format
+
         self.engine: Engine | None = engine
         self.info = info
         self.chat_template = chat_template
+        #: how this model writes tool calls (load's tool_format, recorded in info)
+        self.tool_family = named_format(info.tool_format, chat_template)
         self.bos_text = bos_text
         self.eos_text = eos_text
         self.load_s = load_s
@@ -149,12 +153,15 @@ class LocalGenerator:
     # ----------------------------------------------------------------- prompts
     def render_chat(self, messages: Messages, add_generation_prompt: bool,
                     tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> str:
-        from ..decoding.tools import prepare, with_tools
+        from ..decoding.tools import prepare, prompt_view
 
-        msgs = with_tools(normalize_messages(messages), prepare(tools, tool_choice))
-        return self._render(msgs, add_generation_prompt)
+        setup = prepare(tools, tool_choice, self.tool_family)
+        msgs, extra = prompt_view(normalize_messages(messages), setup, self.tool_family)
+        return self._render(msgs, add_generation_prompt, extra)
 
-    def _render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+    def _render(self, messages: Sequence[Message | Mapping[str, Any]],
+                add_generation_prompt: bool = True, extra: Mapping[str, Any] | None = None
+                ) -> str:
         from ..templates.chat import fold_system_message, resolve_template
 
         template = resolve_template(None, self.chat_template)
@@ -162,15 +169,16 @@ class LocalGenerator:
         def render(msgs: Sequence[Message | Mapping[str, Any]]) -> str:
             return render_chat(template, msgs, bos_token=self.bos_text,
                                eos_token=self.eos_text,
-                               add_generation_prompt=add_generation_prompt)
+                               add_generation_prompt=add_generation_prompt, **(extra or {}))
 
         if self.info.system_message == "fold":
             return render(fold_system_message(messages))
         try:
             return render(messages)
         except ChatTemplateError as exc:
-            if not (messages and messages[0].role == "system"
-                    and any(m.role == "user" for m in messages)):
+            checked = normalize_messages(messages)
+            if not (checked and checked[0].role == "system"
+                    and any(m.role == "user" for m in checked)):
                 raise
             try:
                 render(fold_system_message(messages))
@@ -207,7 +215,8 @@ class LocalGenerator:
         from ..decoding.tools import prepare
 
         sampling = self._check_sampling(request.sampling)
-        tools = prepare(request.tools, request.tool_choice) if request.chat else None
+        tools = prepare(request.tools, request.tool_choice, self.tool_family,
+                        request.parallel_tool_calls) if request.chat else None
         decoding = self._decoding(request, tools)
         window = Window(self.live().context_length, request, sampling)
         truncation = None
@@ -279,11 +288,12 @@ class LocalGenerator:
                   ) -> tuple[list[int], Truncation | None]:
         """Render and tokenize the chat; under ``drop_oldest``, drop the oldest exchanges
         until it fits."""
-        from ..decoding.tools import with_tools
+        from ..decoding.tools import prompt_view
 
         dropped: list[Message] = []
         while True:
-            ids = self.encode_prompt(self._render(with_tools(msgs, tools)))
+            view, extra = prompt_view(msgs, tools, self.tool_family)
+            ids = self.encode_prompt(self._render(view, True, extra))
             if window.overflow != "drop_oldest" or window.fits(len(ids)):
                 break
             victim = next((i for i, m in enumerate(msgs[:-1]) if m.role != "system"), None)

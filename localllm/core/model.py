@@ -270,13 +270,15 @@ class Model:
              response_format: Any = None, timeout: float | None = None,
              logprobs: int | None = None,
              tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
-             **params: Any) -> Completion:
-        """Answer a conversation, rendered with the model's chat template."""
+             parallel_tool_calls: bool = True, **params: Any) -> Completion:
+        """Answer a conversation, rendered with the model's chat template. With ``tools``
+        the model may answer with calls in its own format (``info.tool_format``), several
+        per turn unless ``parallel_tool_calls=False``."""
         return self.generate(build_request(
             messages=messages, overflow=overflow, sampler=sampler,
             logits_processors=logits_processors, response_format=response_format,
             timeout=timeout, logprobs=logprobs, tools=tools, tool_choice=tool_choice,
-            **params))
+            parallel_tool_calls=parallel_tool_calls, **params))
 
     def stream_chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
                     sampler: SamplerChoice = "auto",
@@ -284,13 +286,13 @@ class Model:
                     response_format: Any = None, timeout: float | None = None,
                     logprobs: int | None = None,
                     tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
-                    **params: Any) -> Iterator[StreamChunk]:
+                    parallel_tool_calls: bool = True, **params: Any) -> Iterator[StreamChunk]:
         """Like :meth:`chat`, yielding text as it is generated."""
         return self.events(build_request(
             messages=messages, overflow=overflow, sampler=sampler,
             logits_processors=logits_processors, response_format=response_format,
             timeout=timeout, logprobs=logprobs, tools=tools, tool_choice=tool_choice,
-            **params))
+            parallel_tool_calls=parallel_tool_calls, **params))
 
     # ----------------------------------------------------------------- async generation
     async def acomplete(self, prompt: str, *, overflow: OverflowPolicy = "error",
@@ -324,13 +326,13 @@ class Model:
                     response_format: Any = None, timeout: float | None = None,
                     logprobs: int | None = None,
                     tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
-                    **params: Any) -> Completion:
+                    parallel_tool_calls: bool = True, **params: Any) -> Completion:
         """:meth:`chat` for asyncio."""
         return await self.agenerate(build_request(
             messages=messages, overflow=overflow, sampler=sampler,
             logits_processors=logits_processors, response_format=response_format,
             timeout=timeout, logprobs=logprobs, tools=tools, tool_choice=tool_choice,
-            **params))
+            parallel_tool_calls=parallel_tool_calls, **params))
 
     def astream_chat(self, messages: Messages, *, overflow: OverflowPolicy = "error",
                      sampler: SamplerChoice = "auto",
@@ -338,13 +340,13 @@ class Model:
                      response_format: Any = None, timeout: float | None = None,
                      logprobs: int | None = None,
                      tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
-                     **params: Any) -> AsyncIterator[StreamChunk]:
+                     parallel_tool_calls: bool = True, **params: Any) -> AsyncIterator[StreamChunk]:
         """:meth:`stream_chat` for ``async for``."""
         return self.aevents(build_request(
             messages=messages, overflow=overflow, sampler=sampler,
             logits_processors=logits_processors, response_format=response_format,
             timeout=timeout, logprobs=logprobs, tools=tools, tool_choice=tool_choice,
-            **params))
+            parallel_tool_calls=parallel_tool_calls, **params))
 
 
 def _stream(run: Run, stops: Sequence[str]) -> Iterator[StreamChunk]:

@@ -57,6 +57,7 @@ class GenerationRequest:
     response_format: Any = None
     tools: tuple[Mapping[str, Any], ...] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool = True
     logprobs: int | None = None
     processors: tuple[LogitsProcessor, ...] = ()
     sampler: SamplerChoice = "auto"
@@ -87,7 +88,8 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
                   response_format: Any = None, timeout: float | None = None,
                   logprobs: int | None = None,
                   tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
-                  clamp_to_context: bool = False, context_limit: int | None = None,
+                  parallel_tool_calls: bool = True, clamp_to_context: bool = False,
+                  context_limit: int | None = None,
                   **params: Any) -> GenerationRequest:
     """A request from the public methods' keyword arguments, with every choice that does
     not depend on the model checked here (the generator checks the rest)."""
@@ -125,7 +127,8 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
     return GenerationRequest(
         sampling=SamplingParams.from_options(params), messages=chat_messages, prompt=prompt,
         response_format=response_format, tools=None if tools is None else tuple(tools),
-        tool_choice=tool_choice, logprobs=logprobs, processors=processors,
+        tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, logprobs=logprobs,
+        processors=processors,
         sampler=sampler,  # type: ignore[arg-type]  # checked above
         overflow=overflow, timeout=timeout, clamp_to_context=clamp_to_context,
         context_limit=context_limit, given=frozenset(params))
@@ -188,11 +191,13 @@ class Assembler:
     attached to the text they belong to, the finish reason, usage and timings."""
 
     def __init__(self, run: Run, stops: Sequence[str]) -> None:
-        from ..decoding.tools import ToolCallStream
+        from ..decoding.tool_stream import ToolCallStream
 
         self.run = run
         self.stops = StopMatcher(stops)
-        self.tools = ToolCallStream(run.parse_tools) if run.parse_tools is not None else None
+        setup = run.parse_tools
+        self.tools = (ToolCallStream(setup.family, forced=setup.forced)
+                      if setup is not None else None)
         self.gathered: dict[int, dict[str, str]] = {}  # calls a server parsed
         self.token_ids: list[int] = []
         self.emitted: list[str] = []

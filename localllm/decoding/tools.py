@@ -1,45 +1,37 @@
-"""Tool calling: function definitions in the prompt, a grammar for the call, parsing back.
+"""Tool calling: the tools shown to the model, a grammar for its calls, parsing them back.
 
-One format for every model, so a call works the same whichever runtime or template runs
-it: the tools are described in the system message and a call is written as
-``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``. The grammar makes the JSON
-valid against the function's ``parameters``:
+Each model family has its own call format (``tool_formats``): the tools and earlier calls
+are rendered through the model's own chat template, which knows how to show them, and a
+call is held by grammar to the family's text, its arguments valid against the function's
+``parameters``. A template that shows no format of its own gets localllm's: the tools are
+described in the system message and a call is ``<tool_call>{"name": ..., "arguments":
+{...}}</tool_call>``.
 
-- ``required`` and a named choice constrain the whole answer to one call;
-- ``auto`` lets the model answer in text, or start with ``<tool_call>`` and from that
-  trigger on be constrained exactly like ``required`` (text that starts with ``<`` is
-  the only thing auto mode rules out);
+- ``required`` and a named choice constrain the whole answer to calls;
+- ``auto`` leaves the answer free text until the family's trigger appears, and
+  constrains it from there (the trigger cannot appear in plain text);
 - ``none`` leaves the tools out of the prompt; no call can be made.
 
-A turn makes at most one call. Earlier calls and their ``tool`` results in the history
-are rendered in the same format, through the model's chat template.
+Several calls per turn are allowed (``parallel_tool_calls``, on by default as in
+OpenAI's API) where the family can write them; each is checked against its own schema.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigError
-from .._types import Message, ToolCall, ToolCallDelta
-from .structured import (
-    JSON_BOUNDS_LARK,
-    JSON_DEFAULTS,
-    CompiledFormat,
-    compile_lark,
-    strict_schema,
-)
+from .._types import Message
+from .structured import JSON_BOUNDS_LARK, CompiledFormat, compile_lark
+from .tool_formats import ID, LOCALLLM, ToolFormat, call_grammar
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
+OPEN = "<tool_call>"  # localllm's own format's trigger
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CHOICES = ("auto", "none", "required")
-# free text in auto mode: anything that does not open with "<" (the trigger's first char)
-_FREE_TEXT = 'start: TEXT | call_block\nTEXT: /[^<][\\s\\S]*/\n'
-_CALL_ONLY = "start: call_block\n"
 
 
 @dataclass(frozen=True)
@@ -62,6 +54,8 @@ class ToolSetup:
     tools: tuple[Tool, ...]
     choice: str                    # auto | required | a function name
     format: CompiledFormat
+    family: ToolFormat = LOCALLLM  # how the model writes a call
+    parallel: bool = True          # several calls per turn allowed
 
     @property
     def forced(self) -> bool:
@@ -101,7 +95,8 @@ def parse_tools(tools: Any) -> tuple[Tool, ...]:
     return tuple(out)
 
 
-def prepare(tools: Any, tool_choice: Any) -> ToolSetup | None:
+def prepare(tools: Any, tool_choice: Any, family: ToolFormat = LOCALLLM,
+            parallel: bool = True) -> ToolSetup | None:
     """The setup for one request, or None when no call can be made (no tools, ``none``)."""
     choice = _choice(tool_choice)
     if tools is None or (isinstance(tools, Sequence) and len(tools) == 0):
@@ -117,7 +112,11 @@ def prepare(tools: Any, tool_choice: Any) -> ToolSetup | None:
         if not callable_tools:
             raise ConfigError(f"tool_choice names {choice!r}, which is not among the tools "
                               f"({', '.join(t.name for t in parsed)})")
-    return ToolSetup(parsed, choice, _call_format(callable_tools, free_text=choice == "auto"))
+    if not isinstance(parallel, bool):
+        raise ConfigError(f"parallel_tool_calls must be true or false, not {parallel!r}")
+    grammar = _call_format(family, callable_tools, free_text=choice == "auto",
+                           parallel=parallel)
+    return ToolSetup(parsed, choice, grammar, family, parallel)
 
 
 def _choice(tool_choice: Any) -> str:
@@ -137,121 +136,140 @@ def _choice(tool_choice: Any) -> str:
                       "{'type': 'function', 'function': {'name': ...}}")
 
 
-def _call_format(tools: Sequence[Tool], *, free_text: bool) -> CompiledFormat:
-    """Two grammars, intersected: the call's JSON schema, and JSON with bounded numbers."""
-    calls = [{"type": "object",
-              "properties": {"name": {"const": t.name},
-                             "arguments": strict_schema(t.parameters)},
-              "required": ["name", "arguments"], "additionalProperties": False}
-             for t in tools]
-    schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    schema = {**schema, "x-guidance": JSON_DEFAULTS}
-    head = _FREE_TEXT if free_text else _CALL_ONLY
-    block = f'call_block: "{OPEN}" call "{CLOSE}"\n'
-    schema_lark = head + block + "call: %json " + json.dumps(schema) + "\n"
-    bounds_lark = (head + f'call_block: "{OPEN}" value "{CLOSE}"\n'
-                   + JSON_BOUNDS_LARK.replace("start: value\n", ""))
+def _call_format(family: ToolFormat, tools: Sequence[Tool], *, free_text: bool,
+                 parallel: bool) -> CompiledFormat:
+    """Two grammars, intersected: the calls with each function's JSON schema, and the
+    same structure with JSON whose numbers are bounded."""
+    pairs = [(t.name, t.parameters) for t in tools]
+    schema_lark = call_grammar(family, pairs, free_text=free_text, parallel=parallel)
+    bounds_lark = (call_grammar(family, pairs, free_text=free_text, parallel=parallel,
+                                args_rule="value") + bounds_rules(family))
     try:
         return CompiledFormat((compile_lark(schema_lark), compile_lark(bounds_lark)), "tools")
     except ConfigError as exc:
         raise ConfigError(f"the tools' parameters cannot be enforced: {exc}") from None
 
 
+def bounds_rules(family: ToolFormat) -> str:
+    """The JSON bounds grammar's rules with the family's separators (``", "``, ``": "``)."""
+    item, key = json.dumps(family.item_separator), json.dumps(family.key_separator)
+    return (JSON_BOUNDS_LARK.replace("start: value\n", "")
+            .replace('("," pair)', f"({item} pair)").replace('("," value)', f"({item} value)")
+            .replace('STRING ":" value', f"STRING {key} value"))
+
+
 def system_text(setup: ToolSetup) -> str:
-    """The instructions and function list the model reads."""
+    """The instructions and function list the model reads, for a format its template
+    does not describe itself."""
+    fmt = setup.family
     lines = ["You can call these functions:"]
     lines += [json.dumps(t.spec(), ensure_ascii=False) for t in setup.tools]
-    call = f'{OPEN}{{"name": <function name>, "arguments": <arguments as a JSON object>}}{CLOSE}'
+    call = fmt.write([("<function name>", "<arguments as a JSON object>")])
+    several = (" To call several functions at once, write one call after the other."
+               if setup.parallel and not fmt.one_call else "")
     if setup.choice == "auto":
-        lines.append(f"To call a function, answer with only {call}. Otherwise answer "
-                     "normally.")
+        lines.append(f"To call a function, answer with only {call}.{several} Otherwise "
+                     "answer normally.")
     elif setup.choice == "required":
-        lines.append(f"Answer by calling one function: {call}")
+        lines.append(f"Answer by calling a function: {call}{several}")
     else:
         lines.append(f"Answer by calling {setup.choice}: {call}")
     return "\n".join(lines)
 
 
-def with_tools(messages: list[Message], setup: ToolSetup | None) -> list[Message]:
-    """The messages as the template renders them: tool instructions in the system turn,
-    earlier calls written in the call format."""
-    out = [_as_text(m) for m in messages]
+def prompt_view(messages: list[Message], setup: ToolSetup | None, family: ToolFormat
+                ) -> tuple[list[Message | dict[str, Any]], dict[str, Any]]:
+    """The messages and variables the chat template renders, in the model's format.
+
+    localllm's own format (and a family whose template does not describe tools) gets
+    the tools in the system message; earlier calls are written as the family writes
+    them when the template cannot show them. A template with a format of its own gets
+    ``tools`` and the calls as structured data, as the family's template expects them
+    (arguments as an object; Mistral's 9-character call ids; one call per message where
+    the family makes one call per turn)."""
+    if family is LOCALLLM:
+        out: list[Message | dict[str, Any]] = [_as_text(m, family) for m in messages]
+        return _with_system_text(out, setup), {}
+    ids = _IdMap(family)
+    views: list[Message | dict[str, Any]] = []
+    for m in messages:
+        views.extend(_native_views(m, family, ids))
+    extra: dict[str, Any] = {}
+    listed = [{"type": "function", "function": t.spec()} for t in setup.tools] if setup else []
+    if family.tools_as_json:  # the template reads it whether or not there are tools
+        import time
+
+        extra[family.tools_as_json] = json.dumps(listed, indent=2, ensure_ascii=False)
+        extra["datetime"] = time.strftime("%b %d %Y %H:%M:%S GMT", time.gmtime())
+    elif family.template_tools:  # a list, empty without tools: as llama.cpp leaves it
+        extra["tools"] = listed   # unset, which a template iterates as empty
+    elif setup is not None:
+        views = _with_system_text(views, setup)
+    return views, extra
+
+
+def _with_system_text(out: list[Message | dict[str, Any]], setup: ToolSetup | None
+                      ) -> list[Message | dict[str, Any]]:
     if setup is None:
         return out
     text = system_text(setup)
-    if out and out[0].role == "system":
-        out[0] = Message(role="system", content=f"{out[0].text}\n\n{text}")
+    first = out[0] if out else None
+    role = first.role if isinstance(first, Message) else (first or {}).get("role")
+    if role == "system":
+        prior = first.text if isinstance(first, Message) else first.get("content")  # type: ignore[union-attr]
+        out[0] = Message(role="system", content=f"{prior}\n\n{text}")
     else:
         out.insert(0, Message(role="system", content=text))
     return out
 
 
-def _as_text(message: Message) -> Message:
+def _as_text(message: Message, family: ToolFormat) -> Message:
     if not message.tool_calls:
         return message
-    calls = "".join(f"{OPEN}{_call_json(c.name, c.arguments)}{CLOSE}"
-                    for c in message.tool_calls)
+    calls = family.write([(c.name, c.arguments) for c in message.tool_calls])
     return Message(role="assistant", content=(message.text or "") + calls)
 
 
-def _call_json(name: str, arguments: str) -> str:
-    return '{"name":' + json.dumps(name) + ',"arguments":' + arguments + "}"
+class _IdMap:
+    """Call ids as the family's template takes them: Mistral's templates refuse any id
+    that is not 9 letters and digits, so others are mapped to such ids, consistently
+    between a call and its result."""
+
+    def __init__(self, family: ToolFormat) -> None:
+        self.strict = ID in family.call
+        self.seen: dict[str, str] = {}
+
+    def __call__(self, call_id: str | None) -> str | None:
+        if call_id is None or not self.strict or re.fullmatch(r"[A-Za-z0-9]{9}", call_id):
+            return call_id
+        if call_id not in self.seen:
+            import hashlib
+
+            digest = hashlib.sha256(call_id.encode()).hexdigest()
+            self.seen[call_id] = digest[:9]
+        return self.seen[call_id]
 
 
-class ToolCallStream:
-    """Splits generated text into content and one tool call, streaming the call in
-    OpenAI's delta shape: id and name first, then argument fragments.
-
-    The grammar fixes the call's text to ``<tool_call>{"name":"N","arguments":{...}}
-    </tool_call>``, so the fragments are the text between ``"arguments":`` and the final
-    ``}``; the last characters are held back until it is clear they are not the end."""
-
-    _HEAD = re.compile(r'^\{"name":("(?:[^"\\]|\\.)*"),"arguments":')
-    _TAIL = "}" + CLOSE
-
-    def __init__(self, setup: ToolSetup) -> None:
-        self.setup = setup
-        self.mode: str | None = "call" if setup.forced else None  # None: not decided yet
-        self.buffer = ""
-        self.id = "call_" + secrets.token_hex(12)
-        self.name: str | None = None
-        self.sent = 0  # argument characters already streamed
-
-    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
-        """Content text to show and call deltas, for newly generated ``text``."""
-        if self.mode is None and text:
-            self.mode = "call" if text.startswith("<") else "text"
-        if self.mode != "call":
-            return text, []
-        self.buffer += text
-        deltas: list[ToolCallDelta] = []
-        body = self.buffer[len(OPEN):] if self.buffer.startswith(OPEN) else ""
-        head = self._HEAD.match(body)
-        if head is None:
-            return "", deltas
-        if self.name is None:
-            self.name = json.loads(head.group(1))
-            deltas.append(ToolCallDelta(index=0, id=self.id, name=self.name))
-        args = body[head.end():]
-        ready = len(args) - len(self._TAIL)
-        if ready > self.sent:
-            deltas.append(ToolCallDelta(index=0, arguments=args[self.sent:ready]))
-            self.sent = ready
-        return "", deltas
-
-    def finish(self, complete: bool) -> tuple[str, tuple[ToolCall, ...], list[ToolCallDelta]]:
-        """At the end: the content, the finished call (if the grammar completed it) and
-        the last argument fragment. An incomplete call stays visible as text."""
-        if self.mode != "call":
-            return "", (), []
-        if not complete or self.name is None or not self.buffer.endswith(self._TAIL):
-            return self.buffer, (), []
-        body = self.buffer[len(OPEN):-len(CLOSE)]
-        head = self._HEAD.match(body)
-        assert head is not None  # the grammar wrote the head before the arguments
-        arguments = body[head.end():-1]
-        json.loads(arguments)  # the grammar made it JSON; a failure here is a bug
-        deltas = []
-        if len(arguments) > self.sent:
-            deltas.append(ToolCallDelta(index=0, arguments=arguments[self.sent:]))
-        return "", (ToolCall(id=self.id, name=self.name, arguments=arguments),), deltas
+def _native_views(m: Message, family: ToolFormat, ids: _IdMap) -> list[Message | dict[str, Any]]:
+    if m.tool_calls and not family.template_calls:
+        return [_as_text(m, family)]
+    if m.role == "tool" and ids.strict:
+        view = m.template_view()
+        view["tool_call_id"] = ids(m.tool_call_id)
+        return [view]
+    if not m.tool_calls:
+        return [m]
+    view = m.template_view()
+    calls = []
+    for c in m.tool_calls:
+        arguments: Any = json.loads(c.arguments) if family.object_arguments else c.arguments
+        calls.append({"id": ids(c.id), "type": "function",
+                      "function": {"name": c.name, "arguments": arguments}})
+    view.setdefault("content", "")
+    if view["content"] is None:
+        view["content"] = ""
+    if family.one_call and len(calls) > 1:  # one call per assistant message
+        return [{**view, "tool_calls": [call], "content": view["content"] if i == 0 else ""}
+                for i, call in enumerate(calls)]
+    view["tool_calls"] = calls
+    return [view]

@@ -29,6 +29,7 @@ from ..core.engine import Engine, EngineOptions, LocalTokenizerEngine
 from ..core.isolation import ProcessEngine, open_isolated, wants_process
 from ..core.local import LocalGenerator
 from ..core.model import Model
+from ..decoding.tool_formats import named_format
 from ..engines import auto_candidates, backend_names, get_backend, is_installed
 from ..templates.chat import resolve_template
 from .ggml import read_ggml
@@ -278,6 +279,7 @@ def load(
     backend_options: Mapping[str, Any] | None = None,
     store: ModelStore | None = None,
     isolation: str = "none",
+    tool_format: str = "auto",
 ) -> Model:
     """Load a model: a catalog name, a path to a ``.gguf``, or None for the default model.
 
@@ -301,7 +303,9 @@ def load(
     ``isolation="process"`` runs the runtime in a worker process: a segfault or abort there
     raises ``BackendCrashedError`` instead of ending the application, and the next call
     starts a new worker; ``"auto"`` does so for runtimes known to abort (gpt4all,
-    ctransformers).
+    ctransformers). ``tool_format`` is how the model writes tool calls: "auto" detects its
+    family from the chat template (Hermes/Qwen, Llama 3, Mistral, DeepSeek, ...; localllm's
+    own format where the template has none), or name one (``model.info.tool_format``).
 
     A source ``"http://host:port[/v1]#MODEL"`` is a model on a server, with ``backend``
     "auto", "openai" or "ollama" and ``backend_options`` as :func:`localllm.connect`'s
@@ -321,20 +325,21 @@ def load(
     return open_planned(resolved, the_plan, max_queue=max_queue, allow_fallback=allow_fallback,
                         chat_template=chat_template, system_message=system_message,
                         pooling=pooling, backend_options=backend_options,
-                        isolation=isolation, started=started)
+                        isolation=isolation, started=started, tool_format=tool_format)
 
 
 def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEFAULTS.max_queue,
                  allow_fallback: bool = False, chat_template: str | None = None,
                  system_message: str = "template", pooling: str | None = None,
                  backend_options: Mapping[str, Any] | None = None, isolation: str = "none",
-                 started: float | None = None) -> Model:
+                 started: float | None = None, tool_format: str = "auto") -> Model:
     """Open a resolved source as ``the_plan`` says (the act half of :func:`load`): the
     server plans once and hands its plan here."""
     started = time.perf_counter() if started is None else started
     path, file_format, engine_cls, gguf = resolved
     template = resolve_template(chat_template, gguf.chat_template) \
         if chat_template is not None or gguf.chat_template is not None else None
+    family = named_format(tool_format, template)
     if system_message not in ("template", "fold"):
         raise ConfigError(f"system_message={system_message!r} is not one of 'template' (the "
                           "chat template gets the system message) or 'fold' (it is folded "
@@ -365,7 +370,7 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
             batch_size=options.batch_size, placement=engine.placement,
             parallel=engine.max_sequences,
             has_chat_template=template is not None, pooling=engine.pooling, plan=the_plan,
-            system_message=system_message,
+            system_message=system_message, tool_format=family.name,
             isolation="process" if isinstance(engine, ProcessEngine) else "none")
         bos, eos = gguf.special_texts
     except BaseException:

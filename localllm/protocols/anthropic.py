@@ -213,6 +213,8 @@ class MessagesCodec:
         tools, choice = read_tools(req.tools, req.tool_choice)
         gen = server_request(messages=read_messages(req.system, req.messages),
                              params=req.params(), tools=tools, tool_choice=choice,
+                             parallel_tool_calls=not (req.tool_choice or {}).get(
+                                 "disable_parallel_tool_use", False),
                              response_format=req.response_format())
         return Call(req.model, [gen], 1, req.stream,
                     echo=_Echo("msg_" + secrets.token_hex(12), req.model))

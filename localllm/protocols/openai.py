@@ -140,6 +140,8 @@ def client_body(request: GenerationRequest, model: str, *, max_completion_tokens
             body["tools"] = list(request.tools)
         if request.tool_choice is not None:
             body["tool_choice"] = request.tool_choice
+        if request.tools and not request.parallel_tool_calls:
+            body["parallel_tool_calls"] = False
         return "/v1/chat/completions", body, streamed
     body["prompt"] = request.prompt
     return "/v1/completions", body, streamed
@@ -239,6 +241,7 @@ class ChatBody(_Body):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionBody(_Body):
@@ -352,6 +355,7 @@ class ChatCodec(_SSE):
         gen = server_request(messages=read_messages(req.messages), params=req.params(),
                              response_format=_response_format(req.response_format),
                              tools=req.tools, tool_choice=req.tool_choice,
+                             parallel_tool_calls=req.parallel_tool_calls is not False,
                              logprobs=(req.top_logprobs or 0) if req.logprobs else None)
         return Call(req.model, [gen], req.n, req.stream, echo=_echo("chatcmpl-", req))
 

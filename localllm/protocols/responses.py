@@ -198,6 +198,7 @@ class ResponsesCodec(_SSE):
         tools, choice = read_tools(req.tools, req.tool_choice)
         gen = server_request(messages=messages, params=req.params(), tools=tools,
                              tool_choice=choice, response_format=read_format(req.text),
+                             parallel_tool_calls=req.parallel_tool_calls is not False,
                              overflow="drop_oldest" if req.truncation == "auto" else "error")
         echo = _Echo(_new_id("resp"), int(time.time()), req, caller, history, items,
                      list(req.tools or []))

@@ -1,0 +1,274 @@
+"""Tool calls in each model family's own format: how a family writes a call, how its chat
+template is recognised, and the grammar that holds a generated call to that shape.
+
+A family's calls are literal text around a few slots: the function's name, its JSON
+arguments, sometimes a call id or a running index. ``open`` comes before the first call,
+``separator`` between calls and ``close`` after the last, so one description gives the
+grammar (every call checked against its function's schema), the parser and the text an
+earlier call is written back as. Families and their detection follow llama.cpp's chat
+handlers (``common/chat.cpp``): the first family whose marker strings all occur in the
+template source is the model's; a template that shows none gets localllm's own format.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .._errors import ConfigError
+
+
+class Slot(enum.Enum):
+    """A variable part of a call's text."""
+
+    NAME = "name"        # the function's name, one of the tools'
+    ARGS = "args"        # its arguments, a JSON object under the function's schema
+    ID = "id"            # a call id the family writes itself (Mistral's 9 characters)
+    INDEX = "index"      # a running number (Command R7B's tool_call_id, Kimi's call index)
+
+
+NAME, ARGS, ID, INDEX = Slot.NAME, Slot.ARGS, Slot.ID, Slot.INDEX
+Piece = str | Slot
+
+
+@dataclass(frozen=True)
+class ToolFormat:
+    """How one model family writes tool calls (see the module docstring)."""
+
+    name: str
+    models: str                          # which models use it, for the docs
+    call: tuple[Piece, ...]
+    open: str = ""
+    separator: str = ""
+    close: str = ""
+    trigger: str = ""                    # what starts a call in free text (default: open
+                                         # and the call's first literal)
+    anchored: bool = False               # a call is the whole answer: text may not precede it
+    one_call: bool = False               # the family writes one call per turn
+    detect: tuple[str, ...] = ()         # all of these occur in its templates
+    id_regex: str = "[A-Za-z0-9]{9}"
+    #: JSON separators of the arguments, as the family's own template writes them
+    item_separator: str = ", "
+    key_separator: str = ": "
+    #: the template describes the tools itself (else they go in the system message)
+    template_tools: bool = True
+    #: the template shows earlier calls (else they are written into the content as text)
+    template_calls: bool = True
+    #: arguments of earlier calls reach the template as a JSON object (else a string)
+    object_arguments: bool = True
+    #: the template takes the tools as this variable, a JSON text (FireFunction's
+    #: ``functions``), with today's date as ``datetime``; empty: as ``tools``, a list
+    tools_as_json: str = ""
+
+    def start(self) -> str:
+        """The text that turns free text into a call."""
+        if self.trigger:
+            return self.trigger
+        first = self.call[0]
+        return self.open + (first if isinstance(first, str) else "")
+
+    def write(self, calls: Sequence[tuple[str, str]]) -> str:
+        """The text of ``calls`` (name, arguments JSON) in this format: how an earlier
+        call is written back, and what the parser reads."""
+        out = []
+        for index, (name, arguments) in enumerate(calls):
+            slots = {NAME: name, ARGS: arguments, ID: f"{index:09d}"[-9:], INDEX: str(index)}
+            out.append("".join(p if isinstance(p, str) else slots[p] for p in self.call))
+        return self.open + self.separator.join(out) + self.close
+
+
+_JSON_CALL = ('{"name": "', NAME, '", "arguments": ', ARGS, "}")
+
+#: localllm's own format: for templates that show no tool format of their own. The tools
+#: are described in the system message; calls are written back to back.
+LOCALLLM = ToolFormat(
+    "localllm", "any model whose template has no tool format (the default model)",
+    ("<tool_call>", '{"name":"', NAME, '","arguments":', ARGS, "}</tool_call>"),
+    item_separator=",", key_separator=":", template_tools=False, object_arguments=False)
+
+#: in llama.cpp's order of checks: a more specific family before a general one
+FAMILIES: tuple[ToolFormat, ...] = (
+    ToolFormat("deepseek-v3.1", "DeepSeek V3.1",
+               ("<｜tool▁call▁begin｜>", NAME, "<｜tool▁sep｜>", ARGS, "<｜tool▁call▁end｜>"),
+               open="<｜tool▁calls▁begin｜>", close="<｜tool▁calls▁end｜>",
+               detect=("message['prefix'] is defined and message['prefix'] and thinking",),
+               template_tools=False),
+    ToolFormat("deepseek-r1", "DeepSeek R1 and its distills",
+               ("<｜tool▁call▁begin｜>function<｜tool▁sep｜>", NAME, "\n```json\n", ARGS,
+                "\n```<｜tool▁call▁end｜>"),
+               open="<｜tool▁calls▁begin｜>", separator="\n", close="<｜tool▁calls▁end｜>",
+               detect=("<｜tool▁calls▁begin｜>",)),
+    ToolFormat("command-r7b", "Command R7B",
+               ('{"tool_call_id": "', INDEX, '", "tool_name": "', NAME, '", "parameters": ',
+                ARGS, "}"),
+               open="<|START_ACTION|>[\n    ", separator=",\n    ",
+               close="\n]<|END_ACTION|>", detect=("<|END_THINKING|><|START_ACTION|>",)),
+    ToolFormat("granite-3.3", "IBM Granite 3.3",
+               _JSON_CALL, open="<|tool_call|>[", separator=", ", close="]",
+               detect=("elif thinking", "<|tool_call|>")),
+    ToolFormat("hermes", "Hermes 2 Pro and 3, Qwen 2.5, Qwen 3, QwQ, Granite 4",
+               ("<tool_call>\n", *_JSON_CALL, "\n</tool_call>"), separator="\n",
+               trigger="<tool_call>", detect=("<tool_call>",)),
+    ToolFormat("kimi-k2", "Kimi K2",
+               ("<|tool_call_begin|>functions.", NAME, ":", INDEX,
+                "<|tool_call_argument_begin|>", ARGS, "<|tool_call_end|>"),
+               open="<|tool_calls_section_begin|>", close="<|tool_calls_section_end|>",
+               detect=("<|tool_calls_section_begin|>", "<|tool_call_begin|>")),
+    ToolFormat("firefunction-v2", "FireFunction v2",
+               _JSON_CALL, open=" functools[", separator=", ", close="]",
+               detect=(" functools[",), tools_as_json="functions"),
+    ToolFormat("functionary-v3.1", "Functionary v3.1 (Llama 3.1)",
+               ("<function=", NAME, ">", ARGS, "</function>"),
+               trigger="<function=", detect=("<|start_header_id|>", "<function=")),
+    ToolFormat("llama-3", "Llama 3.1, 3.2 and 3.3",
+               ('{"name": "', NAME, '", "parameters": ', ARGS, "}"),
+               trigger='{"name": "', anchored=True, one_call=True,
+               detect=("<|start_header_id|>ipython<|end_header_id|>",)),
+    ToolFormat("mistral-call-id", "Mistral Small 3.2",
+               ("[TOOL_CALLS]", NAME, "[CALL_ID]", ID, "[ARGS]", ARGS),
+               detect=("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]")),
+    ToolFormat("mistral-args", "Devstral, Ministral 3, Magistral",
+               ("[TOOL_CALLS]", NAME, "[ARGS]", ARGS), detect=("[TOOL_CALLS]", "[ARGS]")),
+    ToolFormat("mistral-nemo", "Mistral Nemo",
+               ('{"name": "', NAME, '", "arguments": ', ARGS, ', "id": "', ID, '"}'),
+               open="[TOOL_CALLS][", separator=", ", close="]", detect=("[TOOL_CALLS]",)),
+)
+BY_NAME: dict[str, ToolFormat] = {f.name: f for f in (*FAMILIES, LOCALLLM)}
+
+
+def detect_format(template: str | None) -> ToolFormat:
+    """The family whose markers the template holds, else localllm's own format. A
+    family template that never reads ``tools`` (DeepSeek's R1 distills) gets the tools
+    in the system message; one that never reads ``tool_calls`` gets earlier calls as text."""
+    for family in FAMILIES:
+        if template and all(marker in template for marker in family.detect):
+            return adapted(family, template)
+    return LOCALLLM
+
+
+def adapted(family: ToolFormat, template: str | None) -> ToolFormat:
+    """``family`` as this template can show it (see :func:`detect_format`)."""
+    if family is LOCALLLM or not template:
+        return family
+    return replace(family,
+                   template_tools=family.template_tools and "tools" in template,
+                   template_calls="tool_calls" in template)
+
+
+def named_format(name: str, template: str | None) -> ToolFormat:
+    """``tool_format=``: "auto" (detected), a family's name, or "localllm"."""
+    if name == "auto":
+        return detect_format(template)
+    if name not in BY_NAME:
+        raise ConfigError(f"tool_format={name!r} is not a known format; use 'auto' or one "
+                          f"of {', '.join(sorted(BY_NAME))}")
+    return adapted(BY_NAME[name], template)
+
+
+# ------------------------------------------------------------------------------ grammar
+def call_grammar(fmt: ToolFormat, tools: Sequence[tuple[str, Mapping[str, Any]]], *,
+                 free_text: bool, parallel: bool, args_rule: str | None = None,
+                 specials: Mapping[str, int] | None = None, count: int | None = None) -> str:
+    """A Lark grammar (llguidance's dialect) for one answer in format ``fmt``.
+
+    ``tools`` are (name, parameters schema) pairs. With ``free_text`` the answer is text
+    until the format's trigger, and constrained from there (it may never hold the trigger
+    otherwise); without it the answer is calls only. ``parallel`` allows several calls.
+    ``args_rule`` replaces every schema by one rule (the JSON bounds grammar runs the same
+    structure with ``value``); ``specials`` maps special-token texts to their ids, which
+    the grammar names as tokens (a model writes them as one token, not as text).
+    ``count`` asks for exactly that many calls."""
+    lit = _Literal(specials or {})
+    trigger = fmt.start()
+    head = fmt.call[0] if isinstance(fmt.call[0], str) else ""
+    tail = fmt.call[1:] if head else fmt.call
+    lines: list[str] = []
+    for i, (name, schema) in enumerate(tools):
+        args = args_rule or "%json " + json.dumps(_with_separators(fmt, schema),
+                                                  ensure_ascii=False)
+        rest = " ".join(_piece(p, name, args, lit) for p in tail)
+        lines.append(f"call_{i}: {lit(head)} {rest}")
+        if free_text and not fmt.anchored:  # the first call, after the trigger's text
+            lines.append(f"first_{i}: {lit((fmt.open + head)[len(trigger):])} {rest}")
+    lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
+    more = "" if fmt.one_call or not parallel else f"({lit(fmt.separator)} call)*"
+    if count is not None and count > 1 and not fmt.one_call:
+        more = f"({lit(fmt.separator)} call){{{count - 1}}}"
+    if not free_text:
+        lines.insert(0, f"start: {lit(fmt.open)} call {more} {lit(fmt.close)}")
+    elif fmt.anchored:
+        lines.insert(0, f"start: TEXT | {lit(fmt.open)} call {more} {lit(fmt.close)}")
+        lines.append(f"TEXT: /(?s:.*)/ & ~/{_regex(trigger)}(?s:.*)/")
+    else:
+        if not (fmt.open + head).startswith(trigger):
+            raise ConfigError(f"tool format {fmt.name}: its trigger {trigger!r} does not "
+                              "start its calls")
+        lines.insert(0, f"start: TEXT | head first {more} {lit(fmt.close)}")
+        lines.append("first: " + " | ".join(f"first_{i}" for i in range(len(tools))))
+        lines.append(f"head[lazy]: ANY {lit(trigger)}")
+        lines.append("ANY: /(?s:.*)/")
+        lines.append(f"TEXT: /(?s:.*)/ & ~/(?s:.*){_regex(trigger)}(?s:.*)/")
+    lines.append(f"ID: /{fmt.id_regex}/")
+    lines.append("INDEX: /[0-9]{1,4}/")
+    return "\n".join(lines) + "\n"
+
+
+def _with_separators(fmt: ToolFormat, schema: Mapping[str, Any]) -> dict[str, Any]:
+    from .structured import JSON_DEFAULTS, strict_schema
+
+    guidance = {**JSON_DEFAULTS, "item_separator": fmt.item_separator,
+                "key_separator": fmt.key_separator}
+    return {**strict_schema(schema), "x-guidance": guidance}
+
+
+def _piece(piece: Piece, name: str, args: str, lit: _Literal) -> str:
+    if piece is NAME:
+        return lit(name)
+    if piece is ARGS:
+        return args
+    if piece is ID:
+        return "ID"
+    if piece is INDEX:
+        return "INDEX"
+    assert isinstance(piece, str)
+    return lit(piece)
+
+
+@dataclass
+class _Literal:
+    """Literal text in a grammar: quoted text, with special tokens named as tokens."""
+
+    specials: Mapping[str, int]
+    _order: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._order = sorted(self.specials, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        if not text:
+            return ""
+        parts: list[str] = []
+        rest = text
+        while rest:
+            hit = min(((rest.find(s), s) for s in self._order if s in rest), default=None)
+            if hit is None:
+                parts.append(json.dumps(rest, ensure_ascii=False))
+                break
+            at, special = hit
+            if at:
+                parts.append(json.dumps(rest[:at], ensure_ascii=False))
+            parts.append(f"<[{self.specials[special]}]>")
+            rest = rest[at + len(special):]
+        return " ".join(parts)
+
+
+_REGEX_META = set("\\.+*?()|[]{}^$#&-~\"/")
+
+
+def _regex(text: str) -> str:
+    """``text`` as a literal in llguidance's regex syntax (``<`` and ``>`` stay as they
+    are: escaped they would be word boundaries)."""
+    return "".join("\\" + c if c in _REGEX_META else c for c in text).replace("\n", "\\n")
