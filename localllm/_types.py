@@ -270,6 +270,8 @@ class Usage(_Frozen):
     total_tokens: int
     cached_prompt_tokens: int = Field(
         0, description="prompt tokens whose KV entries were reused, not evaluated")
+    reasoning_tokens: int = Field(
+        0, description="completion tokens spent thinking (reasoning models)")
 
 
 class Timings(_Frozen):
@@ -304,6 +306,9 @@ class Completion(_Frozen):
     timings: Timings
     truncation: Truncation | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str | None = Field(
+        None, description="a reasoning model's thinking, apart from the answer in text "
+                          "(None for a model that does not think)")
     logprobs: tuple[TokenLogprob, ...] | None = Field(
         None, description="per generated token, when logprobs= was given")
     # set by Model for constrained requests: the CompiledFormat and whether it completed
@@ -353,6 +358,7 @@ class StreamChunk(_Frozen):
     completion: Completion | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
+    reasoning: str = ""  # thinking text of this piece (reasoning models)
 
 
 class Capabilities(_Frozen):

@@ -87,6 +87,7 @@ class LocalGenerator:
                  bos_text: str, eos_text: str, load_s: float,
                  tokenizer_factory: Callable[[], LocalTokenizer] | None = None,
                  max_queue: int = DEFAULTS.max_queue) -> None:
+        from ..decoding.reasoning import detect_thinking
         from ..decoding.tool_formats import named_format
 
         self.engine: Engine | None = engine
@@ -94,6 +95,8 @@ class LocalGenerator:
         self.chat_template = chat_template
         #: how this model writes tool calls (load's tool_format, recorded in info)
         self.tool_family = named_format(info.tool_format, chat_template)
+        #: a reasoning model's thinking markers, from its template (None: it does not think)
+        self.thinking = detect_thinking(chat_template)
         self.bos_text = bos_text
         self.eos_text = eos_text
         self.load_s = load_s
@@ -217,11 +220,14 @@ class LocalGenerator:
         sampling = self._check_sampling(request.sampling)
         tools = prepare(request.tools, request.tool_choice, self.tool_family,
                         request.parallel_tool_calls) if request.chat else None
+        switch = self._thinking_switch(request)
         decoding = self._decoding(request, tools)
         window = Window(self.live().context_length, request, sampling)
         truncation = None
+        opened = False
         if request.messages is not None:
-            ids, truncation = self._fit_chat(list(request.messages), tools, window)
+            ids, truncation, opened = self._fit_chat(list(request.messages), tools, window,
+                                                     switch)
         else:
             assert request.prompt is not None
             ids = self.encode_prompt(request.prompt)
@@ -235,8 +241,32 @@ class LocalGenerator:
                 "this model turns text into vectors: use embed(), and load a generative "
                 "model for completions")
         seed = sampling.seed if sampling.seed is not None else secrets.randbelow(2**32 - 1)
-        return LocalRun(self, ids, sampling, seed, window.budget(len(ids)), truncation,
-                        decoding, request.timeout)
+        if decoding.budget is not None:
+            decoding.budget.opened = opened
+        run = LocalRun(self, ids, sampling, seed, window.budget(len(ids)), truncation,
+                       decoding, request.timeout)
+        run.thinking = self.thinking if request.chat else None
+        # a grammar that holds the answer from its first token (forced calls, a response
+        # format) leaves no room to think, even where the prompt opened the thinking
+        constrained = decoding.grammar is not None and not (tools and not tools.forced)
+        run.thinking_opened = opened and not constrained
+        return run
+
+    def _thinking_switch(self, request: GenerationRequest) -> dict[str, Any]:
+        """The template variables ``think`` sets; asking a model that does not think is
+        an error, not a silent no-op."""
+        from ..decoding.reasoning import template_switch
+
+        if (request.think is not None or request.reasoning_budget is not None) \
+                and self.thinking is None:
+            raise UnsupportedFeatureError(
+                self.info.name, "think= and reasoning_budget=",
+                "its chat template has no thinking markers (<think>, [THINK], ...): it is "
+                "not a reasoning model")
+        think = request.think
+        if think is None and request.reasoning_budget is not None:
+            think = True  # a budget for the thinking asks for thinking
+        return template_switch(think)
 
     def _check_sampling(self, sampling: SamplingParams) -> SamplingParams:
         engine = self.live()
@@ -263,6 +293,16 @@ class LocalGenerator:
                                   "call's arguments already follow the function's schema")
             response_format = tools.format
         processors = list(request.processors)
+        budget = None
+        if request.reasoning_budget is not None and self.thinking is not None:
+            from ..decoding.reasoning import ThinkingBudget
+
+            def marker(text: str) -> list[int]:
+                return self.tokenizer.encode(text, add_special=False)
+
+            budget = ThinkingBudget(request.reasoning_budget, marker(self.thinking.open),
+                                    marker(self.thinking.close))
+            processors.append(budget)
         needs_logits = bool(processors) or response_format is not None or logprobs is not None
         if request.sampler == "native" and needs_logits:
             raise ConfigError("logits_processors, response_format, tools and logprobs run "
@@ -281,19 +321,23 @@ class LocalGenerator:
 
             grammar = GrammarConstraint(self.local_tokenizer(), grammar_for(response_format),
                                         engine.vocab_size)
-        return Decoding(native=False, processors=processors, grammar=grammar,
-                        logprobs=logprobs, tools=tools)
+        decoding = Decoding(native=False, processors=processors, grammar=grammar,
+                            logprobs=logprobs, tools=tools)
+        decoding.budget = budget
+        return decoding
 
-    def _fit_chat(self, msgs: list[Message], tools: ToolSetup | None, window: Window
-                  ) -> tuple[list[int], Truncation | None]:
+    def _fit_chat(self, msgs: list[Message], tools: ToolSetup | None, window: Window,
+                  switch: Mapping[str, Any]) -> tuple[list[int], Truncation | None, bool]:
         """Render and tokenize the chat; under ``drop_oldest``, drop the oldest exchanges
-        until it fits."""
+        until it fits. Also says whether the prompt leaves the thinking open."""
+        from ..decoding.reasoning import opens_in_prompt
         from ..decoding.tools import prompt_view
 
         dropped: list[Message] = []
         while True:
             view, extra = prompt_view(msgs, tools, self.tool_family)
-            ids = self.encode_prompt(self._render(view, True, extra))
+            text = self._render(view, True, {**switch, **extra})
+            ids = self.encode_prompt(text)
             if window.overflow != "drop_oldest" or window.fits(len(ids)):
                 break
             victim = next((i for i, m in enumerate(msgs[:-1]) if m.role != "system"), None)
@@ -303,11 +347,12 @@ class LocalGenerator:
             # drop the rest of that exchange too, so the chat still opens with a user turn
             while victim < len(msgs) - 1 and msgs[victim].role not in ("user", "system"):
                 dropped.append(msgs.pop(victim))
+        opened = opens_in_prompt(self.thinking, text)
         if window.overflow != "drop_oldest":
-            return ids, None
+            return ids, None, opened
         window.check(len(ids))
         return ids, (Truncation(policy="drop_oldest", dropped_messages=tuple(dropped))
-                     if dropped else None)
+                     if dropped else None), opened
 
     def _fit_prompt(self, ids: list[int], window: Window, overflow: str
                     ) -> tuple[list[int], Truncation | None]:
@@ -362,6 +407,7 @@ class Decoding:
         self.grammar = grammar
         self.logprobs = logprobs
         self.tools = tools
+        self.budget: Any = None  # the ThinkingBudget among the processors, if any
 
 
 class LocalRun:
@@ -381,6 +427,8 @@ class LocalRun:
         self.decoding = decoding
         self.timeout = timeout
         self.parse_tools = decoding.tools
+        self.thinking: Any = None   # set by prepare for a chat with a reasoning model
+        self.thinking_opened = False
         self.format = decoding.grammar.format if decoding.grammar is not None else None
         self.wants_logprobs = decoding.logprobs is not None
         self.request: Request | None = None

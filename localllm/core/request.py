@@ -58,6 +58,9 @@ class GenerationRequest:
     tools: tuple[Mapping[str, Any], ...] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool = True
+    #: a reasoning model's thinking: None (the template's default), a bool, or an effort
+    think: Any = None
+    reasoning_budget: int | None = None
     logprobs: int | None = None
     processors: tuple[LogitsProcessor, ...] = ()
     sampler: SamplerChoice = "auto"
@@ -110,6 +113,13 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
         raise ConfigError(f"timeout={timeout!r} is invalid; give seconds > 0 or None")
     if context_limit is not None and (not isinstance(context_limit, int) or context_limit < 1):
         raise ConfigError(f"context_limit={context_limit!r} is invalid; give tokens >= 1")
+    from ..decoding.reasoning import check_think
+
+    think = check_think(params.pop("think", None))
+    budget = params.pop("reasoning_budget", None)
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                               or budget < 0):
+        raise ConfigError(f"reasoning_budget={budget!r} is invalid; give tokens >= 0")
     processors = tuple(logits_processors or ())
     for proc in processors:
         if not callable(proc):
@@ -128,7 +138,7 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
         sampling=SamplingParams.from_options(params), messages=chat_messages, prompt=prompt,
         response_format=response_format, tools=None if tools is None else tuple(tools),
         tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, logprobs=logprobs,
-        processors=processors,
+        processors=processors, think=think, reasoning_budget=budget,
         sampler=sampler,  # type: ignore[arg-type]  # checked above
         overflow=overflow, timeout=timeout, clamp_to_context=clamp_to_context,
         context_limit=context_limit, given=frozenset(params))
@@ -175,6 +185,10 @@ class Run(Protocol):
     format: Any
     #: whether ``Completion.logprobs`` is a tuple (asked for) or None
     wants_logprobs: bool
+    #: a reasoning model's thinking markers, whose text the assembler splits off, and
+    #: whether the prompt opened the thinking (None: no split here)
+    thinking: Any
+    thinking_opened: bool
 
     def pieces(self) -> Iterator[Piece]: ...
 
@@ -198,6 +212,12 @@ class Assembler:
         setup = run.parse_tools
         self.tools = (ToolCallStream(setup.family, forced=setup.forced)
                       if setup is not None else None)
+        from ..decoding.reasoning import ThinkingSplit
+
+        thinking = getattr(run, "thinking", None)
+        self.split = (ThinkingSplit(thinking, opened=run.thinking_opened)
+                      if thinking is not None else None)
+        self.reasoning: list[str] = []
         self.gathered: dict[int, dict[str, str]] = {}  # calls a server parsed
         self.token_ids: list[int] = []
         self.emitted: list[str] = []
@@ -217,12 +237,17 @@ class Assembler:
             self.unsent_logprobs += len(piece.logprobs)
         for delta in piece.tool_calls:
             self._gather(delta)
-        text = self.stops.feed(piece.text) if piece.text else ""
+        text, thought = piece.text, ""
+        if self.split is not None and text:
+            thought, text = self.split.feed(text, len(piece.token_ids))
+            self.reasoning.append(thought)
+        text = self.stops.feed(text) if text else ""
         if self.stops.matched is not None:
             self.over = True
         # a local token's log probability waits for the text it helps write; a server's
         # arrive with their text already
-        return self._chunk(text, piece.tool_calls, eager_logprobs=not piece.token_ids)
+        return self._chunk(text, piece.tool_calls, eager_logprobs=not piece.token_ids,
+                           thought=thought)
 
     def _gather(self, delta: ToolCallDelta) -> None:
         state = self.gathered.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
@@ -230,19 +255,20 @@ class Assembler:
         state["name"] += delta.name or ""
         state["arguments"] += delta.arguments
 
-    def _chunk(self, text: str, calls: Sequence[ToolCallDelta], eager_logprobs: bool
-               ) -> StreamChunk | None:
+    def _chunk(self, text: str, calls: Sequence[ToolCallDelta], eager_logprobs: bool,
+               thought: str = "") -> StreamChunk | None:
         deltas: list[Any] = list(calls)
         if self.tools is not None and text:
             text, parsed = self.tools.feed(text)
             deltas += parsed
-        if not text and not deltas and not (eager_logprobs and self.unsent_logprobs):
+        if not text and not deltas and not thought and not (
+                eager_logprobs and self.unsent_logprobs):
             return None
         self.emitted.append(text)
         # built without validation: the fields are ours, and this runs once per token
         return StreamChunk.model_construct(text=text, token_ids=(), finish_reason=None,
                                            completion=None, tool_calls=tuple(deltas),
-                                           logprobs=self._take_logprobs())
+                                           logprobs=self._take_logprobs(), reasoning=thought)
 
     def _take_logprobs(self) -> tuple[TokenLogprob, ...]:
         n, self.unsent_logprobs = self.unsent_logprobs, 0
@@ -252,6 +278,12 @@ class Assembler:
         """The last chunk, carrying the :class:`Completion`."""
         end = self.run.ending()
         stops = self.stops
+        thought = ""
+        if self.split is not None:
+            thought, held = self.split.finish()
+            self.reasoning.append(thought)
+            if held and stops.matched is None:
+                stops.feed(held)
         tail = stops.flush() if stops.matched is None else ""
         deltas: list[Any] = []
         calls: tuple[ToolCall, ...] = ()
@@ -280,11 +312,13 @@ class Assembler:
             seed=end.seed,
             usage=Usage(prompt_tokens=n_prompt, completion_tokens=n_gen,
                         total_tokens=n_prompt + n_gen,
-                        cached_prompt_tokens=end.cached_prompt_tokens),
+                        cached_prompt_tokens=end.cached_prompt_tokens,
+                        reasoning_tokens=self.split.reasoning_tokens if self.split else 0),
             timings=timings(end.load_s, n_prompt, n_gen, self.t_start,
                             self.t_first or t_end, t_end),
             truncation=end.truncation,
             tool_calls=calls,
+            reasoning="".join(self.reasoning) if self.split is not None else None,
             logprobs=tuple(self.logprobs) if self.run.wants_logprobs else None,
         )
         if self.run.format is not None and self.tools is None:
@@ -292,7 +326,7 @@ class Assembler:
             completion._complete = format_complete
         return StreamChunk(text=tail, token_ids=(), finish_reason=finish,
                            completion=completion, tool_calls=tuple(deltas),
-                           logprobs=self._take_logprobs())
+                           logprobs=self._take_logprobs(), reasoning=thought)
 
 
 def timings(load_s: float, n_prompt: int, n_gen: int, t_start: float, t_first: float,

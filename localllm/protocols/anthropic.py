@@ -360,6 +360,9 @@ def client_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, 
         body["tool_choice"] = {"type": {"auto": "auto", "required": "any", "none": "none"}
                                [choice]} if isinstance(choice, str) else \
             {"type": "tool", "name": choice["function"]["name"]}
+    if request.tools and not request.parallel_tool_calls:
+        body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}),
+                               "disable_parallel_tool_use": True}
     return "/v1/messages", body, True
 
 

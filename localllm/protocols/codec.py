@@ -130,7 +130,7 @@ def sampling_params(fields: Mapping[str, Any], names: Mapping[str, str]) -> dict
 def server_request(*, messages: list[Any] | None = None, prompt: str | None = None,
                    params: Mapping[str, Any], response_format: Any = None,
                    tools: list[Any] | None = None, tool_choice: Any = None,
-                   parallel_tool_calls: bool = True,
+                   parallel_tool_calls: bool = True, think: Any = None,
                    logprobs: int | None = None, context_limit: int | None = None,
                    overflow: str = "error") -> GenerationRequest:
     """The request a served call asks for. No ``max_tokens`` means up to the context's
@@ -144,7 +144,8 @@ def server_request(*, messages: list[Any] | None = None, prompt: str | None = No
                          parallel_tool_calls=parallel_tool_calls, logprobs=logprobs,
                          clamp_to_context=True, context_limit=context_limit,
                          overflow=overflow,
-                         **{"max_tokens": None, **params})
+                         **{"max_tokens": None, **params,
+                            **({"think": think} if think is not None else {})})
 
 
 def block_texts(value: Any, where: str, kinds: tuple[str, ...], noun: str) -> str | list[str]:

@@ -176,9 +176,10 @@ def _call(req: _Body, chat: bool, *, messages: list[Any] | None = None,
           prompt: str | None = None) -> Call:
     """The call of an Ollama request: no request for one with nothing to generate from
     (Ollama's way to load or, with keep_alive 0, unload a model)."""
-    if req.think:
-        raise RequestError("think is not supported: the served models have no thinking "
-                           "mode", param="think")
+    if req.think is not None and not isinstance(req.think, bool) and \
+            req.think not in ("low", "medium", "high"):
+        raise RequestError("think must be true, false, or low, medium or high",
+                           param="think")
     raw = {k: v for k, v in (req.options or {}).items() if k not in IGNORED_OPTIONS}
     opts: Options = validate(Options, raw)
     params = sampling_params(opts.model_dump(), OPTION_FIELDS)
@@ -195,7 +196,7 @@ def _call(req: _Body, chat: bool, *, messages: list[Any] | None = None,
             messages=messages, prompt=prompt, params=params, response_format=_format(
                 req.format), tools=getattr(req, "tools", None) or None,
             logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-            context_limit=opts.num_ctx))
+            context_limit=opts.num_ctx, think=req.think))
     return Call(req.model, requests, 1, req.stream, load, req.keep_alive, echo=chat)
 
 
@@ -267,16 +268,18 @@ class _NDJSON:
             head.update({"message": {"role": "assistant", "content": ""}} if chat
                         else {"response": ""})
             return head
-        return _final(call.model, chat, results[0], load_s, results[0].text)
+        return _final(call.model, chat, results[0], load_s, results[0].text,
+                      results[0].reasoning or "")
 
     async def events(self, call: Call, chunks: AsyncIterator[tuple[int, StreamChunk]],
                      load_s: float) -> AsyncIterator[dict[str, Any]]:
         chat: bool = call.echo
         async for _, chunk in chunks:
             if chunk.completion is not None:
-                yield _final(call.model, chat, chunk.completion, load_s, chunk.text)
-            elif chunk.text or chunk.logprobs:
-                yield _part(call.model, chat, chunk.text, chunk.logprobs)
+                yield _final(call.model, chat, chunk.completion, load_s, chunk.text,
+                             chunk.reasoning)
+            elif chunk.text or chunk.logprobs or chunk.reasoning:
+                yield _part(call.model, chat, chunk.text, chunk.logprobs, chunk.reasoning)
 
 
 class ChatCodec(_NDJSON):
@@ -306,21 +309,25 @@ class GenerateCodec(_NDJSON):
         return _call(req, False, messages=messages)
 
 
-def _part(model: str, chat: bool, text: str,
-          logprobs: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+def _part(model: str, chat: bool, text: str, logprobs: tuple[TokenLogprob, ...],
+          thinking: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "created_at": now(), "done": False}
     if chat:
         out["message"] = {"role": "assistant", "content": text}
+        if thinking:
+            out["message"]["thinking"] = thinking
     else:
         out["response"] = text
+        if thinking:
+            out["thinking"] = thinking
     if logprobs:
         out["logprobs"] = [logprob_entry(lp) for lp in logprobs]
     return out
 
 
-def _final(model: str, chat: bool, r: Completion, load_s: float, text: str
-           ) -> dict[str, Any]:
-    out = _part(model, chat, text, ())
+def _final(model: str, chat: bool, r: Completion, load_s: float, text: str,
+           thinking: str = "") -> dict[str, Any]:
+    out = _part(model, chat, text, (), thinking)
     if chat and r.tool_calls:
         out["message"]["tool_calls"] = tool_calls(r.tool_calls)
     if r.logprobs is not None and text == r.text:  # not streamed: all of them here

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -242,6 +242,7 @@ class ChatBody(_Body):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
 
 
 class CompletionBody(_Body):
@@ -356,6 +357,7 @@ class ChatCodec(_SSE):
                              response_format=_response_format(req.response_format),
                              tools=req.tools, tool_choice=req.tool_choice,
                              parallel_tool_calls=req.parallel_tool_calls is not False,
+                             think=req.reasoning_effort,
                              logprobs=(req.top_logprobs or 0) if req.logprobs else None)
         return Call(req.model, [gen], req.n, req.stream, echo=_echo("chatcmpl-", req))
 
@@ -379,6 +381,8 @@ class ChatCodec(_SSE):
                 delta = {"role": "assistant", "content": ""}
             if chunk.text:
                 delta["content"] = chunk.text
+            if chunk.reasoning:
+                delta["reasoning_content"] = chunk.reasoning
             if chunk.tool_calls:
                 delta["tool_calls"] = tool_call_deltas(chunk.tool_calls)
             choice: dict[str, Any] = {"index": i, "delta": delta, "finish_reason": None,
@@ -451,6 +455,8 @@ def _chat_choice(i: int, r: Completion) -> dict[str, Any]:
                                 "refusal": None}
     if calls:
         message_["tool_calls"] = calls
+    if r.reasoning is not None:
+        message_["reasoning_content"] = r.reasoning
     logprobs = None
     if r.logprobs is not None:
         logprobs = {"content": [logprob_entry(lp) for lp in r.logprobs], "refusal": None}

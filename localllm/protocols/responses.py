@@ -441,6 +441,8 @@ def client_body(request: GenerationRequest, model: str, wire_format: dict[str, A
     if choice is not None:
         body["tool_choice"] = choice if isinstance(choice, str) else {
             "type": "function", "name": choice["function"]["name"]}
+    if request.tools and not request.parallel_tool_calls:
+        body["parallel_tool_calls"] = False
     if wire_format is not None:
         fmt: dict[str, Any] = {"type": wire_format["type"]}
         if wire_format["type"] == "json_schema":

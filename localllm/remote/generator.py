@@ -181,6 +181,13 @@ class RemoteGenerator:
         if request.context_limit is not None or request.clamp_to_context:
             raise UnsupportedFeatureError(where, "a per-request context window",
                                           "the server sizes its own context")
+        if request.think is not None or request.reasoning_budget is not None:
+            raise UnsupportedFeatureError(where, "think= and reasoning_budget=",
+                                          "localllm does not pass them to servers yet")
+        if request.tools and not request.parallel_tool_calls and \
+                self.server.api not in ("openai", "responses", "anthropic"):
+            raise UnsupportedFeatureError(where, "parallel_tool_calls=False",
+                                          "this API has no way to ask for one call")
         for name in sorted(request.given):
             if name not in caps.sampling and name not in ("max_tokens", "stop"):
                 raise UnsupportedFeatureError(
@@ -258,6 +265,8 @@ class RemoteRun:
         self.decoder = decoder
         self.format: Any = fmt
         self.wants_logprobs = request.logprobs is not None
+        self.thinking: Any = None  # a server splits thinking itself
+        self.thinking_opened = False
         self.seed = request.sampling.seed
         self.timeout = request.timeout
         self.cancelled = False
