@@ -12,7 +12,7 @@ import pytest
 
 DOCS = Path(__file__).parent.parent / "docs"
 PAGES = ["concurrency.md", "structured-output.md", "tools.md", "embeddings.md",
-         "reliability.md", "chat-templates.md"]
+         "reliability.md", "chat-templates.md", "reasoning.md"]
 
 
 def python_blocks(page: Path) -> list[str]:
