@@ -47,3 +47,15 @@ def default_model_f32(default_model_path: Path, tmp_path_factory: pytest.TempPat
     the common ground on which runtimes must agree token for token."""
     return write_f32_copy(default_model_path, tmp_path_factory.mktemp("f32") /
                           "SmolLM2-135M-Instruct.F32.gguf")
+
+
+@pytest.fixture(scope="session")
+def templates() -> dict[str, str]:
+    """The 70-odd real chat templates the pinned llama-cpp-python sdist ships, kept in the
+    reference tools' cache by ``make tools`` (never copied into this repository)."""
+    from server_harness import reference_tools
+
+    folder = reference_tools() / "templates"
+    found = {p.stem: p.read_text() for p in sorted(folder.glob("*.jinja"))}
+    assert len(found) >= 70, f"only {len(found)} templates in {folder}: run make tools"
+    return found

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_harness import reference_tools
 
 import localllm
 from localllm import ChatTemplateError
@@ -27,14 +26,6 @@ from localllm.templates.check import CONVERSATIONS, check_template
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
-
-
-@pytest.fixture(scope="module")
-def templates() -> dict[str, str]:
-    folder = reference_tools() / "templates"
-    found = {p.stem: p.read_text() for p in sorted(folder.glob("*.jinja"))}
-    assert len(found) >= 70, f"only {len(found)} templates in {folder}: run make tools"
-    return found
 
 
 def reference(source: str, conv: Any) -> tuple[str | None, Exception | None]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import reference_tools, served_in_thread
+from server_harness import served_in_thread
 
 import localllm
 from localllm.decoding.reasoning import (
@@ -27,12 +27,6 @@ from localllm.models.gguf import copy_with_metadata
 from localllm.templates.chat import render_chat
 
 ASK = [{"role": "user", "content": "What is 2 + 2?"}]
-
-
-@pytest.fixture(scope="module")
-def templates() -> dict[str, str]:
-    folder = reference_tools() / "templates"
-    return {p.stem: p.read_text() for p in sorted(folder.glob("*.jinja"))}
 
 
 def split_all(split: ThinkingSplit, text: str, cuts: list[int]) -> tuple[str, str]:
