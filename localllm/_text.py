@@ -61,10 +61,13 @@ class StopMatcher:
 
     def _held_back_length(self) -> int:
         """Length of the longest suffix of pending text that begins some stop string."""
-        best = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self._pending)), best, -1):
-                if self._pending.endswith(stop[:n]):
-                    best = n
-                    break
-        return best
+        return max((partial_tail(self._pending, stop) for stop in self.stops), default=0)
+
+
+def partial_tail(text: str, marker: str) -> int:
+    """Length of the longest suffix of ``text`` that begins ``marker`` (and is shorter
+    than it): the text to hold back while it may still become the marker."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:n]):
+            return n
+    return 0

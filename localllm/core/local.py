@@ -321,10 +321,8 @@ class LocalGenerator:
 
             grammar = GrammarConstraint(self.local_tokenizer(), grammar_for(response_format),
                                         engine.vocab_size)
-        decoding = Decoding(native=False, processors=processors, grammar=grammar,
-                            logprobs=logprobs, tools=tools)
-        decoding.budget = budget
-        return decoding
+        return Decoding(native=False, processors=processors, grammar=grammar,
+                        logprobs=logprobs, tools=tools, budget=budget)
 
     def _fit_chat(self, msgs: list[Message], tools: ToolSetup | None, window: Window,
                   switch: Mapping[str, Any]) -> tuple[list[int], Truncation | None, bool]:
@@ -401,13 +399,14 @@ class Decoding:
     """How one request picks tokens: the runtime's sampler, or localllm's with extras."""
 
     def __init__(self, native: bool, processors: Sequence[Any] = (), grammar: Any = None,
-                 logprobs: int | None = None, tools: ToolSetup | None = None) -> None:
+                 logprobs: int | None = None, tools: ToolSetup | None = None,
+                 budget: Any = None) -> None:
         self.native = native
         self.processors = list(processors)
         self.grammar = grammar
         self.logprobs = logprobs
         self.tools = tools
-        self.budget: Any = None  # the ThinkingBudget among the processors, if any
+        self.budget = budget  # the ThinkingBudget among the processors, if any
 
 
 class LocalRun:

@@ -91,7 +91,8 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
                   response_format: Any = None, timeout: float | None = None,
                   logprobs: int | None = None,
                   tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
-                  parallel_tool_calls: bool = True, clamp_to_context: bool = False,
+                  parallel_tool_calls: bool = True, think: Any = None,
+                  reasoning_budget: int | None = None, clamp_to_context: bool = False,
                   context_limit: int | None = None,
                   **params: Any) -> GenerationRequest:
     """A request from the public methods' keyword arguments, with every choice that does
@@ -115,8 +116,8 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
         raise ConfigError(f"context_limit={context_limit!r} is invalid; give tokens >= 1")
     from ..decoding.reasoning import check_think
 
-    think = check_think(params.pop("think", None))
-    budget = params.pop("reasoning_budget", None)
+    think = check_think(think)
+    budget = reasoning_budget
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
                                or budget < 0):
         raise ConfigError(f"reasoning_budget={budget!r} is invalid; give tokens >= 0")
@@ -214,9 +215,8 @@ class Assembler:
                       if setup is not None else None)
         from ..decoding.reasoning import ThinkingSplit
 
-        thinking = getattr(run, "thinking", None)
-        self.split = (ThinkingSplit(thinking, opened=run.thinking_opened)
-                      if thinking is not None else None)
+        self.split = (ThinkingSplit(run.thinking, opened=run.thinking_opened)
+                      if run.thinking is not None else None)
         self.reasoning: list[str] = []
         self.gathered: dict[int, dict[str, str]] = {}  # calls a server parsed
         self.token_ids: list[int] = []

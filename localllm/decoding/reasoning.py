@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigError
+from .._text import partial_tail
 
 THINK_LEVELS = ("low", "medium", "high")
 
@@ -106,7 +107,7 @@ class ThinkingSplit:
         if self.state == "inside":
             at = self.buffer.find(self.thinking.close)
             if at < 0:
-                keep = _partial(self.buffer, self.thinking.close)
+                keep = partial_tail(self.buffer, self.thinking.close)
                 reasoning, self.buffer = self.buffer[:len(self.buffer) - keep], \
                     self.buffer[len(self.buffer) - keep:]
                 return reasoning, ""
@@ -126,14 +127,6 @@ class ThinkingSplit:
         if self.state == "inside":
             return held, ""
         return "", held
-
-
-def _partial(text: str, marker: str) -> int:
-    """Length of the longest tail of ``text`` that starts ``marker``."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
-    return 0
 
 
 class ThinkingBudget:
@@ -162,16 +155,16 @@ class ThinkingBudget:
             self.inside, self.start = self.opened, len(input_ids)
         if self.done:
             return logits
-        generated = list(input_ids[self.prompt_len:])
+        generated = len(input_ids) - self.prompt_len
         if not self.inside:  # thinking opens at the very start of an answer, or never
             n = len(self.open_ids)
-            if n and generated[-n:] == self.open_ids:
+            if n and generated >= n and list(input_ids[-n:]) == self.open_ids:
                 self.inside, self.start = True, len(input_ids)
-            elif len(generated) > n + 1:
+            elif generated > n + 1:
                 self.done = True
             return logits
         n = len(self.close_ids)
-        if generated[-n:] == self.close_ids and len(input_ids) > self.start:
+        if len(input_ids) - self.start >= n and list(input_ids[-n:]) == self.close_ids:
             self.done = True  # closed, by the model or by the forced marker
             return logits
         if self.forcing is None and len(input_ids) - self.start >= self.budget:

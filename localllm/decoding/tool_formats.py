@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .._errors import ConfigError
@@ -196,17 +196,15 @@ def named_format(name: str, template: str | None) -> ToolFormat:
 # ------------------------------------------------------------------------------ grammar
 def call_grammar(fmt: ToolFormat, tools: Sequence[tuple[str, Mapping[str, Any]]], *,
                  free_text: bool, parallel: bool, args_rule: str | None = None,
-                 specials: Mapping[str, int] | None = None, count: int | None = None) -> str:
+                 count: int | None = None) -> str:
     """A Lark grammar (llguidance's dialect) for one answer in format ``fmt``.
 
     ``tools`` are (name, parameters schema) pairs. With ``free_text`` the answer is text
     until the format's trigger, and constrained from there (it may never hold the trigger
     otherwise); without it the answer is calls only. ``parallel`` allows several calls.
     ``args_rule`` replaces every schema by one rule (the JSON bounds grammar runs the same
-    structure with ``value``); ``specials`` maps special-token texts to their ids, which
-    the grammar names as tokens (a model writes them as one token, not as text).
-    ``count`` asks for exactly that many calls."""
-    lit = _Literal(specials or {})
+    structure with ``value``). ``count`` asks for exactly that many calls."""
+    lit = _literal
     trigger = fmt.start()
     head = fmt.call[0] if isinstance(fmt.call[0], str) else ""
     tail = fmt.call[1:] if head else fmt.call
@@ -249,7 +247,7 @@ def _with_separators(fmt: ToolFormat, schema: Mapping[str, Any]) -> dict[str, An
     return {**strict_schema(schema), "x-guidance": guidance}
 
 
-def _piece(piece: Piece, name: str, args: str, lit: _Literal) -> str:
+def _piece(piece: Piece, name: str, args: str, lit: Callable[[str], str]) -> str:
     if piece is NAME:
         return lit(name)
     if piece is ARGS:
@@ -262,32 +260,9 @@ def _piece(piece: Piece, name: str, args: str, lit: _Literal) -> str:
     return lit(piece)
 
 
-@dataclass
-class _Literal:
-    """Literal text in a grammar: quoted text, with special tokens named as tokens."""
-
-    specials: Mapping[str, int]
-    _order: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._order = sorted(self.specials, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        if not text:
-            return ""
-        parts: list[str] = []
-        rest = text
-        while rest:
-            hit = min(((rest.find(s), s) for s in self._order if s in rest), default=None)
-            if hit is None:
-                parts.append(json.dumps(rest, ensure_ascii=False))
-                break
-            at, special = hit
-            if at:
-                parts.append(json.dumps(rest[:at], ensure_ascii=False))
-            parts.append(f"<[{self.specials[special]}]>")
-            rest = rest[at + len(special):]
-        return " ".join(parts)
+def _literal(text: str) -> str:
+    """Literal text in a grammar (empty text: nothing)."""
+    return json.dumps(text, ensure_ascii=False) if text else ""
 
 
 _REGEX_META = set("\\.+*?()|[]{}^$#&-~\"/")

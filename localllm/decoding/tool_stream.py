@@ -14,6 +14,7 @@ import json
 import secrets
 from dataclasses import dataclass
 
+from .._text import partial_tail
 from .._types import ToolCall, ToolCallDelta
 from .tool_formats import ARGS, Slot, ToolFormat
 
@@ -136,7 +137,7 @@ class ToolCallStream:
         self.region_at: int | None = 0 if forced else None
         self.shown = 0            # content characters handed out
         self.searched = 0         # where the next trigger search starts
-        self.decided = forced     # anchored formats decide at the start only
+        self.decided = False      # an anchored format's text can no longer become a call
         self.ids: list[str] = []
         self.sent_names = 0
         self.sent_args: list[int] = []
@@ -173,12 +174,12 @@ class ToolCallStream:
     # ------------------------------------------------------------------ internals
     def _find_trigger(self) -> None:
         if self.fmt.anchored:
+            if self.decided:
+                return
             if self.buffer.startswith(self.trigger):
                 self.region_at = 0
             elif not self.trigger.startswith(self.buffer):
                 self.decided = True  # text: a call can no longer start
-            return
-        if self.decided:
             return
         at = self.buffer.find(self.trigger, max(0, self.searched - len(self.trigger)))
         if at >= 0:
@@ -187,14 +188,9 @@ class ToolCallStream:
 
     def _held(self) -> int:
         """How many trailing characters might still become the trigger."""
-        if self.decided and self.fmt.anchored:
-            return 0
         if self.fmt.anchored:
-            return len(self.buffer)
-        for n in range(min(len(self.trigger) - 1, len(self.buffer)), 0, -1):
-            if self.trigger.startswith(self.buffer[-n:]):
-                return n
-        return 0
+            return 0 if self.decided else len(self.buffer)
+        return partial_tail(self.buffer, self.trigger)
 
     def _content(self, upto: int) -> str:
         out = self.buffer[self.shown:upto] if upto > self.shown else ""

@@ -143,9 +143,8 @@ def server_request(*, messages: list[Any] | None = None, prompt: str | None = No
                          tools=tools, tool_choice=tool_choice,
                          parallel_tool_calls=parallel_tool_calls, logprobs=logprobs,
                          clamp_to_context=True, context_limit=context_limit,
-                         overflow=overflow,
-                         **{"max_tokens": None, **params,
-                            **({"think": think} if think is not None else {})})
+                         overflow=overflow, think=think,
+                         **{"max_tokens": None, **params})
 
 
 def block_texts(value: Any, where: str, kinds: tuple[str, ...], noun: str) -> str | list[str]:
