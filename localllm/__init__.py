@@ -132,6 +132,8 @@ __all__ = [
     "TextPart",
     "Timings",
     "Tokenizer",
+    "ToolFormat",
+    "ToolSlot",
     "Truncation",
     "UnknownBackendError",
     "UnsupportedFeatureError",
@@ -161,7 +163,8 @@ _LAZY = {
     "AddReport": ".rag.index", "Answer": ".rag.answer", "answer": ".rag.answer",
     "RemoteModel": ".remote.generator", "connect": ".remote.generator",
     "RemoteServer": ".remote.generator", "FoundModel": ".models.discover",
-    "discover": ".models.discover",
+    "discover": ".models.discover", "ToolFormat": ".decoding.tool_formats",
+    "ToolSlot": ".decoding.tool_formats",
 }
 
 

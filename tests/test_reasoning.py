@@ -57,12 +57,37 @@ def test_thinking_splits_from_the_answer_at_every_split(text: str, opened: bool,
         assert got == (thought, answer), cuts
 
 
+HARMONY_CALL = "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}"
+
+
+@pytest.mark.parametrize(("text", "thought", "answer"), [
+    ("<|channel|>analysis<|message|>add them<|end|><|start|>assistant<|channel|>final"
+     "<|message|>Four.", "add them", "Four."),
+    ("<|channel|>final<|message|>Four.", "", "Four."),
+    ("<|channel|>analysis<|message|>look it up<|end|><|start|>assistant" + HARMONY_CALL,
+     "look it up", HARMONY_CALL),
+    (HARMONY_CALL, "", HARMONY_CALL),
+    ("Plain words.", "", "Plain words."),
+    ("<|channel|>analysis<|message|>cut", "cut", ""),
+])
+def test_harmony_channels_split_at_every_split(text: str, thought: str, answer: str,
+                                               templates: dict[str, str]) -> None:
+    """gpt-oss: the analysis channel is the thinking, the final channel's header is not
+    part of the answer, a call on the commentary channel is left for the tool parser."""
+    harmony = detect_thinking(templates["openai-gpt-oss-120b"])
+    assert harmony is not None and harmony.name == "harmony"
+    for cuts in [[], *([i] for i in range(1, len(text))), list(range(1, len(text)))]:
+        got = split_all(ThinkingSplit(harmony, opened=False), text, cuts)
+        assert got == (thought, answer), cuts
+
+
 def test_thinking_markers_are_found_in_real_templates(templates: dict[str, str]) -> None:
     expected = {"Qwen-Qwen3-0.6B": "think", "Qwen-QwQ-32B": "think",
                 "HuggingFaceTB-SmolLM3-3B": "think", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B":
                 "think", "mistralai-Ministral-3-14B-Reasoning-2512": "mistral",
                 "CohereForAI-c4ai-command-r7b-12-2024-tool_use": "cohere",
-                "ByteDance-Seed-OSS": "seed", "Qwen-Qwen2.5-7B-Instruct": None,
+                "ByteDance-Seed-OSS": "seed", "openai-gpt-oss-120b": "harmony",
+                "Qwen-Qwen2.5-7B-Instruct": None,
                 "meta-llama-Llama-3.1-8B-Instruct": None}
     for stem, name in expected.items():
         found = detect_thinking(templates[stem])
@@ -82,6 +107,49 @@ def test_the_templates_own_switch(templates: dict[str, str]) -> None:
     assert opens_in_prompt(qwq, render_chat(templates["Qwen-QwQ-32B"], ASK,
                                             **template_switch(True)))
     assert template_switch("high")["reasoning_effort"] == "high" and template_switch(None) == {}
+    oss = templates["openai-gpt-oss-120b"]
+    assert "Reasoning: low" in render_chat(oss, ASK, **template_switch("low"))
+    assert "Reasoning: medium" in render_chat(oss, ASK, **template_switch(True))
+
+
+@pytest.fixture(scope="module")
+def oss(templates: dict[str, str], default_model_path: Path) -> Iterator[localllm.Model]:
+    with localllm.load(default_model_path, context_length=1024, threads=2,
+                       chat_template=templates["openai-gpt-oss-120b"]) as model:
+        yield model
+
+
+#: harmony's shape, held by grammar: the default model does not write it by itself
+HARMONY_LARK = """start: "<|channel|>analysis<|message|>" THOUGHT "<|end|><|start|>assistant\
+<|channel|>final<|message|>" ANSWER
+THOUGHT: /[a-z ]{1,200}/
+ANSWER: /[A-Za-z ]{1,30}/
+"""
+
+
+def test_a_harmony_answer_splits_and_its_budget_holds(oss: localllm.Model) -> None:
+    """The default model under gpt-oss's real template, its answer held to harmony's
+    channels: the analysis is the reasoning, the final channel the text (streamed
+    equal); a budget forces ``<|end|>`` and the final channel follows; think=False is
+    refused (gpt-oss always reasons), think="low" is its template's own switch."""
+    assert oss.info.tool_format == "harmony"
+    close = len(oss.tokenizer.encode("<|end|>", add_special=False))
+    grammar = {"type": "grammar", "lark": HARMONY_LARK}
+    for budget in (None, 4):
+        oss.clear_cache()
+        out = oss.chat(ASK, temperature=0, max_tokens=120, think="low",
+                       reasoning_budget=budget, response_format=grammar)
+        assert out.reasoning and "<|" not in out.reasoning + out.text, out
+        assert out.text.strip() and out.finish_reason == "stop", out
+        if budget is not None:
+            assert out.usage.reasoning_tokens <= budget + close, out
+        oss.clear_cache()
+        streamed = list(oss.stream_chat(ASK, temperature=0, max_tokens=120, think="low",
+                                        reasoning_budget=budget, response_format=grammar))
+        assert "".join(c.reasoning for c in streamed) == out.reasoning
+        assert "".join(c.text for c in streamed) == out.text
+    with pytest.raises(localllm.UnsupportedFeatureError, match="think='low'"):
+        oss.chat(ASK, think=False, max_tokens=4)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -16,9 +17,11 @@ import localllm
 from localllm._types import Message, ToolCall
 from localllm.decoding.structured import compile_lark, ll_tokenizer
 from localllm.decoding.tool_formats import (
+    ARGS,
     BY_NAME,
     FAMILIES,
     LOCALLLM,
+    NAME,
     ToolFormat,
     call_grammar,
     detect_format,
@@ -62,7 +65,7 @@ EXPECTED = {
     "HuggingFaceTB-SmolLM3-3B": "localllm", "microsoft-Phi-3.5-mini-instruct": "localllm",
     "google-gemma-2-2b-it": "localllm",
     # families whose format is not written yet get localllm's own, never a wrong one
-    "Qwen3-Coder": "localllm", "GLM-4.6": "localllm", "openai-gpt-oss-120b": "localllm",
+    "Qwen3-Coder": "localllm", "GLM-4.6": "localllm", "openai-gpt-oss-120b": "harmony",
     "MiniMax-M2": "localllm", "meetkai-functionary-medium-v3.2": "localllm",
 }
 
@@ -273,3 +276,63 @@ def test_the_templates_named_as_unrenderable_are(stem: str, templates: dict[str,
                               prepare(TOOLS, "auto", fmt), fmt)
     with pytest.raises(localllm.ChatTemplateError):
         render_chat(templates[stem], view, **extra)
+
+
+#: a format of the caller's own whose markers are special tokens of the default model
+#: (SmolLM2's notebook tokens): as a real model's ``[TOOL_CALLS]`` or ``<|START_ACTION|>``
+JUPYTER = ToolFormat("jupyter", "a test format",
+                     ("<jupyter_code>", NAME, "<jupyter_text>", ARGS, "<jupyter_output>"))
+
+
+@pytest.fixture(scope="module")
+def jupyter_model(default_model_path: Path) -> Iterator[localllm.Model]:
+    with localllm.load(default_model_path, context_length=1024, threads=2,
+                       tool_format=JUPYTER) as model:
+        yield model
+
+
+def test_special_token_markers_are_the_models_own_tokens(jupyter_model: localllm.Model
+                                                        ) -> None:
+    """A marker that is one special token of the vocabulary is written as that token
+    (the grammar names it) and shown to the parser as its text (a special token is
+    otherwise shown as nothing): the call parses back, streamed and not."""
+    special = {t: jupyter_model.tokenizer.encode(t, add_special=False)[0]
+               for t in ("<jupyter_code>", "<jupyter_text>", "<jupyter_output>")}
+    assert jupyter_model.info.tool_format == "jupyter"
+    assert jupyter_model._generator.tool_specials == special
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    out = jupyter_model.chat(ask, tools=[WEATHER], tool_choice="required", temperature=0,
+                             max_tokens=40, logprobs=0, parallel_tool_calls=False)
+    assert out.finish_reason == "tool_calls" and len(out.tool_calls) == 1, out.text
+    assert out.tool_calls[0].name == "get_weather" and out.text == ""
+    schema_ok(out.tool_calls[0])
+    assert out.logprobs is not None and out.logprobs[0].id == special["<jupyter_code>"]
+    streamed = list(jupyter_model.stream_chat(ask, tools=[WEATHER], tool_choice="required",
+                                              temperature=0, max_tokens=40,
+                                              parallel_tool_calls=False))
+    deltas = [d for chunk in streamed for d in chunk.tool_calls]
+    assert deltas[0].name == "get_weather"
+    assert "".join(d.arguments or "" for d in deltas) == out.tool_calls[0].arguments
+    plain = jupyter_model.chat(ask, max_tokens=8, temperature=0)
+    assert "<jupyter" not in plain.text  # without tools nothing is shown as text
+
+
+def test_in_auto_mode_the_special_trigger_is_allowed_and_starts_a_call(
+        jupyter_model: localllm.Model) -> None:
+    """Auto mode: free text, or the special token, after which the grammar holds the
+    call (the token is not text a text rule could match)."""
+    import llguidance
+
+    generator = jupyter_model._generator
+    setup = prepare([WEATHER], "auto", JUPYTER, True, generator.tool_specials)
+    assert setup is not None
+    tok = ll_tokenizer(generator.local_tokenizer())
+    code = generator.tool_specials["<jupyter_code>"]
+    for lead in ("", "Let me check. "):
+        matchers = [llguidance.LLMatcher(tok, g, log_level=0) for g in setup.format.grammars]
+        for m in matchers:
+            assert all(m.consume_token(t) for t in tokens(jupyter_model, lead))
+            assert m.consume_token(code), m.get_error()
+            # now only the function's name may follow
+            assert not m.validate_tokens(tokens(jupyter_model, "Hello"))
+            assert m.validate_tokens(tokens(jupyter_model, "get_weather")) > 0

@@ -9,6 +9,7 @@ UTF-8-safe :class:`~localllm.core.request.Piece` events.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import threading
 import time
@@ -86,7 +87,7 @@ class LocalGenerator:
     def __init__(self, engine: Engine, info: ModelInfo, chat_template: str | None,
                  bos_text: str, eos_text: str, load_s: float,
                  tokenizer_factory: Callable[[], LocalTokenizer] | None = None,
-                 max_queue: int = DEFAULTS.max_queue) -> None:
+                 max_queue: int = DEFAULTS.max_queue, tool_family: Any = None) -> None:
         from ..decoding.reasoning import detect_thinking
         from ..decoding.tool_formats import named_format
 
@@ -94,7 +95,7 @@ class LocalGenerator:
         self.info = info
         self.chat_template = chat_template
         #: how this model writes tool calls (load's tool_format, recorded in info)
-        self.tool_family = named_format(info.tool_format, chat_template)
+        self.tool_family = tool_family or named_format(info.tool_format, chat_template)
         #: a reasoning model's thinking markers, from its template (None: it does not think)
         self.thinking = detect_thinking(chat_template)
         self.bos_text = bos_text
@@ -219,9 +220,12 @@ class LocalGenerator:
 
         sampling = self._check_sampling(request.sampling)
         tools = prepare(request.tools, request.tool_choice, self.tool_family,
-                        request.parallel_tool_calls) if request.chat else None
+                        request.parallel_tool_calls, self.tool_specials,
+                        request.max_tool_calls) if request.chat else None
         switch = self._thinking_switch(request)
         decoding = self._decoding(request, tools)
+        if request.chat:  # the markers the parsers read are shown even where special
+            decoding.preserved = self.preserved_tokens(bool(tools))
         window = Window(self.live().context_length, request, sampling)
         truncation = None
         opened = False
@@ -252,6 +256,39 @@ class LocalGenerator:
         run.thinking_opened = opened and not constrained
         return run
 
+    @functools.cached_property
+    def tool_specials(self) -> dict[str, int]:
+        """The tool format's markers that are one special token here (text -> id), and
+        the thinking's: free text before a call may hold those."""
+        from ..decoding.tool_formats import literals
+
+        return {**self.thinking_specials,
+                **self._special_markers(literals(self.tool_family))}
+
+    @functools.cached_property
+    def thinking_specials(self) -> dict[str, int]:
+        if self.thinking is None:
+            return {}
+        return self._special_markers(self.thinking.markers)
+
+    def preserved_tokens(self, tools: bool) -> dict[int, bytes]:
+        """Special tokens a chat's output is parsed by, with the text they stand for: a
+        special token is otherwise shown as nothing (as llama.cpp's preserved tokens)."""
+        found = {**self.thinking_specials, **(self.tool_specials if tools else {})}
+        return {token: text.encode() for text, token in found.items()}
+
+    def _special_markers(self, texts: Sequence[str]) -> dict[str, int]:
+        """Which parts of ``texts`` are one special token of this vocabulary (a control
+        token shows as no bytes; its spelling is the marker)."""
+        engine = self.live()
+        out: dict[str, int] = {}
+        for text in texts:
+            for token in engine.tokenize(text, add_special=False, parse_special=True):
+                spelled = engine.token_text(token)
+                if not engine.token_bytes(token) and spelled and spelled in text:
+                    out[spelled] = token
+        return out
+
     def _thinking_switch(self, request: GenerationRequest) -> dict[str, Any]:
         """The template variables ``think`` sets; asking a model that does not think is
         an error, not a silent no-op."""
@@ -263,6 +300,12 @@ class LocalGenerator:
                 self.info.name, "think= and reasoning_budget=",
                 "its chat template has no thinking markers (<think>, [THINK], ...): it is "
                 "not a reasoning model")
+        if request.think is False and self.thinking is not None \
+                and not self.thinking.can_disable:
+            raise UnsupportedFeatureError(
+                self.info.name, "think=False",
+                f"its template ({self.thinking.name}) always reasons; think='low' asks "
+                "for the least thinking")
         think = request.think
         if think is None and request.reasoning_budget is not None:
             think = True  # a budget for the thinking asks for thinking
@@ -321,6 +364,8 @@ class LocalGenerator:
 
             grammar = GrammarConstraint(self.local_tokenizer(), grammar_for(response_format),
                                         engine.vocab_size)
+            if budget is not None:
+                budget.constraint = grammar
         return Decoding(native=False, processors=processors, grammar=grammar,
                         logprobs=logprobs, tools=tools, budget=budget)
 
@@ -407,6 +452,7 @@ class Decoding:
         self.logprobs = logprobs
         self.tools = tools
         self.budget = budget  # the ThinkingBudget among the processors, if any
+        self.preserved: dict[int, bytes] = {}  # special tokens shown as their text
 
 
 class LocalRun:
@@ -432,6 +478,7 @@ class LocalRun:
         self.wants_logprobs = decoding.logprobs is not None
         self.request: Request | None = None
         self.detok = IncrementalDetokenizer()
+        self.preserved = decoding.preserved
         self.generated = 0
         self.finish: FinishReason = "length"
         self.done = False
@@ -459,7 +506,10 @@ class LocalRun:
             return Piece("", (token,), logprobs)
         if self.generated >= self.budget:
             self.done = True
-        return Piece(self.detok.feed(self.engine.token_bytes(token)), (token,), logprobs)
+        raw = self.engine.token_bytes(token)
+        if not raw and self.preserved:
+            raw = self.preserved.get(token, raw)
+        return Piece(self.detok.feed(raw), (token,), logprobs)
 
     def _tail(self) -> list[Piece]:
         """The bytes the detokenizer held back, once the run ended on its own."""

@@ -58,6 +58,8 @@ class GenerationRequest:
     tools: tuple[Mapping[str, Any], ...] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool = True
+    #: at most this many calls in one turn (None: no limit but max_tokens)
+    max_tool_calls: int | None = None
     #: a reasoning model's thinking: None (the template's default), a bool, or an effort
     think: Any = None
     reasoning_budget: int | None = None
@@ -91,7 +93,8 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
                   response_format: Any = None, timeout: float | None = None,
                   logprobs: int | None = None,
                   tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
-                  parallel_tool_calls: bool = True, think: Any = None,
+                  parallel_tool_calls: bool = True, max_tool_calls: int | None = None,
+                  think: Any = None,
                   reasoning_budget: int | None = None, clamp_to_context: bool = False,
                   context_limit: int | None = None,
                   **params: Any) -> GenerationRequest:
@@ -114,6 +117,10 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
         raise ConfigError(f"timeout={timeout!r} is invalid; give seconds > 0 or None")
     if context_limit is not None and (not isinstance(context_limit, int) or context_limit < 1):
         raise ConfigError(f"context_limit={context_limit!r} is invalid; give tokens >= 1")
+    if max_tool_calls is not None and (isinstance(max_tool_calls, bool) or not isinstance(
+            max_tool_calls, int) or max_tool_calls < 1):
+        raise ConfigError(f"max_tool_calls={max_tool_calls!r} is invalid; give calls >= 1 "
+                          "or None")
     from ..decoding.reasoning import check_think
 
     think = check_think(think)
@@ -138,7 +145,8 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
     return GenerationRequest(
         sampling=SamplingParams.from_options(params), messages=chat_messages, prompt=prompt,
         response_format=response_format, tools=None if tools is None else tuple(tools),
-        tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, logprobs=logprobs,
+        tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+        max_tool_calls=max_tool_calls, logprobs=logprobs,
         processors=processors, think=think, reasoning_budget=budget,
         sampler=sampler,  # type: ignore[arg-type]  # checked above
         overflow=overflow, timeout=timeout, clamp_to_context=clamp_to_context,

@@ -28,10 +28,26 @@ class Thinking:
     name: str
     open: str
     close: str
+    #: headers that may start the answer and are not part of it (harmony's channels)
+    answer_prefixes: tuple[str, ...] = ()
+    #: the template can switch the thinking off (gpt-oss always reasons)
+    can_disable: bool = True
 
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return (self.open, self.close, *self.answer_prefixes)
+
+
+#: gpt-oss's harmony format: the answer starts after ``<|start|>assistant``; thinking is
+#: the analysis channel, the answer the final channel (or a call on the commentary one)
+HARMONY = Thinking("harmony", "<|channel|>analysis<|message|>", "<|end|>",
+                   answer_prefixes=("<|start|>assistant<|channel|>final<|message|>",
+                                    "<|channel|>final<|message|>", "<|start|>assistant"),
+                   can_disable=False)
 
 #: in the order they are looked for in a template
 THINKING: tuple[Thinking, ...] = (
+    HARMONY,
     Thinking("cohere", "<|START_THINKING|>", "<|END_THINKING|>"),
     Thinking("mistral", "[THINK]", "[/THINK]"),
     Thinking("seed", "<seed:think>", "</seed:think>"),
@@ -87,6 +103,7 @@ class ThinkingSplit:
         self.buffer = ""
         self.reasoning_tokens = 0
         self.trim = False  # the newlines right after the close marker are not the answer
+        self.headed = not thinking.answer_prefixes  # the answer's header was taken off
 
     def feed(self, text: str, tokens: int = 0) -> tuple[str, str]:
         """(thinking text, answer text) ready from newly generated ``text``."""
@@ -118,11 +135,29 @@ class ThinkingSplit:
             if self.trim:
                 self.buffer = self.buffer.lstrip("\n")
                 self.trim = not self.buffer
+            if not self.headed and not self._take_header():
+                return reasoning, ""
             answer, self.buffer = self.buffer, ""
         return reasoning, answer
 
+    def _take_header(self) -> bool:
+        """Drop the answer's channel header; False while the text may still become one."""
+        prefixes = self.thinking.answer_prefixes
+        if any(p.startswith(self.buffer) and p != self.buffer for p in prefixes):
+            return False
+        for prefix in prefixes:  # the longest first, as listed
+            if self.buffer.startswith(prefix):
+                self.buffer = self.buffer[len(prefix):]
+                break
+        self.headed = True
+        return True
+
     def finish(self) -> tuple[str, str]:
         """What is held at the end: an unclosed thinking stays thinking."""
+        if self.state == "after" and not self.headed:
+            self.headed = True
+            self.buffer = next((self.buffer[len(p):] for p in self.thinking.answer_prefixes
+                                if self.buffer.startswith(p)), self.buffer)
         held, self.buffer = self.buffer, ""
         if self.state == "inside":
             return held, ""
@@ -146,6 +181,9 @@ class ThinkingBudget:
         self.prompt_len: int | None = None
         self.forcing: int | None = None
         self.done = False
+        #: a grammar that runs after this processor: where it refuses the close marker
+        #: (it is writing one itself, or its own text), the grammar leads
+        self.constraint: Any = None
 
     def __call__(self, input_ids: Sequence[int], logits: Any) -> Any:
         import numpy as np
@@ -170,6 +208,10 @@ class ThinkingBudget:
         if self.forcing is None and len(input_ids) - self.start >= self.budget:
             self.forcing = 0
         if self.forcing is None or self.forcing >= n:
+            return logits
+        if self.constraint is not None and \
+                not self.constraint.allows(self.close_ids[self.forcing]):
+            self.done = True
             return logits
         forced = np.full_like(logits, -np.inf)
         forced[self.close_ids[self.forcing]] = 0.0

@@ -195,7 +195,16 @@ class GrammarConstraint:
         if not allowed.any():
             raise ConfigError("the grammar allows no token here; the schema may be "
                               "unsatisfiable")
-        return np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32)
+        out = np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32)
+        if not np.isfinite(out).any():
+            raise ConfigError("the logits processors forbid every token the grammar "
+                              "allows here; they cannot be combined this way")
+        return out
+
+    def allows(self, token: int) -> bool:
+        """Whether every grammar takes ``token`` next (asked by a processor that would
+        force one, before the grammar runs)."""
+        return all(m.validate_tokens([token]) == 1 for m in self.matchers)
 
     def consume(self, token: int) -> None:
         for matcher in self.matchers:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .._errors import ConfigError
@@ -31,6 +31,7 @@ class Slot(enum.Enum):
 
 
 NAME, ARGS, ID, INDEX = Slot.NAME, Slot.ARGS, Slot.ID, Slot.INDEX
+ToolSlot = Slot  # its public name (``localllm.ToolSlot``)
 Piece = str | Slot
 
 
@@ -91,6 +92,12 @@ LOCALLLM = ToolFormat(
 
 #: in llama.cpp's order of checks: a more specific family before a general one
 FAMILIES: tuple[ToolFormat, ...] = (
+    # gpt-oss: the answer starts after ``<|start|>assistant``; a call goes to the
+    # commentary channel with its recipient, and ``<|call|>`` (an end of generation) ends it
+    ToolFormat("harmony", "gpt-oss (OpenAI's harmony format)",
+               ("<|channel|>commentary to=functions.", NAME, " <|constrain|>json<|message|>",
+                ARGS), one_call=True, detect=("<|channel|>", "<|call|>"),
+               item_separator=",", key_separator=":"),
     ToolFormat("deepseek-v3.1", "DeepSeek V3.1",
                ("<｜tool▁call▁begin｜>", NAME, "<｜tool▁sep｜>", ARGS, "<｜tool▁call▁end｜>"),
                open="<｜tool▁calls▁begin｜>", close="<｜tool▁calls▁end｜>",
@@ -146,7 +153,6 @@ NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
      "Qwen3-Coder XML calls (Qwen3-Coder, Qwen3.5, Nemotron 3 Nano, StepFun 3.5)"),
     (("<arg_key>", "<arg_value>"), "GLM argument tags (GLM 4.6/4.7, Ling, Laguna, Spark)"),
     (("<invoke name=",), "MiniMax XML calls"),
-    (("<|channel|>",), "gpt-oss harmony channels"),
     ((">>>all",), "Functionary v3.2 recipients"),
     (("DSML",), "DeepSeek V3.2/V4 DSML calls"),
     (("<|tool_call>call:",), "Gemma 4 calls"),
@@ -183,8 +189,14 @@ def adapted(family: ToolFormat, template: str | None) -> ToolFormat:
                    template_calls="tool_calls" in template)
 
 
-def named_format(name: str, template: str | None) -> ToolFormat:
-    """``tool_format=``: "auto" (detected), a family's name, or "localllm"."""
+def named_format(name: str | ToolFormat, template: str | None) -> ToolFormat:
+    """``tool_format=``: "auto" (detected), a family's name, "localllm", or a
+    :class:`ToolFormat` of the caller's own (for a model no family describes)."""
+    if isinstance(name, ToolFormat):
+        return name
+    if not isinstance(name, str):
+        raise ConfigError(f"tool_format={name!r} is invalid; use 'auto', a family's name "
+                          "or a ToolFormat")
     if name == "auto":
         return detect_format(template)
     if name not in BY_NAME:
@@ -196,16 +208,23 @@ def named_format(name: str, template: str | None) -> ToolFormat:
 # ------------------------------------------------------------------------------ grammar
 def call_grammar(fmt: ToolFormat, tools: Sequence[tuple[str, Mapping[str, Any]]], *,
                  free_text: bool, parallel: bool, args_rule: str | None = None,
-                 count: int | None = None) -> str:
+                 specials: Mapping[str, int] | None = None, count: int | None = None,
+                 max_calls: int | None = None) -> str:
     """A Lark grammar (llguidance's dialect) for one answer in format ``fmt``.
 
     ``tools`` are (name, parameters schema) pairs. With ``free_text`` the answer is text
     until the format's trigger, and constrained from there (it may never hold the trigger
     otherwise); without it the answer is calls only. ``parallel`` allows several calls.
     ``args_rule`` replaces every schema by one rule (the JSON bounds grammar runs the same
-    structure with ``value``). ``count`` asks for exactly that many calls."""
-    lit = _literal
+    structure with ``value``). ``specials`` maps marker texts that are one special token
+    in the model's vocabulary to its id: the grammar names them as that token, which is
+    how the model was trained to write them (spelled out as text they would be other
+    tokens, and a special token is not text a text rule can match). ``count`` asks for
+    exactly that many calls, ``max_calls`` for at most that many."""
+    specials = specials or {}
+    lit = _Literal(specials)
     trigger = fmt.start()
+    special_trigger = next((s for s in specials if trigger.startswith(s)), None)
     head = fmt.call[0] if isinstance(fmt.call[0], str) else ""
     tail = fmt.call[1:] if head else fmt.call
     lines: list[str] = []
@@ -215,9 +234,12 @@ def call_grammar(fmt: ToolFormat, tools: Sequence[tuple[str, Mapping[str, Any]]]
         rest = " ".join(_piece(p, name, args, lit) for p in tail)
         lines.append(f"call_{i}: {lit(head)} {rest}")
         if free_text and not fmt.anchored:  # the first call, after the trigger's text
-            lines.append(f"first_{i}: {lit((fmt.open + head)[len(trigger):])} {rest}")
+            after = (fmt.open + head)[len(special_trigger or trigger):]
+            lines.append(f"first_{i}: {lit(after)} {rest}")
     lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
     more = "" if fmt.one_call or not parallel else f"({lit(fmt.separator)} call)*"
+    if more and max_calls is not None:
+        more = f"({lit(fmt.separator)} call){{0,{max_calls - 1}}}"
     if count is not None and count > 1 and not fmt.one_call:
         more = f"({lit(fmt.separator)} call){{{count - 1}}}"
     if not free_text:
@@ -225,18 +247,38 @@ def call_grammar(fmt: ToolFormat, tools: Sequence[tuple[str, Mapping[str, Any]]]
     elif fmt.anchored:
         lines.insert(0, f"start: TEXT | {lit(fmt.open)} call {more} {lit(fmt.close)}")
         lines.append(f"TEXT: /(?s:.*)/ & ~/{_regex(trigger)}(?s:.*)/")
+    elif special_trigger:
+        lines.insert(0, f"start: free | free {lit(special_trigger)} first {more} "
+                        f"{lit(fmt.close)}")
+        lines.append("first: " + " | ".join(f"first_{i}" for i in range(len(tools))))
+        lines += _free_text(specials, special_trigger, trigger[len(special_trigger):])
     else:
         if not (fmt.open + head).startswith(trigger):
             raise ConfigError(f"tool format {fmt.name}: its trigger {trigger!r} does not "
                               "start its calls")
         lines.insert(0, f"start: TEXT | head first {more} {lit(fmt.close)}")
         lines.append("first: " + " | ".join(f"first_{i}" for i in range(len(tools))))
-        lines.append(f"head[lazy]: ANY {lit(trigger)}")
         lines.append("ANY: /(?s:.*)/")
+        lines.append(f"head[lazy]: ANY {lit(trigger)}")
         lines.append(f"TEXT: /(?s:.*)/ & ~/(?s:.*){_regex(trigger)}(?s:.*)/")
     lines.append(f"ID: /{fmt.id_regex}/")
     lines.append("INDEX: /[0-9]{1,4}/")
     return "\n".join(lines) + "\n"
+
+
+def _free_text(specials: Mapping[str, int], trigger: str, after: str) -> list[str]:
+    """Rules for free text when a call starts with the model's special token
+    ``trigger`` followed by the text ``after``: text runs and the model's other special
+    tokens (a harmony answer's channel markers), and ``trigger`` where what follows it is
+    not ``after`` (a special token is not text, so a text rule cannot hold one)."""
+    others = [f"<[{i}]> CHUNK?" for s, i in specials.items() if s != trigger]
+    if after:
+        others.append(f"<[{specials[trigger]}]> NOT_CALL?")
+    lines = ["free: CHUNK? " + (f"({' | '.join(others)})*" if others else ""),
+             "CHUNK: /(?s:.+)/"]
+    if after:
+        lines.append(f"NOT_CALL: /(?s:.+)/ & ~/{_regex(after)}(?s:.*)/")
+    return lines
 
 
 def _with_separators(fmt: ToolFormat, schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,9 +302,37 @@ def _piece(piece: Piece, name: str, args: str, lit: Callable[[str], str]) -> str
     return lit(piece)
 
 
-def _literal(text: str) -> str:
-    """Literal text in a grammar (empty text: nothing)."""
-    return json.dumps(text, ensure_ascii=False) if text else ""
+@dataclass
+class _Literal:
+    """Literal text in a grammar: quoted text, with special tokens named as tokens."""
+
+    specials: Mapping[str, int]
+    _order: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._order = sorted(self.specials, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        parts: list[str] = []
+        rest = text
+        while rest:
+            hits = [(rest.find(s), s) for s in self._order if s in rest]
+            if not hits:
+                parts.append(json.dumps(rest, ensure_ascii=False))
+                break
+            at, special = min(hits, key=lambda hit: hit[0])
+            if at:
+                parts.append(json.dumps(rest[:at], ensure_ascii=False))
+            parts.append(f"<[{self.specials[special]}]>")
+            rest = rest[at + len(special):]
+        return " ".join(parts)
+
+
+def literals(fmt: ToolFormat) -> tuple[str, ...]:
+    """Every fixed text of the format: where its special tokens are looked for."""
+    pieces = (fmt.open, fmt.separator, fmt.close, fmt.trigger,
+              *(p for p in fmt.call if isinstance(p, str)))
+    return tuple(p for p in pieces if p)
 
 
 _REGEX_META = set("\\.+*?()|[]{}^$#&-~\"/")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError
@@ -56,6 +56,9 @@ class ToolSetup:
     format: CompiledFormat
     family: ToolFormat = LOCALLLM  # how the model writes a call
     parallel: bool = True          # several calls per turn allowed
+    #: the format's markers that are one special token of the model (text -> id): written
+    #: as that token, and shown as text to the parser
+    specials: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def forced(self) -> bool:
@@ -96,8 +99,12 @@ def parse_tools(tools: Any) -> tuple[Tool, ...]:
 
 
 def prepare(tools: Any, tool_choice: Any, family: ToolFormat = LOCALLLM,
-            parallel: bool = True) -> ToolSetup | None:
-    """The setup for one request, or None when no call can be made (no tools, ``none``)."""
+            parallel: bool = True, specials: Mapping[str, int] | None = None,
+            max_calls: int | None = None) -> ToolSetup | None:
+    """The setup for one request, or None when no call can be made (no tools, ``none``).
+    ``specials``: which of the format's markers are special tokens of the model;
+    ``max_calls``: at most that many calls in the turn (the grammar ends the calls there,
+    so a model that would repeat calls stops)."""
     choice = _choice(tool_choice)
     if tools is None or (isinstance(tools, Sequence) and len(tools) == 0):
         if choice not in ("auto", "none"):
@@ -114,9 +121,11 @@ def prepare(tools: Any, tool_choice: Any, family: ToolFormat = LOCALLLM,
                               f"({', '.join(t.name for t in parsed)})")
     if not isinstance(parallel, bool):
         raise ConfigError(f"parallel_tool_calls must be true or false, not {parallel!r}")
+    specials = dict(specials or {})
     grammar = _call_format(family, callable_tools, free_text=choice == "auto",
-                           parallel=parallel)
-    return ToolSetup(parsed, choice, grammar, family, parallel)
+                           parallel=parallel and max_calls != 1, specials=specials,
+                           max_calls=max_calls)
+    return ToolSetup(parsed, choice, grammar, family, parallel, specials)
 
 
 def _choice(tool_choice: Any) -> str:
@@ -137,13 +146,16 @@ def _choice(tool_choice: Any) -> str:
 
 
 def _call_format(family: ToolFormat, tools: Sequence[Tool], *, free_text: bool,
-                 parallel: bool) -> CompiledFormat:
+                 parallel: bool, specials: Mapping[str, int], max_calls: int | None = None
+                 ) -> CompiledFormat:
     """Two grammars, intersected: the calls with each function's JSON schema, and the
     same structure with JSON whose numbers are bounded."""
     pairs = [(t.name, t.parameters) for t in tools]
-    schema_lark = call_grammar(family, pairs, free_text=free_text, parallel=parallel)
+    schema_lark = call_grammar(family, pairs, free_text=free_text, parallel=parallel,
+                               specials=specials, max_calls=max_calls)
     bounds_lark = (call_grammar(family, pairs, free_text=free_text, parallel=parallel,
-                                args_rule="value") + bounds_rules(family))
+                                args_rule="value", specials=specials, max_calls=max_calls)
+                   + bounds_rules(family))
     try:
         return CompiledFormat((compile_lark(schema_lark), compile_lark(bounds_lark)), "tools")
     except ConfigError as exc:

@@ -29,7 +29,7 @@ from ..core.engine import Engine, EngineOptions, LocalTokenizerEngine
 from ..core.isolation import ProcessEngine, open_isolated, wants_process
 from ..core.local import LocalGenerator
 from ..core.model import Model
-from ..decoding.tool_formats import named_format
+from ..decoding.tool_formats import ToolFormat, named_format
 from ..engines import auto_candidates, backend_names, get_backend, is_installed
 from ..templates.chat import resolve_template
 from .ggml import read_ggml
@@ -279,7 +279,7 @@ def load(
     backend_options: Mapping[str, Any] | None = None,
     store: ModelStore | None = None,
     isolation: str = "none",
-    tool_format: str = "auto",
+    tool_format: str | ToolFormat = "auto",
 ) -> Model:
     """Load a model: a catalog name, a path to a ``.gguf``, or None for the default model.
 
@@ -305,7 +305,8 @@ def load(
     starts a new worker; ``"auto"`` does so for runtimes known to abort (gpt4all,
     ctransformers). ``tool_format`` is how the model writes tool calls: "auto" detects its
     family from the chat template (Hermes/Qwen, Llama 3, Mistral, DeepSeek, ...; localllm's
-    own format where the template has none), or name one (``model.info.tool_format``).
+    own format where the template has none), or name one (``model.info.tool_format``), or
+    give a :class:`localllm.ToolFormat` of your own.
 
     A source ``"http://host:port[/v1]#MODEL"`` is a model on a server, with ``backend``
     "auto", "openai" or "ollama" and ``backend_options`` as :func:`localllm.connect`'s
@@ -332,7 +333,8 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
                  allow_fallback: bool = False, chat_template: str | None = None,
                  system_message: str = "template", pooling: str | None = None,
                  backend_options: Mapping[str, Any] | None = None, isolation: str = "none",
-                 started: float | None = None, tool_format: str = "auto") -> Model:
+                 started: float | None = None, tool_format: str | ToolFormat = "auto"
+                 ) -> Model:
     """Open a resolved source as ``the_plan`` says (the act half of :func:`load`): the
     server plans once and hands its plan here."""
     started = time.perf_counter() if started is None else started
@@ -378,7 +380,8 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
         raise
     return Model(LocalGenerator(
         engine, info, template, bos, eos, load_s=time.perf_counter() - started,
-        tokenizer_factory=lambda: _local_tokenizer(engine, gguf), max_queue=max_queue))
+        tokenizer_factory=lambda: _local_tokenizer(engine, gguf), max_queue=max_queue,
+        tool_family=family))
 
 
 def _local_tokenizer(engine: Engine, gguf: ModelFile) -> Any:

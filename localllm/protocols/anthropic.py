@@ -8,10 +8,18 @@ content parts, an assistant's ``tool_use`` blocks its tool calls (``input`` as J
 arguments), and each ``tool_result`` block a ``tool`` turn answering its call. Tools take
 Anthropic's shape (``name``, ``description``, ``input_schema``) and ``tool_choice`` all four
 of its kinds (``auto``, ``any``, ``tool``, ``none``).
+
+Thinking: the request's ``thinking`` sets a reasoning model's switch and budget (see
+:func:`read_thinking`); the answer's thinking comes back as a ``thinking`` block before
+the text, streamed as ``thinking_delta`` events and closed by a ``signature_delta``. An
+earlier turn's ``thinking`` and ``redacted_thinking`` blocks are accepted and left out of
+the prompt, as Anthropic's own models drop them from earlier turns.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -36,6 +44,8 @@ from .codec import (
 VERSION = "2023-06-01"  # the anthropic-version this API follows
 #: Anthropic's stop reasons by localllm's finish reason (a stop string: stop_sequence)
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+#: ``output_config.effort`` as localllm's thinking level, where the thinking is on
+EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 #: the error type Anthropic names for each status; others are api_error
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -63,12 +73,12 @@ class MessagesBody(CountBody):
     top_k: int | None = Field(None, ge=0)
     metadata: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
     stream: bool = False
 
     def response_format(self) -> Any:
         """``output_config.format`` (a JSON schema the answer must follow) as localllm's
-        response format; ``effort`` is a reasoning model's budget, which a model without
-        a thinking mode has nothing to spend on, so it changes nothing here."""
+        response format (``effort`` is read with the thinking, by :func:`read_thinking`)."""
         config = self.output_config or {}
         unknown = set(config) - {"format", "effort"}
         if unknown:
@@ -92,6 +102,78 @@ class MessagesBody(CountBody):
         if self.stop_sequences:
             out["stop"] = self.stop_sequences
         return out
+
+
+@dataclass(frozen=True)
+class ThinkingAsked:
+    """What a request's ``thinking`` asks of the model: ``think`` and ``budget`` as
+    ``Model.chat`` takes them, and whether the thinking's text is left out of the answer
+    (``display: "omitted"``: the block comes back empty, with its signature)."""
+
+    think: Any = None
+    budget: int | None = None
+    omitted: bool = False
+
+
+def read_thinking(thinking: dict[str, Any] | None, effort: Any, max_tokens: int
+                  ) -> ThinkingAsked:
+    """``thinking`` and ``output_config.effort`` as localllm's switch and budget.
+
+    ``enabled`` turns the thinking on with ``budget_tokens`` as the budget (which must be
+    below ``max_tokens``, as Anthropic requires; its minimum of 1,024 is not, since a small
+    local model is worth testing with a small budget); ``adaptive`` turns it on and lets
+    the model decide how long; ``disabled`` and ``between_tools`` (thinking off, with
+    progress notes between tool calls, which a local model does not write) render the
+    template's off switch. Absent, the template's default applies. ``effort`` sets the
+    level (``xhigh`` and ``max`` are localllm's ``high``) where the thinking is on; with it
+    off or left to the template, there is no thinking to spend the effort on, so it
+    changes nothing. A model that does not think refuses a thinking request with the
+    same 400 as the other surfaces (the model decides that, not this codec)."""
+    if effort is not None and effort not in EFFORTS:
+        raise RequestError(f"output_config.effort {effort!r} is not one of "
+                           f"{', '.join(EFFORTS)}", param="output_config.effort")
+    if thinking is None:
+        return ThinkingAsked()
+    kind = thinking.get("type")
+    if kind not in ("enabled", "adaptive", "disabled", "between_tools"):
+        raise RequestError(f"thinking type {kind!r} is not one of enabled, adaptive, "
+                           "disabled, between_tools", param="thinking.type")
+    allowed = {"type"} | ({"display"} if kind in ("enabled", "adaptive") else set()) | (
+        {"budget_tokens"} if kind == "enabled" else set())
+    unknown = sorted(set(thinking) - allowed)
+    if unknown:
+        raise RequestError(f"thinking.{unknown[0]} is not supported with thinking type "
+                           f"{kind!r}", param=f"thinking.{unknown[0]}")
+    display = thinking.get("display")
+    if display not in (None, "summarized", "omitted"):
+        raise RequestError(f"thinking.display {display!r} is not summarized or omitted",
+                           param="thinking.display")
+    omitted = display == "omitted"
+    level = EFFORTS[effort] if effort is not None else True
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise RequestError(f"thinking.budget_tokens must be a whole number of tokens "
+                               f">= 0, not {budget!r}", param="thinking.budget_tokens")
+        if budget >= max_tokens:
+            raise RequestError(f"thinking.budget_tokens ({budget}) must be less than "
+                               f"max_tokens ({max_tokens}): the answer comes after the "
+                               "thinking, within max_tokens", param="thinking.budget_tokens")
+        return ThinkingAsked(level, budget, omitted)
+    if kind == "adaptive":
+        return ThinkingAsked(level, None, omitted)
+    return ThinkingAsked(False)  # disabled, between_tools
+
+
+def signature(thinking: str) -> str:
+    """The ``signature`` of a thinking block: a digest of its text (base64 of SHA-256).
+
+    Anthropic's clients expect one and pass it back with the block; it is not a
+    cryptographic proof that this server wrote the thinking (anyone can compute it, and
+    the server does not check it when the block comes back, since earlier thinking is
+    left out of the prompt anyway). It only makes a block recognisable, and equal for the
+    same thinking streamed or not."""
+    return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
 
 
 def _text(value: Any, where: str) -> str:
@@ -125,6 +207,8 @@ def read_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[str,
             here = f"{where}.content.{j}"
             if kind == "text":
                 parts.append({"type": "text", "text": str(block.get("text", ""))})
+            elif kind in ("thinking", "redacted_thinking") and role == "assistant":
+                continue  # earlier thinking is not shown to the model again
             elif kind == "tool_use" and role == "assistant":
                 if not isinstance(block.get("input", {}), dict):
                     raise RequestError("a tool_use block's input must be an object",
@@ -145,8 +229,9 @@ def read_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[str,
                 out.append(turn)
             else:
                 raise RequestError(f"messages[{i}].content[{j}] is a {kind!r} block, which "
-                                   f"a {role} turn cannot carry here (text, tool_use from "
-                                   "the assistant, tool_result from the user)", param=here)
+                                   f"a {role} turn cannot carry here (text; tool_use, "
+                                   "thinking and redacted_thinking from the assistant; "
+                                   "tool_result from the user)", param=here)
         if role == "assistant" and (parts or calls):
             said: dict[str, Any] = {"role": "assistant", "content": parts or None}
             if calls:
@@ -200,6 +285,7 @@ def error_body(failure: Failure) -> dict[str, Any]:
 class _Echo:
     id: str
     model: str
+    omitted: bool = False  # thinking display "omitted": the blocks come back empty
 
 
 class MessagesCodec:
@@ -211,17 +297,23 @@ class MessagesCodec:
     def parse(self, body: Any, caller: str = "") -> Call:
         req: MessagesBody = validate(MessagesBody, body)
         tools, choice = read_tools(req.tools, req.tool_choice)
+        asked = read_thinking(req.thinking, (req.output_config or {}).get("effort"),
+                              req.max_tokens)
         gen = server_request(messages=read_messages(req.system, req.messages),
                              params=req.params(), tools=tools, tool_choice=choice,
+                             think=asked.think, reasoning_budget=asked.budget,
                              parallel_tool_calls=not (req.tool_choice or {}).get(
                                  "disable_parallel_tool_use", False),
                              response_format=req.response_format())
         return Call(req.model, [gen], 1, req.stream,
-                    echo=_Echo("msg_" + secrets.token_hex(12), req.model))
+                    echo=_Echo("msg_" + secrets.token_hex(12), req.model, asked.omitted))
 
     def reply(self, call: Call, results: list[Completion], load_s: float) -> dict[str, Any]:
         r, e = results[0], call.echo
-        content: list[dict[str, Any]] = [{"type": "text", "text": r.text}] if r.text else []
+        content: list[dict[str, Any]] = [] if not r.reasoning else [{
+            "type": "thinking", "thinking": "" if e.omitted else r.reasoning,
+            "signature": signature(r.reasoning)}]
+        content += [{"type": "text", "text": r.text}] if r.text else []
         content += [{"type": "tool_use", "id": c.id, "name": c.name,
                      "input": c.parsed_arguments} for c in r.tool_calls]
         return {"id": e.id, "type": "message", "role": "assistant", "model": e.model,
@@ -235,7 +327,7 @@ class MessagesCodec:
             "id": e.id, "type": "message", "role": "assistant", "model": e.model,
             "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": 0, "output_tokens": 0}}}
-        blocks = _Blocks()
+        blocks = _Blocks(omitted=e.omitted)
         final: Completion | None = None
         async for _, chunk in chunks:
             for event in blocks.feed(chunk):
@@ -261,16 +353,29 @@ class MessagesCodec:
 
 @dataclass
 class _Blocks:
-    """Chunks → content block events: a text block while text comes, a tool_use block for
-    each call, each closed before the next opens; one ping after the first opens."""
+    """Chunks → content block events: a thinking block while thinking comes (its
+    signature sent as the last delta before it closes), a text block while text comes, a
+    tool_use block for each call, each closed before the next opens; one ping after the
+    first opens."""
 
+    omitted: bool = False  # thinking display "omitted": no thinking deltas, only the signature
     index: int = -1
     open: str | None = None
     pinged: bool = False
     calls: dict[int, int] = field(default_factory=dict)  # call index -> block index
+    thought: list[str] = field(default_factory=list)  # the open thinking block's text
 
     def feed(self, chunk: StreamChunk) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        if chunk.reasoning:  # a chunk's thinking comes before its text
+            if self.open != "thinking":
+                out += self._start({"type": "thinking", "thinking": "", "signature": ""},
+                                   "thinking")
+            self.thought.append(chunk.reasoning)
+            if not self.omitted:
+                out.append({"type": "content_block_delta", "index": self.index,
+                            "delta": {"type": "thinking_delta",
+                                      "thinking": chunk.reasoning}})
         if chunk.text:
             if self.open != "text":
                 out += self._start({"type": "text", "text": ""}, "text")
@@ -301,8 +406,13 @@ class _Blocks:
     def close(self) -> list[dict[str, Any]]:
         if self.open is None:
             return []
+        out: list[dict[str, Any]] = []
+        if self.open == "thinking":
+            out.append({"type": "content_block_delta", "index": self.index, "delta": {
+                "type": "signature_delta", "signature": signature("".join(self.thought))}})
+            self.thought = []
         self.open = None
-        return [{"type": "content_block_stop", "index": self.index}]
+        return [*out, {"type": "content_block_stop", "index": self.index}]
 
 
 # ---------------------------------------------------------------------------- client side

@@ -130,7 +130,8 @@ def sampling_params(fields: Mapping[str, Any], names: Mapping[str, str]) -> dict
 def server_request(*, messages: list[Any] | None = None, prompt: str | None = None,
                    params: Mapping[str, Any], response_format: Any = None,
                    tools: list[Any] | None = None, tool_choice: Any = None,
-                   parallel_tool_calls: bool = True, think: Any = None,
+                   parallel_tool_calls: bool = True, max_tool_calls: int | None = None,
+                   think: Any = None, reasoning_budget: int | None = None,
                    logprobs: int | None = None, context_limit: int | None = None,
                    overflow: str = "error") -> GenerationRequest:
     """The request a served call asks for. No ``max_tokens`` means up to the context's
@@ -141,9 +142,10 @@ def server_request(*, messages: list[Any] | None = None, prompt: str | None = No
 
     return build_request(messages=messages, prompt=prompt, response_format=response_format,
                          tools=tools, tool_choice=tool_choice,
-                         parallel_tool_calls=parallel_tool_calls, logprobs=logprobs,
+                         parallel_tool_calls=parallel_tool_calls,
+                         max_tool_calls=max_tool_calls, logprobs=logprobs,
                          clamp_to_context=True, context_limit=context_limit,
-                         overflow=overflow, think=think,
+                         overflow=overflow, think=think, reasoning_budget=reasoning_budget,
                          **{"max_tokens": None, **params})
 
 

@@ -33,9 +33,11 @@ IGNORED_OPTIONS = {"num_keep", "num_batch", "num_gpu", "main_gpu", "use_mmap", "
 
 
 def tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
-    """Calls as Ollama writes them: ``{"function": {"name", "arguments": {...}}}``, the
-    arguments as an object."""
-    return [{"function": {"name": c.name, "arguments": c.parsed_arguments}} for c in calls]
+    """Calls as Ollama writes them: ``{"id", "function": {"index", "name", "arguments":
+    {...}}}``, the arguments as an object, each call with its own id and index."""
+    return [{"id": c.id, "function": {"index": i, "name": c.name,
+                                      "arguments": c.parsed_arguments}}
+            for i, c in enumerate(calls)]
 
 
 def message(m: Message) -> dict[str, Any]:
@@ -142,6 +144,10 @@ class Options(BaseModel):
     stop: list[str] | str | None = None
     num_ctx: int | None = Field(None, ge=1)
     num_thread: int | None = Field(None, ge=1)
+    #: localllm's own, as Ollama's API has no field for them: OpenAI's tool_choice
+    #: ("auto", "none", "required" or a function's name) and at most this many calls
+    tool_choice: str | None = None
+    max_tool_calls: int | None = Field(None, ge=1)
 
 
 class _Body(BaseModel):
@@ -196,8 +202,16 @@ def _call(req: _Body, chat: bool, *, messages: list[Any] | None = None,
             messages=messages, prompt=prompt, params=params, response_format=_format(
                 req.format), tools=getattr(req, "tools", None) or None,
             logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-            context_limit=opts.num_ctx, think=req.think))
+            context_limit=opts.num_ctx, think=req.think, tool_choice=_tool_choice(
+                opts.tool_choice), max_tool_calls=opts.max_tool_calls))
     return Call(req.model, requests, 1, req.stream, load, req.keep_alive, echo=chat)
+
+
+def _tool_choice(choice: str | None) -> Any:
+    """``options.tool_choice``: a mode, or a function's name."""
+    if choice is None or choice in ("auto", "none", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
 
 
 def _format(fmt: str | dict[str, Any] | None) -> Any:

@@ -142,6 +142,8 @@ def client_body(request: GenerationRequest, model: str, *, max_completion_tokens
             body["tool_choice"] = request.tool_choice
         if request.tools and not request.parallel_tool_calls:
             body["parallel_tool_calls"] = False
+        if request.tools and request.max_tool_calls is not None:
+            body["max_tool_calls"] = request.max_tool_calls
         return "/v1/chat/completions", body, streamed
     body["prompt"] = request.prompt
     return "/v1/completions", body, streamed
@@ -242,6 +244,8 @@ class ChatBody(_Body):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    #: at most this many tool calls (the Responses API's field, taken here too)
+    max_tool_calls: int | None = Field(None, ge=1)
     reasoning_effort: Literal["low", "medium", "high"] | None = None
 
 
@@ -357,7 +361,7 @@ class ChatCodec(_SSE):
                              response_format=_response_format(req.response_format),
                              tools=req.tools, tool_choice=req.tool_choice,
                              parallel_tool_calls=req.parallel_tool_calls is not False,
-                             think=req.reasoning_effort,
+                             max_tool_calls=req.max_tool_calls, think=req.reasoning_effort,
                              logprobs=(req.top_logprobs or 0) if req.logprobs else None)
         return Call(req.model, [gen], req.n, req.stream, echo=_echo("chatcmpl-", req))
 

@@ -9,6 +9,12 @@ store the codec is given (``server/_responses.py``, a SQLite file), so a request
 created it. ``truncation: "auto"`` lets the oldest turns drop when the history no longer
 fits (the response says how many, in ``truncated_messages``); otherwise a history too long
 for the context is a 400 naming the sizes.
+
+Reasoning: ``reasoning.effort`` sets a reasoning model's switch (:func:`read_reasoning`);
+its thinking comes back as a ``reasoning`` item (the text as ``reasoning_text`` content,
+no summary) before the message, and ``usage.output_tokens_details.reasoning_tokens``
+counts it. Reasoning items in the input are accepted and left out of the prompt, and the
+stored history keeps only the answers, as OpenAI's models drop earlier reasoning.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class Body(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    max_tool_calls: int | None = Field(None, ge=1)
     text: dict[str, Any] | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -62,8 +69,8 @@ class Body(BaseModel):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     service_tier: str | None = None
-    reasoning: dict[str, Any] | None = None
     stream_options: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None  # read by read_reasoning
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -73,6 +80,34 @@ class Body(BaseModel):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
+
+
+#: ``reasoning.effort`` as localllm's ``think``: "none" is off, "minimal" the lowest level,
+#: "xhigh" and "max" the highest
+EFFORTS: dict[str, Any] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
+                           "high": "high", "xhigh": "high", "max": "high"}
+
+
+def read_reasoning(reasoning: dict[str, Any] | None) -> Any:
+    """``reasoning`` as ``think`` (None: the template's default). ``summary`` is accepted,
+    but no summary is written: the reasoning item carries the whole thinking instead."""
+    if not reasoning:
+        return None
+    unknown = sorted(set(reasoning) - {"effort", "summary", "generate_summary"})
+    if unknown:
+        raise RequestError(f"reasoning.{unknown[0]} is not supported",
+                           param=f"reasoning.{unknown[0]}")
+    for name in ("summary", "generate_summary"):
+        if reasoning.get(name) not in (None, "auto", "concise", "detailed"):
+            raise RequestError(f"reasoning.{name} {reasoning[name]!r} is not auto, concise "
+                               "or detailed", param=f"reasoning.{name}")
+    effort = reasoning.get("effort")
+    if effort is None:
+        return None
+    if not isinstance(effort, str) or effort not in EFFORTS:
+        raise RequestError(f"reasoning.effort {effort!r} is not one of "
+                           f"{', '.join(EFFORTS)}", param="reasoning.effort")
+    return EFFORTS[effort]
 
 
 def _new_id(prefix: str) -> str:
@@ -116,9 +151,12 @@ def read_input(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
             output = item.get("output")
             out.append({"role": "tool", "tool_call_id": str(item.get("call_id")),
                         "content": output if isinstance(output, str) else json.dumps(output)})
+        elif kind == "reasoning":
+            continue  # earlier thinking is not shown to the model again
         else:
-            raise RequestError(f"input[{i}] is a {kind!r} item; messages, function_call and "
-                               "function_call_output are supported", param=where)
+            raise RequestError(f"input[{i}] is a {kind!r} item; messages, function_call, "
+                               "function_call_output and reasoning are supported",
+                               param=where)
     return out
 
 
@@ -198,7 +236,9 @@ class ResponsesCodec(_SSE):
         tools, choice = read_tools(req.tools, req.tool_choice)
         gen = server_request(messages=messages, params=req.params(), tools=tools,
                              tool_choice=choice, response_format=read_format(req.text),
+                             think=read_reasoning(req.reasoning),
                              parallel_tool_calls=req.parallel_tool_calls is not False,
+                             max_tool_calls=req.max_tool_calls,
                              overflow="drop_oldest" if req.truncation == "auto" else "error")
         echo = _Echo(_new_id("resp"), int(time.time()), req, caller, history, items,
                      list(req.tools or []))
@@ -215,18 +255,21 @@ class ResponsesCodec(_SSE):
             if status == "incomplete" else None,
             "instructions": body.instructions, "metadata": body.metadata or {},
             "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "max_tool_calls": body.max_tool_calls,
             "temperature": body.temperature, "top_p": body.top_p,
             "max_output_tokens": body.max_output_tokens,
             "previous_response_id": body.previous_response_id, "store": body.store,
             "tool_choice": body.tool_choice or "auto", "tools": e.tools,
             "text": body.text or {"format": {"type": "text"}},
-            "truncation": body.truncation or "disabled", "usage": None}
+            "truncation": body.truncation or "disabled", "usage": None,
+            "reasoning": {"effort": (body.reasoning or {}).get("effort"), "summary": None}}
         if r is not None:
             out["usage"] = {"input_tokens": r.usage.prompt_tokens,
                             "input_tokens_details": {
                                 "cached_tokens": r.usage.cached_prompt_tokens},
                             "output_tokens": r.usage.completion_tokens,
-                            "output_tokens_details": {"reasoning_tokens": 0},
+                            "output_tokens_details": {
+                                "reasoning_tokens": r.usage.reasoning_tokens},
                             "total_tokens": r.usage.total_tokens}
             if r.truncation is not None and r.truncation.dropped_messages:
                 out["truncated_messages"] = len(r.truncation.dropped_messages)
@@ -249,6 +292,8 @@ class ResponsesCodec(_SSE):
     def reply(self, call: Call, results: list[Completion], load_s: float) -> dict[str, Any]:
         r, e = results[0], call.echo
         output: list[dict[str, Any]] = []
+        if r.reasoning:
+            output.append(_reasoning(_new_id("rs"), r.reasoning, "completed"))
         if r.text or not r.tool_calls:
             output.append(_message(_new_id("msg"), r.text, "completed"))
         output += [_function_call(_new_id("fc"), c.id, c.name, c.arguments, "completed")
@@ -296,6 +341,15 @@ def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
                          "logprobs": []}] if status == "completed" else []}
 
 
+def _reasoning(item_id: str, text: str, status: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "reasoning", "status": status, "summary": [],
+            "content": [_reasoning_part(text)] if status == "completed" else []}
+
+
+def _reasoning_part(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
+
+
 def _function_call(item_id: str, call_id: str, name: str | None, arguments: str,
                    status: str) -> dict[str, Any]:
     return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id,
@@ -304,9 +358,10 @@ def _function_call(item_id: str, call_id: str, name: str | None, arguments: str,
 
 @dataclass
 class _Events:
-    """Chunks → the Responses event sequence: an output item per message or call, opened
-    with ``output_item.added`` and closed with its ``.done`` events before the next one
-    opens, every event numbered."""
+    """Chunks → the Responses event sequence: an output item per reasoning, message or
+    call, opened with ``output_item.added`` and closed with its ``.done`` events before the
+    next one opens, every event numbered. A reasoning item's text streams as one
+    ``reasoning_text`` content part, as a message's streams as one ``output_text`` part."""
 
     sequence: int = 0
     output: list[dict[str, Any]] = field(default_factory=list)
@@ -321,6 +376,14 @@ class _Events:
 
     def feed(self, chunk: StreamChunk) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        if chunk.reasoning:  # a chunk's thinking comes before its text
+            if self.open is None or self.open["type"] != "reasoning":
+                out += self._open(_reasoning(_new_id("rs"), "", "in_progress"))
+                out.append(self.event("response.content_part.added", **self._at(),
+                                      content_index=0, part=_reasoning_part("")))
+            self.text.append(chunk.reasoning)
+            out.append(self.event("response.reasoning_text.delta", **self._at(),
+                                  content_index=0, delta=chunk.reasoning))
         if chunk.text:
             if self.open is None or self.open["type"] != "message":
                 out += self._open(_message(_new_id("msg"), "", "in_progress"))
@@ -357,16 +420,15 @@ class _Events:
                                  output_index=len(self.output) - 1, item=dict(item))]
 
     def finish(self) -> list[dict[str, Any]]:
-        """Close the open item; an empty answer is still one (empty) message, as OpenAI
-        sends it."""
-        if self.open is None and not self.output:
-            empty = _message(_new_id("msg"), "", "in_progress")
-            self.output.append(empty)
-            self.open = empty
-            return [self.event("response.output_item.added", output_index=0, item=dict(empty)),
-                    self.event("response.content_part.added", **self._at(), content_index=0,
-                               part=_text_part("")), *self.close()]
-        return self.close()
+        """Close the open item; an empty answer (nothing, or only thinking) is still one
+        (empty) message, as OpenAI sends it."""
+        out = self.close()
+        if all(item["type"] == "reasoning" for item in self.output):
+            out += self._open(_message(_new_id("msg"), "", "in_progress"))
+            out.append(self.event("response.content_part.added", **self._at(),
+                                  content_index=0, part=_text_part("")))
+            out += self.close()
+        return out
 
     def close(self) -> list[dict[str, Any]]:
         item, self.open = self.open, None
@@ -374,7 +436,15 @@ class _Events:
             return []
         at = {"item_id": item["id"], "output_index": self._index(item)}
         out = []
-        if item["type"] == "message":
+        if item["type"] == "reasoning":
+            text = "".join(self.text)
+            self.text = []
+            out.append(self.event("response.reasoning_text.done", **at, content_index=0,
+                                  text=text))
+            out.append(self.event("response.content_part.done", **at, content_index=0,
+                                  part=_reasoning_part(text)))
+            item.update(_reasoning(item["id"], text, "completed"))
+        elif item["type"] == "message":
             text = "".join(self.text)
             self.text = []
             out.append(self.event("response.output_text.done", **at, content_index=0,
@@ -443,6 +513,8 @@ def client_body(request: GenerationRequest, model: str, wire_format: dict[str, A
             "type": "function", "name": choice["function"]["name"]}
     if request.tools and not request.parallel_tool_calls:
         body["parallel_tool_calls"] = False
+    if request.tools and request.max_tool_calls is not None:
+        body["max_tool_calls"] = request.max_tool_calls
     if wire_format is not None:
         fmt: dict[str, Any] = {"type": wire_format["type"]}
         if wire_format["type"] == "json_schema":

@@ -188,6 +188,10 @@ class RemoteGenerator:
                 self.server.api not in ("openai", "responses", "anthropic"):
             raise UnsupportedFeatureError(where, "parallel_tool_calls=False",
                                           "this API has no way to ask for one call")
+        if request.tools and request.max_tool_calls is not None and \
+                self.server.api not in ("openai", "responses"):
+            raise UnsupportedFeatureError(where, "max_tool_calls",
+                                          "this API has no way to bound the calls")
         for name in sorted(request.given):
             if name not in caps.sampling and name not in ("max_tokens", "stop"):
                 raise UnsupportedFeatureError(

@@ -33,7 +33,8 @@ def feature_matrix() -> str:
              "reference renderer (see chat-templates.md). Message content is a string or a "
              "list of text parts on every backend and server (see architecture.md). Tool calls "
              "use each model family's own format, recognised from its chat template, on "
-             "every backend with logits, several per turn (see tools.md); a reasoning "
+             "every backend with logits, markers that are special tokens written as those "
+             "tokens, several per turn and at most max_tool_calls (see tools.md); a reasoning "
              "model's thinking comes apart from its answer on every backend, and its budget "
              "on every backend with logits (see reasoning.md).\n\n")
     return intro + "\n".join(rows) + "\n" + remote_matrix()
