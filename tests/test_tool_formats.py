@@ -65,8 +65,12 @@ EXPECTED = {
     "HuggingFaceTB-SmolLM3-3B": "localllm", "microsoft-Phi-3.5-mini-instruct": "localllm",
     "google-gemma-2-2b-it": "localllm",
     # families whose format is not written yet get localllm's own, never a wrong one
-    "Qwen3-Coder": "localllm", "GLM-4.6": "localllm", "openai-gpt-oss-120b": "harmony",
-    "MiniMax-M2": "localllm", "meetkai-functionary-medium-v3.2": "localllm",
+    "openai-gpt-oss-120b": "harmony", "Qwen3-Coder": "qwen3-coder",
+    "Qwen3.5-4B": "qwen3-coder", "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16": "qwen3-coder",
+    "StepFun3.5-Flash": "qwen3-coder", "GLM-4.6": "glm-4.5", "inclusionai-ling-3.0-flash":
+    "glm-4.5", "poolside-Laguna-XS.2": "glm-4.5", "GLM-4.7-Flash": "glm-4.7",
+    "Spark2.5": "glm-4.7", "MiniMax-M2": "minimax-m2", "ByteDance-Seed-OSS": "seed-oss",
+    "MiniMax-M3": "localllm", "meetkai-functionary-medium-v3.2": "localllm",
 }
 
 
@@ -336,3 +340,31 @@ def test_in_auto_mode_the_special_trigger_is_allowed_and_starts_a_call(
             # now only the function's name may follow
             assert not m.validate_tokens(tokens(jupyter_model, "Hello"))
             assert m.validate_tokens(tokens(jupyter_model, "get_weather")) > 0
+
+
+def test_one_tag_per_argument_keeps_each_value_its_type() -> None:
+    """Qwen3-Coder, GLM and MiniMax write a string as it is and any other value as JSON:
+    read back under the function's schema, "42" stays a string where the schema says so,
+    and a number, a list and an object come back as such; an enum is held to its
+    choices, and a string pattern (which raw text cannot be held to) is refused."""
+    import llguidance
+
+    schema = {"type": "object", "required": ["code", "n"], "properties": {
+        "code": {"type": "string"}, "n": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "unit": {"enum": ["C", "F"]}}}
+    arguments = {"code": "42", "n": 7, "tags": ["a", "b"], "unit": "F"}
+    for name in ("qwen3-coder", "glm-4.5", "glm-4.7", "minimax-m2", "seed-oss"):
+        fmt = BY_NAME[name]
+        text = fmt.write([("f", json.dumps(arguments))])
+        parser = ToolCallStream(fmt, forced=True, schemas={"f": schema})
+        parser.feed(text)
+        _, calls, _ = parser.finish(True)
+        assert [json.loads(c.arguments) for c in calls] == [arguments], name
+        lark = call_grammar(fmt, [("f", schema)], free_text=False, parallel=False)
+        with pytest.raises(localllm.ConfigError, match="pattern"):
+            call_grammar(fmt, [("f", {"type": "object", "properties": {
+                "d": {"type": "string", "pattern": "^[0-9]+$"}}})], free_text=False,
+                parallel=False)
+        assert "C" in lark and "F" in lark
+        assert llguidance.LLMatcher.validate_grammar(compile_lark(lark)) == ""

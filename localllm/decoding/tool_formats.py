@@ -28,9 +28,12 @@ class Slot(enum.Enum):
     ARGS = "args"        # its arguments, a JSON object under the function's schema
     ID = "id"            # a call id the family writes itself (Mistral's 9 characters)
     INDEX = "index"      # a running number (Command R7B's tool_call_id, Kimi's call index)
+    KEY = "key"          # an argument's name, in a family that writes one tag per argument
+    VALUE = "value"      # its value: a string as it is, any other value as JSON
 
 
 NAME, ARGS, ID, INDEX = Slot.NAME, Slot.ARGS, Slot.ID, Slot.INDEX
+KEY, VALUE = Slot.KEY, Slot.VALUE
 ToolSlot = Slot  # its public name (``localllm.ToolSlot``)
 Piece = str | Slot
 
@@ -63,6 +66,27 @@ class ToolFormat:
     #: the template takes the tools as this variable, a JSON text (FireFunction's
     #: ``functions``), with today's date as ``datetime``; empty: as ``tools``, a list
     tools_as_json: str = ""
+    #: the arguments written one tag per argument (Qwen3-Coder's, GLM's and MiniMax's
+    #: XML) rather than as one JSON object: these pieces, with KEY and VALUE, per argument
+    param: tuple[Piece, ...] = ()
+
+    def param_parts(self) -> tuple[str, str, str]:
+        """A ``param``'s literals: before its KEY, between KEY and VALUE, after VALUE."""
+        k, v = self.param.index(KEY), self.param.index(VALUE)
+        text = ["".join(str(p) for p in part) for part in
+                (self.param[:k], self.param[k + 1:v], self.param[v + 1:])]
+        return text[0], text[1], text[2]
+
+    def args_text(self, arguments: str) -> str:
+        """Arguments (a JSON object's text) as the family writes them."""
+        if not self.param:
+            return arguments
+        before, between, after = self.param_parts()
+        out = []
+        for key, value in json.loads(arguments).items():
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            out.append(f"{before}{key}{between}{shown}{after}")
+        return "".join(out)
 
     def start(self) -> str:
         """The text that turns free text into a call."""
@@ -76,7 +100,8 @@ class ToolFormat:
         call is written back, and what the parser reads."""
         out = []
         for index, (name, arguments) in enumerate(calls):
-            slots = {NAME: name, ARGS: arguments, ID: f"{index:09d}"[-9:], INDEX: str(index)}
+            slots = {NAME: name, ARGS: self.args_text(arguments), ID: f"{index:09d}"[-9:],
+                     INDEX: str(index)}
             out.append("".join(p if isinstance(p, str) else slots[p] for p in self.call))
         return self.open + self.separator.join(out) + self.close
 
@@ -98,6 +123,29 @@ FAMILIES: tuple[ToolFormat, ...] = (
                ("<|channel|>commentary to=functions.", NAME, " <|constrain|>json<|message|>",
                 ARGS), one_call=True, detect=("<|channel|>", "<|call|>"),
                item_separator=",", key_separator=":"),
+    ToolFormat("seed-oss", "ByteDance Seed-OSS",
+               ("<seed:tool_call>\n<function=", NAME, ">\n", ARGS,
+                "</function>\n</seed:tool_call>"), separator="\n",
+               trigger="<seed:tool_call>", detect=("<seed:tool_call>", "<parameter="),
+               param=("<parameter=", KEY, ">", VALUE, "</parameter>\n")),
+    ToolFormat("qwen3-coder", "Qwen3-Coder, Qwen3.5, Nemotron 3 Nano, StepFun 3.5",
+               ("<tool_call>\n<function=", NAME, ">\n", ARGS, "</function>\n</tool_call>"),
+               separator="\n", trigger="<tool_call>",
+               detect=("<tool_call>", "<function=", "<parameter="),
+               param=("<parameter=", KEY, ">\n", VALUE, "\n</parameter>\n")),
+    ToolFormat("glm-4.7", "GLM 4.7, Spark",
+               ("<tool_call>", NAME, ARGS, "</tool_call>"), trigger="<tool_call>",
+               detect=("</arg_key><arg_value>",),
+               param=("<arg_key>", KEY, "</arg_key><arg_value>", VALUE, "</arg_value>")),
+    ToolFormat("glm-4.5", "GLM 4.5 and 4.6, Ling, Laguna",
+               ("<tool_call>", NAME, "\n", ARGS, "</tool_call>"), separator="\n",
+               trigger="<tool_call>", detect=("<arg_key>", "<arg_value>"),
+               param=("<arg_key>", KEY, "</arg_key>\n<arg_value>", VALUE, "</arg_value>\n")),
+    ToolFormat("minimax-m2", "MiniMax M2",
+               ('<invoke name="', NAME, '">\n', ARGS, "</invoke>\n"),
+               open="<minimax:tool_call>\n", close="</minimax:tool_call>",
+               detect=("<minimax:tool_call>", "<parameter name="),
+               param=('<parameter name="', KEY, '">', VALUE, "</parameter>\n")),
     ToolFormat("deepseek-v3.1", "DeepSeek V3.1",
                ("<｜tool▁call▁begin｜>", NAME, "<｜tool▁sep｜>", ARGS, "<｜tool▁call▁end｜>"),
                open="<｜tool▁calls▁begin｜>", close="<｜tool▁calls▁end｜>",
@@ -149,10 +197,7 @@ BY_NAME: dict[str, ToolFormat] = {f.name: f for f in (*FAMILIES, LOCALLLM)}
 #: (their templates also hold markers such as ``<tool_call>``), they get localllm's own
 #: format, described in the system message, rather than a wrong one
 NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("<tool_call>", "<function=", "<parameter="),
-     "Qwen3-Coder XML calls (Qwen3-Coder, Qwen3.5, Nemotron 3 Nano, StepFun 3.5)"),
-    (("<arg_key>", "<arg_value>"), "GLM argument tags (GLM 4.6/4.7, Ling, Laguna, Spark)"),
-    (("<invoke name=",), "MiniMax XML calls"),
+    (("]<]minimax[>[",), "MiniMax M3's tag per argument, named after the argument"),
     ((">>>all",), "Functionary v3.2 recipients"),
     (("DSML",), "DeepSeek V3.2/V4 DSML calls"),
     (("<|tool_call>call:",), "Gemma 4 calls"),
@@ -229,8 +274,11 @@ def call_grammar(fmt: ToolFormat, tools: Sequence[tuple[str, Mapping[str, Any]]]
     tail = fmt.call[1:] if head else fmt.call
     lines: list[str] = []
     for i, (name, schema) in enumerate(tools):
-        args = args_rule or "%json " + json.dumps(_with_separators(fmt, schema),
-                                                  ensure_ascii=False)
+        if fmt.param:
+            args = _params_rule(fmt, schema, lit, args_rule, lines, f"{i}")
+        else:
+            args = args_rule or "%json " + json.dumps(_with_separators(fmt, schema),
+                                                      ensure_ascii=False)
         rest = " ".join(_piece(p, name, args, lit) for p in tail)
         lines.append(f"call_{i}: {lit(head)} {rest}")
         if free_text and not fmt.anchored:  # the first call, after the trigger's text
@@ -279,6 +327,53 @@ def _free_text(specials: Mapping[str, int], trigger: str, after: str) -> list[st
     if after:
         lines.append(f"NOT_CALL: /(?s:.+)/ & ~/{_regex(after)}(?s:.*)/")
     return lines
+
+
+def _params_rule(fmt: ToolFormat, schema: Mapping[str, Any], lit: Callable[[str], str],
+                 args_rule: str | None, lines: list[str], tag: str) -> str:
+    """The arguments of one function, one tag per argument in the schema's order (the
+    required ones always, the others optionally): a string as raw text that cannot hold
+    the tag's end, any other value as JSON under its own schema."""
+    before, between, after = fmt.param_parts()
+    properties = schema.get("properties") or {}
+    required = set(schema.get("required") or ())
+    items = []
+    for j, (key, sub) in enumerate(properties.items()):
+        if _string_choices(sub):
+            value = "(" + " | ".join(lit(c) for c in _string_choices(sub)) + ")"
+        elif isinstance(sub, Mapping) and sub.get("type") == "string" and \
+                {"pattern", "format"} & set(sub):
+            raise ConfigError(f"the {fmt.name} format writes {key!r} as raw text, where "
+                              "its pattern or format cannot be enforced; drop it from the "
+                              "schema or use tool_format='localllm'")
+        elif isinstance(sub, Mapping) and sub.get("type") == "string":
+            # the text up to the tag's first end, and that end: lazy, so it stops there
+            terminal = f"str_{tag}_{j}"
+            low, high = sub.get("minLength", 0), sub.get("maxLength", "")
+            lines.append(f"{terminal}[lazy]: /(?s:.{{{low},{high}}}){_regex(after)}/")
+            items.append(_optional(f"{lit(before + key + between)} {terminal}",
+                                   key in required))
+            continue
+        elif args_rule is not None:
+            value = args_rule
+        else:
+            value = "%json " + json.dumps(_with_separators(fmt, sub), ensure_ascii=False)
+        item = f"{lit(before + key + between)} {value} {lit(after)}"
+        items.append(_optional(item, key in required))
+    return " ".join(items) if items else '""'
+
+
+def _optional(item: str, required: bool) -> str:
+    return item if required else f"({item})?"
+
+
+def _string_choices(schema: Any) -> list[str]:
+    """The strings an ``enum`` or ``const`` allows, written as they are (empty: none)."""
+    if not isinstance(schema, Mapping):
+        return []
+    choices = schema["enum"] if "enum" in schema else (
+        [schema["const"]] if "const" in schema else [])
+    return choices if choices and all(isinstance(c, str) for c in choices) else []
 
 
 def _with_separators(fmt: ToolFormat, schema: Mapping[str, Any]) -> dict[str, Any]:

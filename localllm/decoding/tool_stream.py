@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .._text import partial_tail
 from .._types import ToolCall, ToolCallDelta
@@ -33,8 +35,11 @@ class Region:
     valid: bool                  # False: the text left the format (it is text, not calls)
 
 
-def read_region(fmt: ToolFormat, text: str) -> Region:
-    """The calls in ``text``, which starts where the format's calls start."""
+def read_region(fmt: ToolFormat, text: str, schemas: Mapping[str, Any] | None = None
+                ) -> Region:
+    """The calls in ``text``, which starts where the format's calls start. ``schemas``
+    (function name -> parameters) say which arguments are strings, for a family that
+    writes one tag per argument (a string is written as it is, so ``42`` may be one)."""
     calls: list[PartialCall] = []
     pos = _literal(text, 0, fmt.open)
     if pos is None:
@@ -44,7 +49,7 @@ def read_region(fmt: ToolFormat, text: str) -> Region:
     while True:
         call = PartialCall()
         calls.append(call)
-        pos = _read_call(fmt, text, pos, call)
+        pos = _read_call(fmt, text, pos, call, schemas or {})
         if pos is None:
             return Region(calls, False, False)
         if not call.complete:
@@ -72,11 +77,19 @@ def _literal(text: str, pos: int, literal: str) -> int | None:
     return -1 if literal.startswith(got) and len(got) < len(literal) else None
 
 
-def _read_call(fmt: ToolFormat, text: str, pos: int, call: PartialCall) -> int | None:
+def _read_call(fmt: ToolFormat, text: str, pos: int, call: PartialCall,
+               schemas: Mapping[str, Any]) -> int | None:
     """Read one call from ``pos``: the position after it, or the text's end when it is
     not whole yet (``call.complete`` False); None when the text is not this format."""
     pieces = fmt.call
     for k, piece in enumerate(pieces):
+        if piece is ARGS and fmt.param:
+            following = next((p for p in pieces[k + 1:] if isinstance(p, str)), "")
+            end = _read_params(fmt, text, pos, following, call, schemas)
+            if end is None or end == len(text):
+                return end
+            pos = end
+            continue
         if isinstance(piece, str):
             after = _literal(text, pos, piece)
             if after is None:
@@ -91,15 +104,56 @@ def _read_call(fmt: ToolFormat, text: str, pos: int, call: PartialCall) -> int |
                 return len(text)
             pos = end
         else:
-            following = next((p for p in pieces[k + 1:] if isinstance(p, str)), None)
-            at = text.find(following, pos) if following else -1
-            if at < 0:
+            ends = [p for p in pieces[k + 1:] if isinstance(p, str)][:1]
+            if fmt.param and pieces[k + 1:k + 2] == (ARGS,):  # the first argument's tag
+                ends.append(fmt.param_parts()[0])             # may follow the name
+            found = [at for at in (text.find(end, pos) for end in ends) if at >= 0]
+            if not found:
                 return len(text)
+            at = min(found)
             if piece is Slot.NAME:
                 call.name = text[pos:at]
             pos = at
     call.complete = True
     return pos
+
+
+def _read_params(fmt: ToolFormat, text: str, pos: int, following: str, call: PartialCall,
+                 schemas: Mapping[str, Any]) -> int | None:
+    """Read one tag per argument up to ``following``; the arguments become a JSON object
+    once they are all read (so a stream sends them whole, never a prefix that changes)."""
+    before, between, after = fmt.param_parts()
+    properties = (schemas.get(call.name or "") or {}).get("properties") or {}
+    values: dict[str, Any] = {}
+    while True:
+        rest = text[pos:]
+        if following and rest.startswith(following):
+            call.arguments = json.dumps(values, ensure_ascii=False)
+            return pos
+        if rest.startswith(before):
+            key_end = text.find(between, pos + len(before))
+            value_end = text.find(after, key_end + len(between)) if key_end >= 0 else -1
+            if value_end < 0:
+                return len(text)
+            key = text[pos + len(before):key_end]
+            raw = text[key_end + len(between):value_end]
+            values[key] = _param_value(raw, properties.get(key))
+            pos = value_end + len(after)
+            continue
+        if following.startswith(rest) or before.startswith(rest):
+            return len(text)
+        return None
+
+
+def _param_value(raw: str, schema: Any) -> Any:
+    """A written argument's value: a string where the schema says so (or where it is not
+    JSON), else the JSON it spells."""
+    if isinstance(schema, Mapping) and schema.get("type") == "string":
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def _json_end(text: str, pos: int) -> int | None:
@@ -130,8 +184,10 @@ class ToolCallStream:
     delta shape: each call's id and name first (with its own index), then fragments of
     its arguments. Text that leaves the format, or a call cut short, stays text."""
 
-    def __init__(self, fmt: ToolFormat, *, forced: bool) -> None:
+    def __init__(self, fmt: ToolFormat, *, forced: bool,
+                 schemas: Mapping[str, Any] | None = None) -> None:
         self.fmt = fmt
+        self.schemas = schemas or {}
         self.trigger = fmt.start()
         self.buffer = ""
         self.region_at: int | None = 0 if forced else None
@@ -150,7 +206,7 @@ class ToolCallStream:
         if self.region_at is None:
             return self._content(len(self.buffer) - self._held()), []
         content = self._content(self.region_at)
-        region = read_region(self.fmt, self.buffer[self.region_at:])
+        region = read_region(self.fmt, self.buffer[self.region_at:], self.schemas)
         return content, self._deltas(region) if region.valid else []
 
     def finish(self, complete: bool) -> tuple[str, tuple[ToolCall, ...], list[ToolCallDelta]]:
@@ -158,7 +214,7 @@ class ToolCallStream:
         that are not whole (or text that left the format) come back as text."""
         if self.region_at is None:
             return self._content(len(self.buffer)), (), []
-        region = read_region(self.fmt, self.buffer[self.region_at:])
+        region = read_region(self.fmt, self.buffer[self.region_at:], self.schemas)
         whole = region.valid and region.calls and all(c.complete for c in region.calls) \
             and (region.done or not self.fmt.close)
         if not (complete and whole):
