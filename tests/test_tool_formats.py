@@ -71,6 +71,7 @@ EXPECTED = {
     "glm-4.5", "poolside-Laguna-XS.2": "glm-4.5", "GLM-4.7-Flash": "glm-4.7",
     "Spark2.5": "glm-4.7", "MiniMax-M2": "minimax-m2", "ByteDance-Seed-OSS": "seed-oss",
     "MiniMax-M3": "localllm", "meetkai-functionary-medium-v3.2": "localllm",
+    "unsloth-Apriel-1.5": "apriel", "Apriel-1.6-15b-Thinker-fixed": "apriel",
 }
 
 

@@ -146,6 +146,8 @@ FAMILIES: tuple[ToolFormat, ...] = (
                open="<minimax:tool_call>\n", close="</minimax:tool_call>",
                detect=("<minimax:tool_call>", "<parameter name="),
                param=('<parameter name="', KEY, '">', VALUE, "</parameter>\n")),
+    ToolFormat("apriel", "Apriel 1.5 and 1.6", _JSON_CALL, open="<tool_calls>[",
+               separator=", ", close="]</tool_calls>", detect=("<tool_calls>[",)),
     ToolFormat("deepseek-v3.1", "DeepSeek V3.1",
                ("<｜tool▁call▁begin｜>", NAME, "<｜tool▁sep｜>", ARGS, "<｜tool▁call▁end｜>"),
                open="<｜tool▁calls▁begin｜>", close="<｜tool▁calls▁end｜>",
@@ -201,7 +203,6 @@ NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
     ((">>>all",), "Functionary v3.2 recipients"),
     (("DSML",), "DeepSeek V3.2/V4 DSML calls"),
     (("<|tool_call>call:",), "Gemma 4 calls"),
-    (("<tool_calls>[",), "Apriel calls"),
 )
 
 
