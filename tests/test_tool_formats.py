@@ -72,6 +72,8 @@ EXPECTED = {
     "Spark2.5": "glm-4.7", "MiniMax-M2": "minimax-m2", "ByteDance-Seed-OSS": "seed-oss",
     "MiniMax-M3": "localllm", "meetkai-functionary-medium-v3.2": "localllm",
     "unsloth-Apriel-1.5": "apriel", "Apriel-1.6-15b-Thinker-fixed": "apriel",
+    "deepseek-ai-DeepSeek-V3.2": "deepseek-v3.2", "deepseek-ai-DeepSeek-V4": "deepseek-v4",
+    "deepseek-ai-DeepSeek-V4-Flash-0731": "deepseek-v4",
 }
 
 
@@ -249,7 +251,7 @@ def test_the_default_model_calls_in_each_family_format(
         if not fmt.one_call:
             pairs = [(t["function"]["name"], t["function"]["parameters"]) for t in SHORT]
             lark = call_grammar(fmt, pairs, free_text=False, parallel=True, count=3)
-            three = model.chat(ask, temperature=0, max_tokens=200,
+            three = model.chat(ask, temperature=0, max_tokens=400,
                                response_format={"type": "grammar", "lark": lark})
             region = read_region(fmt, three.text)
             assert region.valid and len(region.calls) == 3, three.text
@@ -355,7 +357,8 @@ def test_one_tag_per_argument_keeps_each_value_its_type() -> None:
         "tags": {"type": "array", "items": {"type": "string"}},
         "unit": {"enum": ["C", "F"]}}}
     arguments = {"code": "42", "n": 7, "tags": ["a", "b"], "unit": "F"}
-    for name in ("qwen3-coder", "glm-4.5", "glm-4.7", "minimax-m2", "seed-oss"):
+    for name in ("qwen3-coder", "glm-4.5", "glm-4.7", "minimax-m2", "seed-oss",
+                 "deepseek-v3.2", "deepseek-v4"):
         fmt = BY_NAME[name]
         text = fmt.write([("f", json.dumps(arguments))])
         parser = ToolCallStream(fmt, forced=True, schemas={"f": schema})

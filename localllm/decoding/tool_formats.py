@@ -69,6 +69,9 @@ class ToolFormat:
     #: the arguments written one tag per argument (Qwen3-Coder's, GLM's and MiniMax's
     #: XML) rather than as one JSON object: these pieces, with KEY and VALUE, per argument
     param: tuple[Piece, ...] = ()
+    #: what comes between KEY and VALUE for a value that is not a string, where the
+    #: family marks it (DeepSeek's DSML: ``string="false"``); empty: as for a string
+    param_json_between: str = ""
 
     def param_parts(self) -> tuple[str, str, str]:
         """A ``param``'s literals: before its KEY, between KEY and VALUE, after VALUE."""
@@ -84,8 +87,11 @@ class ToolFormat:
         before, between, after = self.param_parts()
         out = []
         for key, value in json.loads(arguments).items():
-            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-            out.append(f"{before}{key}{between}{shown}{after}")
+            if isinstance(value, str):
+                out.append(f"{before}{key}{between}{value}{after}")
+            else:
+                shown = json.dumps(value, ensure_ascii=False)
+                out.append(f"{before}{key}{self.param_json_between or between}{shown}{after}")
         return "".join(out)
 
     def start(self) -> str:
@@ -148,6 +154,18 @@ FAMILIES: tuple[ToolFormat, ...] = (
                param=('<parameter name="', KEY, '">', VALUE, "</parameter>\n")),
     ToolFormat("apriel", "Apriel 1.5 and 1.6", _JSON_CALL, open="<tool_calls>[",
                separator=", ", close="]</tool_calls>", detect=("<tool_calls>[",)),
+    ToolFormat("deepseek-v3.2", "DeepSeek V3.2 (DSML)",
+               ('<｜DSML｜invoke name="', NAME, '">\n', ARGS, "</｜DSML｜invoke>\n"),
+               open="<｜DSML｜function_calls>\n", close="</｜DSML｜function_calls>",
+               detect=("dsml_token + 'function_calls>",),
+               param=('<｜DSML｜parameter name="', KEY, '" string="true">', VALUE,
+                      "</｜DSML｜parameter>\n"), param_json_between='" string="false">'),
+    ToolFormat("deepseek-v4", "DeepSeek V4 (DSML)",
+               ('<｜DSML｜invoke name="', NAME, '">\n', ARGS, "</｜DSML｜invoke>\n"),
+               open="<｜DSML｜tool_calls>\n", close="</｜DSML｜tool_calls>",
+               detect=("dsml_token + 'tool_calls>",),
+               param=('<｜DSML｜parameter name="', KEY, '" string="true">', VALUE,
+                      "</｜DSML｜parameter>\n"), param_json_between='" string="false">'),
     ToolFormat("deepseek-v3.1", "DeepSeek V3.1",
                ("<｜tool▁call▁begin｜>", NAME, "<｜tool▁sep｜>", ARGS, "<｜tool▁call▁end｜>"),
                open="<｜tool▁calls▁begin｜>", close="<｜tool▁calls▁end｜>",
@@ -201,7 +219,6 @@ BY_NAME: dict[str, ToolFormat] = {f.name: f for f in (*FAMILIES, LOCALLLM)}
 NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
     (("]<]minimax[>[",), "MiniMax M3's tag per argument, named after the argument"),
     ((">>>all",), "Functionary v3.2 recipients"),
-    (("DSML",), "DeepSeek V3.2/V4 DSML calls"),
     (("<|tool_call>call:",), "Gemma 4 calls"),
 )
 
@@ -359,6 +376,11 @@ def _params_rule(fmt: ToolFormat, schema: Mapping[str, Any], lit: Callable[[str]
             value = args_rule
         else:
             value = "%json " + json.dumps(_with_separators(fmt, sub), ensure_ascii=False)
+        if not _string_choices(sub):  # a JSON value, marked so where the family marks it
+            between_json = fmt.param_json_between or between
+            item = f"{lit(before + key + between_json)} {value} {lit(after)}"
+            items.append(_optional(item, key in required))
+            continue
         item = f"{lit(before + key + between)} {value} {lit(after)}"
         items.append(_optional(item, key in required))
     return " ".join(items) if items else '""'

@@ -131,13 +131,17 @@ def _read_params(fmt: ToolFormat, text: str, pos: int, following: str, call: Par
             call.arguments = json.dumps(values, ensure_ascii=False)
             return pos
         if rest.startswith(before):
-            key_end = text.find(between, pos + len(before))
-            value_end = text.find(after, key_end + len(between)) if key_end >= 0 else -1
+            marks = [(at, mark) for mark in {between, fmt.param_json_between} if mark
+                     for at in [text.find(mark, pos + len(before))] if at >= 0]
+            key_end, mark = min(marks) if marks else (-1, between)
+            value_end = text.find(after, key_end + len(mark)) if key_end >= 0 else -1
             if value_end < 0:
                 return len(text)
             key = text[pos + len(before):key_end]
-            raw = text[key_end + len(between):value_end]
-            values[key] = _param_value(raw, properties.get(key))
+            raw = text[key_end + len(mark):value_end]
+            marked_json = bool(fmt.param_json_between) and mark == fmt.param_json_between
+            values[key] = _param_value(raw, properties.get(key), marked_json,
+                                       bool(fmt.param_json_between))
             pos = value_end + len(after)
             continue
         if following.startswith(rest) or before.startswith(rest):
@@ -145,10 +149,11 @@ def _read_params(fmt: ToolFormat, text: str, pos: int, following: str, call: Par
         return None
 
 
-def _param_value(raw: str, schema: Any) -> Any:
-    """A written argument's value: a string where the schema says so (or where it is not
-    JSON), else the JSON it spells."""
-    if isinstance(schema, Mapping) and schema.get("type") == "string":
+def _param_value(raw: str, schema: Any, marked_json: bool, marked: bool) -> Any:
+    """A written argument's value: a string where the family marks it so (DSML) or the
+    schema says so (or where it is not JSON), else the JSON it spells."""
+    if (marked and not marked_json) or (
+            not marked and isinstance(schema, Mapping) and schema.get("type") == "string"):
         return raw
     try:
         return json.loads(raw)
