@@ -220,7 +220,8 @@ class LocalGenerator:
 
         sampling = self._check_sampling(request.sampling)
         tools = prepare(request.tools, request.tool_choice, self.tool_family,
-                        request.parallel_tool_calls, self.tool_specials,
+                        request.parallel_tool_calls,
+                        self.tool_specials if request.tools else None,
                         request.max_tool_calls) if request.chat else None
         switch = self._thinking_switch(request)
         decoding = self._decoding(request, tools)
@@ -474,6 +475,7 @@ class LocalRun:
         self.parse_tools = decoding.tools
         self.thinking: Any = None   # set by prepare for a chat with a reasoning model
         self.thinking_opened = False
+        self.reasoning_asked = False  # the thinking is split here, from the text
         self.format = decoding.grammar.format if decoding.grammar is not None else None
         self.wants_logprobs = decoding.logprobs is not None
         self.request: Request | None = None

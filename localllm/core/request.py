@@ -157,12 +157,15 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
 @dataclass(slots=True)
 class Piece:
     """Output as it comes: text, the token ids that wrote it (local runs), log
-    probabilities, and tool-call pieces already parsed by a server."""
+    probabilities, and what a server parsed already: tool-call pieces and thinking
+    (``reasoning``, which a server splits off itself; a local run's thinking is in its
+    text, split by the assembler)."""
 
     text: str = ""
     token_ids: tuple[int, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    reasoning: str = ""
 
 
 @dataclass
@@ -170,7 +173,8 @@ class Ending:
     """How a run ended, asked for once its pieces stop (ended, or cut by a stop string):
     the finish reason the generator saw (None: none yet, as when a stop string cut it),
     the counts, the seed used, what was cut to fit, and whether a constrained answer is
-    complete (None: complete when it ended on its own)."""
+    complete (None: complete when it ended on its own). ``reasoning_tokens`` is a
+    server's count of its thinking (a local run's is counted as its text is split)."""
 
     finish: FinishReason | None
     prompt_tokens: int
@@ -180,6 +184,7 @@ class Ending:
     load_s: float = 0.0
     truncation: Truncation | None = None
     format_complete: bool | None = None
+    reasoning_tokens: int = 0
 
 
 class Run(Protocol):
@@ -198,6 +203,10 @@ class Run(Protocol):
     #: whether the prompt opened the thinking (None: no split here)
     thinking: Any
     thinking_opened: bool
+    #: the caller asked about thinking (think=, reasoning_budget=) of a generator whose
+    #: pieces carry it split already: the completion's reasoning is then a string even
+    #: when none came (a server refuses such a request for a model that does not think)
+    reasoning_asked: bool
 
     def pieces(self) -> Iterator[Piece]: ...
 
@@ -219,8 +228,8 @@ class Assembler:
         self.run = run
         self.stops = StopMatcher(stops)
         setup = run.parse_tools
-        self.tools = (ToolCallStream(setup.family, forced=setup.forced)
-                      if setup is not None else None)
+        self.tools = (ToolCallStream(setup.family, forced=setup.forced, schemas={
+            t.name: t.parameters for t in setup.tools}) if setup is not None else None)
         from ..decoding.reasoning import ThinkingSplit
 
         self.split = (ThinkingSplit(run.thinking, opened=run.thinking_opened)
@@ -245,8 +254,10 @@ class Assembler:
             self.unsent_logprobs += len(piece.logprobs)
         for delta in piece.tool_calls:
             self._gather(delta)
-        text, thought = piece.text, ""
-        if self.split is not None and text:
+        text, thought = piece.text, piece.reasoning
+        if thought:  # a server split it off already
+            self.reasoning.append(thought)
+        elif self.split is not None and text:
             thought, text = self.split.feed(text, len(piece.token_ids))
             self.reasoning.append(thought)
         text = self.stops.feed(text) if text else ""
@@ -321,12 +332,14 @@ class Assembler:
             usage=Usage(prompt_tokens=n_prompt, completion_tokens=n_gen,
                         total_tokens=n_prompt + n_gen,
                         cached_prompt_tokens=end.cached_prompt_tokens,
-                        reasoning_tokens=self.split.reasoning_tokens if self.split else 0),
+                        reasoning_tokens=self.split.reasoning_tokens if self.split
+                        else end.reasoning_tokens),
             timings=timings(end.load_s, n_prompt, n_gen, self.t_start,
                             self.t_first or t_end, t_end),
             truncation=end.truncation,
             tool_calls=calls,
-            reasoning="".join(self.reasoning) if self.split is not None else None,
+            reasoning="".join(self.reasoning) if self.split is not None or self.reasoning
+            or self.run.reasoning_asked else None,
             logprobs=tuple(self.logprobs) if self.run.wants_logprobs else None,
         )
         if self.run.format is not None and self.tools is None:

@@ -13,7 +13,9 @@ Thinking: the request's ``thinking`` sets a reasoning model's switch and budget 
 :func:`read_thinking`); the answer's thinking comes back as a ``thinking`` block before
 the text, streamed as ``thinking_delta`` events and closed by a ``signature_delta``. An
 earlier turn's ``thinking`` and ``redacted_thinking`` blocks are accepted and left out of
-the prompt, as Anthropic's own models drop them from earlier turns.
+the prompt, as Anthropic's own models drop them from earlier turns. The client writes
+``think=`` and ``reasoning_budget=`` the same way (:func:`thinking_fields`) and reads the
+``thinking_delta`` text back as the completion's reasoning.
 """
 
 from __future__ import annotations
@@ -473,11 +475,45 @@ def client_body(request: GenerationRequest, model: str) -> tuple[str, dict[str, 
     if request.tools and not request.parallel_tool_calls:
         body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}),
                                "disable_parallel_tool_use": True}
+    body.update(thinking_fields(request.think, request.reasoning_budget, sampling.max_tokens))
     return "/v1/messages", body, True
 
 
+def thinking_fields(think: Any, budget: int | None, max_tokens: int) -> dict[str, Any]:
+    """``think=`` and ``reasoning_budget=`` as the request's ``thinking`` (and
+    ``output_config.effort`` for a level): the reverse of :func:`read_thinking`.
+
+    A budget is ``enabled`` with ``budget_tokens``, which Anthropic requires below
+    ``max_tokens`` (the answer comes after the thinking, within it); thinking on without
+    one is ``adaptive`` (the model decides how long, as ``think=True`` does locally);
+    ``think=False`` is ``disabled``, which takes no budget. A request that cannot be said
+    so is refused rather than sent otherwise."""
+    where = "Anthropic's Messages API"
+    if think is None and budget is None:
+        return {}
+    if think is False:
+        if budget is not None:
+            raise UnsupportedFeatureError(where, "reasoning_budget= with think=False",
+                                          "disabled thinking takes no budget_tokens")
+        return {"thinking": {"type": "disabled"}}
+    out: dict[str, Any] = {"thinking": {"type": "adaptive"}}
+    if budget is not None:
+        if budget >= max_tokens:
+            raise UnsupportedFeatureError(
+                where, f"reasoning_budget={budget} with max_tokens={max_tokens}",
+                "the API requires budget_tokens below max_tokens (the answer comes after "
+                "the thinking, within max_tokens): raise max_tokens or lower the budget")
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    if isinstance(think, str):
+        out["output_config"] = {"effort": think}
+    return out
+
+
 class Decoder(StreamDecoder):
-    """Anthropic's SSE events → :class:`Piece` events, the finish reason and usage."""
+    """Anthropic's SSE events → :class:`Piece` events, the finish reason and usage; a
+    thinking block's ``thinking_delta`` text as ``Piece.reasoning`` (its signature, and a
+    ``redacted_thinking`` block, carry no text to show). The API does not count the
+    thinking's tokens apart."""
 
     def __init__(self, chat: bool) -> None:
         super().__init__(chat)
@@ -505,6 +541,8 @@ class Decoder(StreamDecoder):
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
                 return [Piece(str(delta.get("text", "")))]
+            if delta.get("type") == "thinking_delta":
+                return [Piece(reasoning=str(delta.get("thinking", "")))]
             if delta.get("type") == "input_json_delta":
                 index = self.block_call.get(int(event.get("index", 0)), 0)
                 return [Piece(tool_calls=(ToolCallDelta(

@@ -81,13 +81,15 @@ class ServerCodec(Protocol):
 
 class StreamDecoder:
     """The client side's state while it reads a reply: the finish reason the server gave,
-    usage (prompt, completion tokens), and whether the server said the answer is
-    complete. Each API's ``Decoder`` fills it from its own events."""
+    usage (prompt, completion tokens; the thinking's tokens where the API counts them), and
+    whether the server said the answer is complete. Each API's ``Decoder`` fills it from
+    its own events, and turns the thinking a server split off into ``Piece.reasoning``."""
 
     def __init__(self, chat: bool) -> None:
         self.chat = chat
         self.finish: str | None = None
         self.usage = (0, 0)
+        self.reasoning_tokens = 0
         self.ended = False
 
     def feed_whole(self, reply: dict[str, Any]) -> list[Any]:

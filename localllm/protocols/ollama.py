@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._errors import RemoteError, RequestError
+from .._errors import RemoteError, RequestError, UnsupportedFeatureError
 from .._types import Completion, Message, StreamChunk, TokenLogprob, ToolCall, ToolCallDelta
 from ..core.request import GenerationRequest, Piece
 from .codec import Call, Failure, StreamDecoder, sampling_params, server_request, validate
@@ -72,8 +72,19 @@ def client_body(request: GenerationRequest, model: str, wire_format: dict[str, A
                 ) -> tuple[str, dict[str, Any], bool]:
     """(route, body, streamed) for ``request`` on Ollama's native API: the set sampling
     fields as ``options``, ``num_predict`` -1 for no limit, a prompt sent ``raw`` (a plain
-    continuation, as ``complete()`` is locally)."""
+    continuation, as ``complete()`` is locally). ``think=`` is Ollama's ``think`` as it is
+    (a bool or a level); the API has no thinking budget, and a raw prompt no template to
+    switch, so those are refused, never dropped."""
     sampling = request.sampling
+    if request.reasoning_budget is not None:
+        raise UnsupportedFeatureError(
+            "Ollama's API", "reasoning_budget=",
+            "its think switch has no budget: give think='low' (or 'medium', 'high'), or use "
+            "api='anthropic' (thinking.budget_tokens) where the server speaks it")
+    if request.think is not None and not request.chat:
+        raise UnsupportedFeatureError("Ollama's API", "think= with complete()",
+                                      "a raw prompt has no chat template to switch the "
+                                      "thinking; use chat()")
     opts = {OPTION_NAMES[name]: getattr(sampling, name) for name in request.given
             if name != "max_tokens"}
     opts["num_predict"] = sampling.max_tokens if sampling.max_tokens is not None else -1
@@ -85,6 +96,8 @@ def client_body(request: GenerationRequest, model: str, wire_format: dict[str, A
         body["messages"] = [message(m) for m in request.messages]
         if request.tools:
             body["tools"] = list(request.tools)
+        if request.think is not None:
+            body["think"] = request.think
         return "/api/chat", body, True
     body["prompt"] = request.prompt
     body["raw"] = True
@@ -93,7 +106,9 @@ def client_body(request: GenerationRequest, model: str, wire_format: dict[str, A
 
 class Decoder(StreamDecoder):
     """Ollama's NDJSON reply lines → :class:`Piece` events, with the finish reason, usage
-    and whether the last line (``done``) came."""
+    and whether the last line (``done``) came; the thinking (``message.thinking`` in a
+    chat, ``thinking`` from /api/generate) as ``Piece.reasoning``. Ollama does not count
+    the thinking's tokens apart."""
 
     def __init__(self, chat: bool) -> None:
         super().__init__(chat)
@@ -107,6 +122,7 @@ class Decoder(StreamDecoder):
             raise RemoteError(f"the server failed mid-stream: {event['error']}")
         message_ = event.get("message") or {}
         text = message_.get("content", "") if self.chat else event.get("response", "")
+        thinking = (message_ if self.chat else event).get("thinking")
         pieces = call_pieces(message_, self.calls)
         self.calls += len(pieces)
         calls = tuple(ToolCallDelta(index=p["index"], id=p["id"], name=p["function"]["name"],
@@ -117,7 +133,8 @@ class Decoder(StreamDecoder):
                                                                "stop")
             self.usage = (int(event.get("prompt_eval_count") or 0),
                           int(event.get("eval_count") or 0))
-        return [Piece(text or "", (), (), calls)]
+        return [Piece(text or "", (), (), calls,
+                      thinking if isinstance(thinking, str) else "")]
 
     def feed_whole(self, reply: dict[str, Any]) -> list[Piece]:
         return self.feed_line(json.dumps(reply))

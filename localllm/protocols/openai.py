@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._errors import RemoteError, RequestError
+from .._errors import RemoteError, RequestError, UnsupportedFeatureError
 from .._types import (
     Completion,
     Message,
@@ -35,6 +35,20 @@ EXTENSION_FIELDS = ("top_k", "min_p", "typical_p", "repeat_penalty", "repeat_las
 #: is (logit_bias keys arrive as strings and are converted where they are read)
 SAMPLING_FIELDS = {name: name for name in STANDARD_FIELDS + EXTENSION_FIELDS
                    if name != "logit_bias"}
+#: ``reasoning_effort`` (chat completions) and ``reasoning.effort`` (Responses) as
+#: localllm's ``think``: "none" is off, "minimal" the lowest level, "xhigh" and "max" the
+#: highest
+EFFORTS: dict[str, Any] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
+                           "high": "high", "xhigh": "high", "max": "high"}
+
+
+def wire_effort(think: Any) -> str:
+    """``think=`` as an effort: a level as it is, False as "none" (the off switch OpenAI,
+    vLLM, llama-server and localllm take) and True as "medium", OpenAI's default level
+    (what a template that grades the thinking renders for True locally)."""
+    if think is True:
+        return "medium"
+    return "none" if think is False else str(think)
 
 
 def tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
@@ -113,8 +127,20 @@ def client_body(request: GenerationRequest, model: str, *, max_completion_tokens
                 stream_usage: bool, wire_format: dict[str, Any] | None
                 ) -> tuple[str, dict[str, Any], bool]:
     """(route, body, streamed) for ``request`` on an OpenAI-compatible server: only the
-    sampling fields the caller set are sent, so the server's defaults stand otherwise."""
+    sampling fields the caller set are sent, so the server's defaults stand otherwise.
+    ``think=`` is ``reasoning_effort`` (see :func:`wire_effort`); the API has no thinking
+    budget and a plain prompt no template to switch, so those are refused, never dropped."""
     chat, sampling = request.chat, request.sampling
+    if request.reasoning_budget is not None:
+        raise UnsupportedFeatureError(
+            "OpenAI's chat completions API", "reasoning_budget=",
+            "its reasoning_effort is a level, not a budget: give think='low' (or 'medium', "
+            "'high'), or use api='anthropic' (thinking.budget_tokens) where the server "
+            "speaks it")
+    if request.think is not None and not chat:
+        raise UnsupportedFeatureError("OpenAI's completions API", "think= with complete()",
+                                      "a plain prompt has no chat template to switch the "
+                                      "thinking; use chat()")
     sent = {name: getattr(sampling, name) for name in request.given
             if name not in ("max_tokens", "logit_bias")}
     body: dict[str, Any] = {"model": model, "stream": True, **sent}
@@ -144,14 +170,28 @@ def client_body(request: GenerationRequest, model: str, *, max_completion_tokens
             body["parallel_tool_calls"] = False
         if request.tools and request.max_tool_calls is not None:
             body["max_tool_calls"] = request.max_tool_calls
+        if request.think is not None:
+            body["reasoning_effort"] = wire_effort(request.think)
         return "/v1/chat/completions", body, streamed
     body["prompt"] = request.prompt
     return "/v1/completions", body, streamed
 
 
+def reasoning_text(message_: Mapping[str, Any]) -> str:
+    """The thinking in a reply's message or streamed delta: ``reasoning_content``
+    (llama-server, localllm, DeepSeek, older vLLM) or ``reasoning`` (newer vLLM,
+    OpenRouter; some servers send both, with the same text, so one is taken)."""
+    for name in ("reasoning_content", "reasoning"):
+        value = message_.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 class Decoder(StreamDecoder):
     """A reply (SSE ``data:`` lines, or one JSON body) → :class:`Piece` events, with the
-    finish reason, usage and whether the server said the answer is complete."""
+    finish reason, usage and whether the server said the answer is complete; a chat's
+    thinking (see :func:`reasoning_text`) as ``Piece.reasoning``."""
 
     def feed_line(self, line: str) -> list[Piece]:
         if not line.startswith("data:"):
@@ -169,7 +209,8 @@ class Decoder(StreamDecoder):
             delta = choice.get("delta") or {}
             text = delta.get("content") if self.chat else choice.get("text")
             out.append(Piece(text or "", (), decode_logprobs(choice.get("logprobs")),
-                             tuple(_call_delta(c) for c in delta.get("tool_calls") or [])))
+                             tuple(_call_delta(c) for c in delta.get("tool_calls") or []),
+                             reasoning_text(delta) if self.chat else ""))
             if choice.get("finish_reason"):
                 self.finish = str(choice["finish_reason"])
         return out
@@ -183,7 +224,8 @@ class Decoder(StreamDecoder):
             text = message_.get("content") if self.chat else choice.get("text")
             calls = tuple(_call_delta({**c, "index": i})
                           for i, c in enumerate(message_.get("tool_calls") or []))
-            out.append(Piece(text or "", (), decode_logprobs(choice.get("logprobs")), calls))
+            out.append(Piece(text or "", (), decode_logprobs(choice.get("logprobs")), calls,
+                             reasoning_text(message_) if self.chat else ""))
             self.finish, self.ended = str(choice.get("finish_reason") or "stop"), True
         return out
 
@@ -191,6 +233,8 @@ class Decoder(StreamDecoder):
         if event.get("usage"):
             u = event["usage"]
             self.usage = (int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+            details = u.get("completion_tokens_details") or {}
+            self.reasoning_tokens = int(details.get("reasoning_tokens") or 0)
 
 
 def _call_delta(call: Mapping[str, Any]) -> ToolCallDelta:
@@ -246,7 +290,9 @@ class ChatBody(_Body):
     parallel_tool_calls: bool | None = None
     #: at most this many tool calls (the Responses API's field, taken here too)
     max_tool_calls: int | None = Field(None, ge=1)
-    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    #: read as ``think`` through :data:`EFFORTS`
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] \
+        | None = None
 
 
 class CompletionBody(_Body):
@@ -302,14 +348,17 @@ def _response_format(raw: dict[str, Any] | None) -> Any:
 
 
 def usage(results: list[Completion], n: int) -> dict[str, Any]:
-    """Usage of ``n`` choices per prompt: each prompt counts once, every choice's output."""
+    """Usage of ``n`` choices per prompt: each prompt counts once, every choice's output
+    (of which ``completion_tokens_details.reasoning_tokens`` were thinking)."""
     firsts = results[::n]
     prompt = sum(r.usage.prompt_tokens for r in firsts)
     completion = sum(r.usage.completion_tokens for r in results)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion,
             "prompt_tokens_details": {
-                "cached_tokens": sum(r.usage.cached_prompt_tokens for r in firsts)}}
+                "cached_tokens": sum(r.usage.cached_prompt_tokens for r in firsts)},
+            "completion_tokens_details": {
+                "reasoning_tokens": sum(r.usage.reasoning_tokens for r in results)}}
 
 
 @dataclass
@@ -361,7 +410,9 @@ class ChatCodec(_SSE):
                              response_format=_response_format(req.response_format),
                              tools=req.tools, tool_choice=req.tool_choice,
                              parallel_tool_calls=req.parallel_tool_calls is not False,
-                             max_tool_calls=req.max_tool_calls, think=req.reasoning_effort,
+                             max_tool_calls=req.max_tool_calls,
+                             think=None if req.reasoning_effort is None
+                             else EFFORTS[req.reasoning_effort],
                              logprobs=(req.top_logprobs or 0) if req.logprobs else None)
         return Call(req.model, [gen], req.n, req.stream, echo=_echo("chatcmpl-", req))
 

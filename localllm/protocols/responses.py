@@ -32,7 +32,7 @@ from .._errors import ModelNotFoundError, RemoteError, RequestError, Unsupported
 from .._types import Completion, Message, StreamChunk, ToolCallDelta
 from ..core.request import GenerationRequest, Piece
 from .codec import Call, StreamDecoder, block_texts, named_event, server_request, validate
-from .openai import _SSE
+from .openai import _SSE, EFFORTS, wire_effort
 
 
 class Store(Protocol):
@@ -82,15 +82,11 @@ class Body(BaseModel):
         return out
 
 
-#: ``reasoning.effort`` as localllm's ``think``: "none" is off, "minimal" the lowest level,
-#: "xhigh" and "max" the highest
-EFFORTS: dict[str, Any] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
-                           "high": "high", "xhigh": "high", "max": "high"}
-
-
 def read_reasoning(reasoning: dict[str, Any] | None) -> Any:
-    """``reasoning`` as ``think`` (None: the template's default). ``summary`` is accepted,
-    but no summary is written: the reasoning item carries the whole thinking instead."""
+    """``reasoning`` as ``think`` (None: the template's default; ``effort`` read through
+    ``openai.EFFORTS``, which chat completions' ``reasoning_effort`` shares). ``summary``
+    is accepted, but no summary is written: the reasoning item carries the whole thinking
+    instead."""
     if not reasoning:
         return None
     unknown = sorted(set(reasoning) - {"effort", "summary", "generate_summary"})
@@ -488,10 +484,18 @@ def input_items(messages: list[Message]) -> tuple[str | None, list[dict[str, Any
 def client_body(request: GenerationRequest, model: str, wire_format: dict[str, Any] | None
                 ) -> tuple[str, dict[str, Any], bool]:
     """(route, body, streamed) for ``request`` on a server speaking the Responses API:
-    the whole conversation each time, ``store: false`` (the client keeps the history)."""
+    the whole conversation each time, ``store: false`` (the client keeps the history).
+    ``think=`` is ``reasoning.effort`` (False: "none", True: "medium", OpenAI's default);
+    the API has no thinking budget, so ``reasoning_budget=`` is refused."""
     if request.messages is None:
         raise UnsupportedFeatureError("the Responses API", "complete() with a prompt",
                                       "it takes a conversation; use chat()")
+    if request.reasoning_budget is not None:
+        raise UnsupportedFeatureError(
+            "the Responses API", "reasoning_budget=",
+            "its reasoning.effort is a level, not a budget: give think='low' (or 'medium', "
+            "'high'), or use api='anthropic' (thinking.budget_tokens) where the server "
+            "speaks it")
     instructions, items = input_items(list(request.messages))
     body: dict[str, Any] = {"model": model, "input": items, "stream": True, "store": False}
     if instructions:
@@ -515,6 +519,8 @@ def client_body(request: GenerationRequest, model: str, wire_format: dict[str, A
         body["parallel_tool_calls"] = False
     if request.tools and request.max_tool_calls is not None:
         body["max_tool_calls"] = request.max_tool_calls
+    if request.think is not None:
+        body["reasoning"] = {"effort": wire_effort(request.think)}
     if wire_format is not None:
         fmt: dict[str, Any] = {"type": wire_format["type"]}
         if wire_format["type"] == "json_schema":
@@ -526,7 +532,10 @@ def client_body(request: GenerationRequest, model: str, wire_format: dict[str, A
 
 
 class Decoder(StreamDecoder):
-    """The Responses event stream → :class:`Piece` events, finish reason and usage."""
+    """The Responses event stream → :class:`Piece` events, finish reason and usage. A
+    reasoning item's text (``response.reasoning_text.delta``) is ``Piece.reasoning``; a
+    summary of it (``reasoning_summary_text``, what OpenAI's own models send) is not the
+    thinking, so it is left out rather than passed off as it."""
 
     def __init__(self, chat: bool) -> None:
         super().__init__(chat)
@@ -541,6 +550,8 @@ class Decoder(StreamDecoder):
             raise RemoteError(f"the server failed mid-stream: {event.get('error', event)}")
         if kind == "response.output_text.delta":
             return [Piece(str(event.get("delta", "")))]
+        if kind == "response.reasoning_text.delta":
+            return [Piece(reasoning=str(event.get("delta", "")))]
         if kind == "response.output_item.added":
             item = event.get("item") or {}
             if item.get("type") == "function_call":
@@ -557,6 +568,8 @@ class Decoder(StreamDecoder):
             response = event.get("response") or {}
             u = response.get("usage") or {}
             self.usage = (int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0))
+            details = u.get("output_tokens_details") or {}
+            self.reasoning_tokens = int(details.get("reasoning_tokens") or 0)
             self.finish = "length" if kind == "response.incomplete" else (
                 "tool_calls" if self.calls else "stop")
             self.ended = True

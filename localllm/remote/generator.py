@@ -181,9 +181,11 @@ class RemoteGenerator:
         if request.context_limit is not None or request.clamp_to_context:
             raise UnsupportedFeatureError(where, "a per-request context window",
                                           "the server sizes its own context")
-        if request.think is not None or request.reasoning_budget is not None:
+        if (request.think is not None or request.reasoning_budget is not None) \
+                and not caps.think:
             raise UnsupportedFeatureError(where, "think= and reasoning_budget=",
-                                          "localllm does not pass them to servers yet")
+                                          "this server would not switch the thinking; "
+                                          "capabilities={'think': True} if it does")
         if request.tools and not request.parallel_tool_calls and \
                 self.server.api not in ("openai", "responses", "anthropic"):
             raise UnsupportedFeatureError(where, "parallel_tool_calls=False",
@@ -271,6 +273,8 @@ class RemoteRun:
         self.wants_logprobs = request.logprobs is not None
         self.thinking: Any = None  # a server splits thinking itself
         self.thinking_opened = False
+        self.reasoning_asked = request.think is not None or \
+            request.reasoning_budget is not None
         self.seed = request.sampling.seed
         self.timeout = request.timeout
         self.cancelled = False
@@ -323,7 +327,8 @@ class RemoteRun:
         return Ending(finish=finish if finish in ("stop", "length", "tool_calls")  # type: ignore[arg-type]
                       else ("stop" if finish else None),
                       prompt_tokens=n_prompt, completion_tokens=n_gen,
-                      seed=self.seed if self.seed is not None else -1)
+                      seed=self.seed if self.seed is not None else -1,
+                      reasoning_tokens=self.decoder.reasoning_tokens)
 
 
 class _RemoteTokenizer:

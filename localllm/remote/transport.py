@@ -45,6 +45,7 @@ class RemoteCapabilities:
     tool_choice_forced: bool = False  # tool_choice "required" or a named function
     stream_usage: bool = False     # usage in the last streamed chunk
     max_completion_tokens: bool = False  # else the limit goes as max_tokens
+    think: bool = False            # the API's thinking switch (think=, reasoning_budget=)
     tokenize: str = ""             # the tokenize route shape: "llama", "vllm", "lcp" or ""
     embeddings: bool = True
 
@@ -54,35 +55,41 @@ _ALL = frozenset(STANDARD_FIELDS + EXTENSION_FIELDS)
 FLAVOURS: dict[str, RemoteCapabilities] = {
     "localllm": RemoteCapabilities(_ALL, logprobs=True, json_schema=True,
                                    tool_choice_forced=True, stream_usage=True,
-                                   max_completion_tokens=True, tokenize="llama"),
+                                   max_completion_tokens=True, think=True, tokenize="llama"),
+    # reasoning_effort reaches its template ("none" closes the thinking), as its
+    # /apply-template shows on the pinned build
     "llama-server": RemoteCapabilities(_ALL, logprobs=False, json_schema=True,
                                        tool_choice_forced=True, stream_usage=True,
-                                       max_completion_tokens=True, tokenize="llama"),
+                                       max_completion_tokens=True, think=True,
+                                       tokenize="llama"),
+    # no think: the pinned llama-cpp-python's server has no reasoning_effort field and
+    # drops it; LM Studio is not known to honour it either
     "llama-cpp-python": RemoteCapabilities(
         _ALL - {"repeat_last_n"}, logprobs=True, json_schema=False,
         tools=True, tool_choice_forced=False, stream_usage=False,
         max_completion_tokens=False, tokenize="lcp"),
     "vllm": RemoteCapabilities(_ALL - {"typical_p", "repeat_last_n"}, logprobs=True,
                                json_schema=True, tool_choice_forced=True, stream_usage=True,
-                               max_completion_tokens=True, tokenize="vllm"),
+                               max_completion_tokens=True, think=True, tokenize="vllm"),
     "lmstudio": RemoteCapabilities(
         frozenset(STANDARD_FIELDS) | {"top_k", "repeat_penalty"}, json_schema=True,
         tool_choice_forced=False),
     # Ollama through its native /api: options carry what /v1 drops; no logit_bias, no n
     "ollama": RemoteCapabilities(_ALL - {"logit_bias"}, logprobs=False,
                                  json_schema=True, tool_choice_forced=False,
-                                 stream_usage=True, max_completion_tokens=True),
+                                 stream_usage=True, max_completion_tokens=True, think=True),
     # Anthropic's Messages API on any server that speaks it (its tokenizer route and
     # embeddings are the flavour's): the sampling fields that API defines
     "anthropic": RemoteCapabilities(frozenset({"temperature", "top_p", "top_k"}),
                                     json_object=False, tool_choice_forced=True,
-                                    stream_usage=True),
+                                    stream_usage=True, think=True),
     # OpenAI's Responses API on any server that speaks it: the fields that API defines
     "responses": RemoteCapabilities(frozenset({"temperature", "top_p"}), json_schema=True,
-                                    tool_choice_forced=True, stream_usage=True),
-    # any other /v1 server: only what OpenAI's API defines, nothing assumed beyond it
+                                    tool_choice_forced=True, stream_usage=True, think=True),
+    # any other /v1 server: only what OpenAI's API defines (reasoning_effort among it),
+    # nothing assumed beyond it
     "openai": RemoteCapabilities(frozenset(STANDARD_FIELDS) - {"logit_bias"}, json_schema=False,
-                                 tool_choice_forced=False),
+                                 tool_choice_forced=False, think=True),
 }
 
 
