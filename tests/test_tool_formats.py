@@ -372,3 +372,33 @@ def test_one_tag_per_argument_keeps_each_value_its_type() -> None:
                 parallel=False)
         assert "C" in lark and "F" in lark
         assert llguidance.LLMatcher.validate_grammar(compile_lark(lark)) == ""
+
+
+def test_auto_mode_runs_its_grammar_only_once_a_call_may_start(
+        shared_model: localllm.Model) -> None:
+    """Auto mode's grammar is lazy: plain text is written with no mask computed; the
+    first piece of the trigger starts it, with every earlier token given to it, and from
+    there it holds the call as the eager grammar would (a wrong name is refused)."""
+    import numpy as np
+
+    from localllm.decoding.structured import GrammarConstraint, LazyGrammar
+
+    generator = shared_model._generator
+    setup = prepare([WEATHER], "auto", LOCALLLM)
+    assert setup is not None
+    lazy = generator._decoding(localllm.build_request(
+        messages=[{"role": "user", "content": "hi"}], tools=[WEATHER]), setup).grammar
+    assert isinstance(lazy, LazyGrammar)
+    eager = lazy.grammar
+    assert isinstance(eager, GrammarConstraint)
+    logits = np.zeros(shared_model.info.vocab_size, dtype=np.float32)
+    for token in tokens(shared_model, "Let me check the weather. "):
+        assert lazy([], logits) is logits  # untouched: no mask for plain text
+        lazy.consume(token)
+    assert not lazy.active
+    for token in tokens(shared_model, '<tool_call>{"name":"get_weather"'):
+        lazy.consume(token)
+    assert lazy.active
+    masked = lazy([], logits)
+    wrong, = tokens(shared_model, "x")[:1]
+    assert masked[wrong] == -np.inf and np.isfinite(masked).any()

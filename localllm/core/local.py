@@ -365,10 +365,22 @@ class LocalGenerator:
 
             grammar = GrammarConstraint(self.local_tokenizer(), grammar_for(response_format),
                                         engine.vocab_size)
+            if tools is not None and not tools.forced and not tools.family.anchored:
+                grammar = self._lazy(grammar, tools)
             if budget is not None:
                 budget.constraint = grammar
         return Decoding(native=False, processors=processors, grammar=grammar,
                         logprobs=logprobs, tools=tools, budget=budget)
+
+    def _lazy(self, grammar: Any, tools: ToolSetup) -> Any:
+        """Auto mode's grammar, run once the text may be starting a call."""
+        from ..decoding.structured import LazyGrammar
+
+        trigger = tools.family.start()
+        special = next((s for s in tools.specials if trigger.startswith(s)), None)
+        tokens = frozenset([tools.specials[special]]) if special else frozenset()
+        return LazyGrammar(grammar, b"" if special else trigger.encode(), tokens,
+                           self.live().token_bytes)
 
     def _fit_chat(self, msgs: list[Message], tools: ToolSetup | None, window: Window,
                   switch: Mapping[str, Any]) -> tuple[list[int], Truncation | None, bool]:

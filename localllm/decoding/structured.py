@@ -217,3 +217,61 @@ class GrammarConstraint:
         """True once the output is complete (the schema grammar has stopped or accepts)."""
         head = self.matchers[0]
         return bool(head.is_stopped() or head.is_accepting())
+
+
+class LazyGrammar:
+    """Tools in auto mode: the answer is free text until the call format's trigger, so
+    the grammar (whose free text may hold anything but the trigger) is not run until the
+    text could be starting one: the generated text ends with part of the trigger, or the
+    trigger's special token was written. Then it is given every token so far and holds
+    the rest of the answer, as it would have from the start (llama.cpp's lazy grammars).
+    Computing no mask per token for plain text is what makes a request with tools as
+    fast as one without.
+
+    A single token holding the whole trigger and more than a call may start with (which
+    the grammar would have refused) cannot be taken back: the answer then stays text."""
+
+    def __init__(self, grammar: GrammarConstraint, trigger: bytes,
+                 trigger_tokens: frozenset[int], token_bytes: Any) -> None:
+        self.grammar = grammar
+        self.format = grammar.format
+        self.trigger = trigger
+        self.trigger_tokens = trigger_tokens
+        self.token_bytes = token_bytes
+        self.pending: list[int] = []
+        self.tail = b""
+        self.active = False
+        self.abandoned = False
+
+    def __call__(self, input_ids: Sequence[int], logits: Logits) -> Logits:
+        return self.grammar(input_ids, logits) if self.active else logits
+
+    def consume(self, token: int) -> None:
+        if self.active:
+            self.grammar.consume(token)
+            return
+        if self.abandoned:
+            return
+        self.pending.append(token)
+        if self.trigger:
+            self.tail = (self.tail + self.token_bytes(token))[-len(self.trigger):]
+        if token in self.trigger_tokens or self._may_start():
+            self.active = True
+            try:
+                for held in self.pending:
+                    self.grammar.consume(held)
+            except ConfigError:
+                self.active, self.abandoned = False, True
+            self.pending = []
+
+    def _may_start(self) -> bool:
+        """The text ends with the trigger or a part of its start."""
+        return any(self.tail.endswith(self.trigger[:n])
+                   for n in range(1, len(self.trigger) + 1))
+
+    def allows(self, token: int) -> bool:
+        return self.grammar.allows(token) if self.active else True
+
+    @property
+    def done(self) -> bool:
+        return self.grammar.done if self.active else True
