@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
+from typing import AnyStr
 
 
 class IncrementalDetokenizer:
@@ -64,7 +65,7 @@ class StopMatcher:
         return max((partial_tail(self._pending, stop) for stop in self.stops), default=0)
 
 
-def partial_tail(text: str, marker: str) -> int:
+def partial_tail(text: AnyStr, marker: AnyStr) -> int:
     """Length of the longest suffix of ``text`` that begins ``marker`` (and is shorter
     than it): the text to hold back while it may still become the marker."""
     for n in range(min(len(marker) - 1, len(text)), 0, -1):

@@ -320,8 +320,10 @@ def test_special_token_markers_are_the_models_own_tokens(jupyter_model: localllm
     deltas = [d for chunk in streamed for d in chunk.tool_calls]
     assert deltas[0].name == "get_weather"
     assert "".join(d.arguments or "" for d in deltas) == out.tool_calls[0].arguments
-    plain = jupyter_model.chat(ask, max_tokens=8, temperature=0)
-    assert "<jupyter" not in plain.text  # without tools nothing is shown as text
+    # without tools no special token is shown as text (the model has no thinking markers)
+    assert jupyter_model._generator.preserved_tokens(False) == {}
+    assert jupyter_model._generator.preserved_tokens(True) == {
+        token: text.encode() for text, token in special.items()}
 
 
 def test_in_auto_mode_the_special_trigger_is_allowed_and_starts_a_call(

@@ -275,7 +275,7 @@ class LocalGenerator:
     def preserved_tokens(self, tools: bool) -> dict[int, bytes]:
         """Special tokens a chat's output is parsed by, with the text they stand for: a
         special token is otherwise shown as nothing (as llama.cpp's preserved tokens)."""
-        found = {**self.thinking_specials, **(self.tool_specials if tools else {})}
+        found = self.tool_specials if tools else self.thinking_specials
         return {token: text.encode() for text, token in found.items()}
 
     def _special_markers(self, texts: Sequence[str]) -> dict[str, int]:

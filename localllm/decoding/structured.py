@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._errors import BackendUnavailableError, ConfigError
+from .._text import partial_tail
 from ..sampling import Logits
 
 if TYPE_CHECKING:
@@ -229,7 +230,8 @@ class LazyGrammar:
     fast as one without.
 
     A single token holding the whole trigger and more than a call may start with (which
-    the grammar would have refused) cannot be taken back: the answer then stays text."""
+    the grammar would have refused) cannot be taken back: the grammar is then dropped and
+    the answer stays text (the parser reads no call from text that left the format)."""
 
     def __init__(self, grammar: GrammarConstraint, trigger: bytes,
                  trigger_tokens: frozenset[int], token_bytes: Any) -> None:
@@ -253,9 +255,13 @@ class LazyGrammar:
         if self.abandoned:
             return
         self.pending.append(token)
-        if self.trigger:
-            self.tail = (self.tail + self.token_bytes(token))[-len(self.trigger):]
-        if token in self.trigger_tokens or self._may_start():
+        may_start = token in self.trigger_tokens
+        if self.trigger:  # the trigger whole in this token's window, or its start at the end
+            window = self.tail + self.token_bytes(token)
+            may_start = may_start or self.trigger in window or \
+                partial_tail(window, self.trigger) > 0
+            self.tail = window[-len(self.trigger):]
+        if may_start:
             self.active = True
             try:
                 for held in self.pending:
@@ -263,11 +269,6 @@ class LazyGrammar:
             except ConfigError:
                 self.active, self.abandoned = False, True
             self.pending = []
-
-    def _may_start(self) -> bool:
-        """The text ends with the trigger or a part of its start."""
-        return any(self.tail.endswith(self.trigger[:n])
-                   for n in range(1, len(self.trigger) + 1))
 
     def allows(self, token: int) -> bool:
         return self.grammar.allows(token) if self.active else True

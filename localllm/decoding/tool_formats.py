@@ -121,6 +121,17 @@ LOCALLLM = ToolFormat(
     ("<tool_call>", '{"name":"', NAME, '","arguments":', ARGS, "}</tool_call>"),
     item_separator=",", key_separator=":", template_tools=False, object_arguments=False)
 
+def _dsml(name: str, models: str, block: str) -> ToolFormat:
+    """DeepSeek's DSML calls, inside a ``block`` tag: one tag per argument, each marked
+    as a string or as JSON by the family itself."""
+    return ToolFormat(
+        name, models, ('<｜DSML｜invoke name="', NAME, '">\n', ARGS, "</｜DSML｜invoke>\n"),
+        open=f"<｜DSML｜{block}>\n", close=f"</｜DSML｜{block}>",
+        detect=(f"dsml_token + '{block}>",),
+        param=('<｜DSML｜parameter name="', KEY, '" string="true">', VALUE,
+               "</｜DSML｜parameter>\n"), param_json_between='" string="false">')
+
+
 #: in llama.cpp's order of checks: a more specific family before a general one
 FAMILIES: tuple[ToolFormat, ...] = (
     # gpt-oss: the answer starts after ``<|start|>assistant``; a call goes to the
@@ -154,18 +165,8 @@ FAMILIES: tuple[ToolFormat, ...] = (
                param=('<parameter name="', KEY, '">', VALUE, "</parameter>\n")),
     ToolFormat("apriel", "Apriel 1.5 and 1.6", _JSON_CALL, open="<tool_calls>[",
                separator=", ", close="]</tool_calls>", detect=("<tool_calls>[",)),
-    ToolFormat("deepseek-v3.2", "DeepSeek V3.2 (DSML)",
-               ('<｜DSML｜invoke name="', NAME, '">\n', ARGS, "</｜DSML｜invoke>\n"),
-               open="<｜DSML｜function_calls>\n", close="</｜DSML｜function_calls>",
-               detect=("dsml_token + 'function_calls>",),
-               param=('<｜DSML｜parameter name="', KEY, '" string="true">', VALUE,
-                      "</｜DSML｜parameter>\n"), param_json_between='" string="false">'),
-    ToolFormat("deepseek-v4", "DeepSeek V4 (DSML)",
-               ('<｜DSML｜invoke name="', NAME, '">\n', ARGS, "</｜DSML｜invoke>\n"),
-               open="<｜DSML｜tool_calls>\n", close="</｜DSML｜tool_calls>",
-               detect=("dsml_token + 'tool_calls>",),
-               param=('<｜DSML｜parameter name="', KEY, '" string="true">', VALUE,
-                      "</｜DSML｜parameter>\n"), param_json_between='" string="false">'),
+    _dsml("deepseek-v3.2", "DeepSeek V3.2 (DSML)", "function_calls"),
+    _dsml("deepseek-v4", "DeepSeek V4 (DSML)", "tool_calls"),
     ToolFormat("deepseek-v3.1", "DeepSeek V3.1",
                ("<｜tool▁call▁begin｜>", NAME, "<｜tool▁sep｜>", ARGS, "<｜tool▁call▁end｜>"),
                open="<｜tool▁calls▁begin｜>", close="<｜tool▁calls▁end｜>",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -370,24 +370,29 @@ class _Events:
         self.sequence += 1
         return out
 
+    def _delta(self, text: str, item_type: str, item: Callable[[], dict[str, Any]],
+               part: dict[str, Any], kind: str, **extra: Any) -> list[dict[str, Any]]:
+        """``text`` streamed into the open item of ``item_type`` (a new ``item()``, with
+        its one content part, when another is open)."""
+        out: list[dict[str, Any]] = []
+        if self.open is None or self.open["type"] != item_type:
+            out += self._open(item())
+            out.append(self.event("response.content_part.added", **self._at(),
+                                  content_index=0, part=part))
+        self.text.append(text)
+        out.append(self.event(kind, **self._at(), content_index=0, delta=text, **extra))
+        return out
+
     def feed(self, chunk: StreamChunk) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if chunk.reasoning:  # a chunk's thinking comes before its text
-            if self.open is None or self.open["type"] != "reasoning":
-                out += self._open(_reasoning(_new_id("rs"), "", "in_progress"))
-                out.append(self.event("response.content_part.added", **self._at(),
-                                      content_index=0, part=_reasoning_part("")))
-            self.text.append(chunk.reasoning)
-            out.append(self.event("response.reasoning_text.delta", **self._at(),
-                                  content_index=0, delta=chunk.reasoning))
+            out += self._delta(chunk.reasoning, "reasoning",
+                               lambda: _reasoning(_new_id("rs"), "", "in_progress"),
+                               _reasoning_part(""), "response.reasoning_text.delta")
         if chunk.text:
-            if self.open is None or self.open["type"] != "message":
-                out += self._open(_message(_new_id("msg"), "", "in_progress"))
-                out.append(self.event("response.content_part.added", **self._at(),
-                                      content_index=0, part=_text_part("")))
-            self.text.append(chunk.text)
-            out.append(self.event("response.output_text.delta", **self._at(),
-                                  content_index=0, delta=chunk.text, logprobs=[]))
+            out += self._delta(chunk.text, "message",
+                               lambda: _message(_new_id("msg"), "", "in_progress"),
+                               _text_part(""), "response.output_text.delta", logprobs=[])
         for delta in chunk.tool_calls:
             if delta.id is not None:
                 out += self._open(_function_call(_new_id("fc"), delta.id, delta.name, "",
