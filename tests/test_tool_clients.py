@@ -120,3 +120,18 @@ def test_langchain_bind_tools_sees_parallel_calls(served: str) -> None:
     assert gathered is not None
     check([(c["id"], c["name"], c["args"]) for c in gathered.tool_calls])
     assert [c["args"] for c in gathered.tool_calls] == [c["args"] for c in message.tool_calls]
+
+
+def test_connect_bounds_the_calls_where_the_server_can(served: str) -> None:
+    """``connect()`` passes max_tool_calls to localllm's server (and the Responses API);
+    over Ollama's API, which has no such field, it is refused before anything is sent."""
+    import localllm
+
+    with localllm.connect(served, "caller") as remote:
+        out = remote.chat(ASK, tools=[WEATHER], tool_choice="required",
+                          max_tool_calls=CALLS, temperature=0, max_tokens=200)
+        assert out.finish_reason == "tool_calls"
+        check([(c.id, c.name, c.parsed_arguments) for c in out.tool_calls])
+    with localllm.connect(served, "caller", api="ollama") as native, \
+            pytest.raises(localllm.UnsupportedFeatureError, match="max_tool_calls"):
+        native.chat(ASK, tools=[WEATHER], max_tool_calls=CALLS, max_tokens=8)

@@ -190,10 +190,12 @@ class RemoteGenerator:
                 self.server.api not in ("openai", "responses", "anthropic"):
             raise UnsupportedFeatureError(where, "parallel_tool_calls=False",
                                           "this API has no way to ask for one call")
-        if request.tools and request.max_tool_calls is not None and \
-                self.server.api not in ("openai", "responses"):
+        if request.tools and request.max_tool_calls is not None and not (
+                self.server.api == "responses" or (self.server.api == "openai"
+                                                   and self.server.flavour == "localllm")):
             raise UnsupportedFeatureError(where, "max_tool_calls",
-                                          "this API has no way to bound the calls")
+                                          "only the Responses API and localllm's own "
+                                          "server bound the calls; others would ignore it")
         for name in sorted(request.given):
             if name not in caps.sampling and name not in ("max_tokens", "stop"):
                 raise UnsupportedFeatureError(
