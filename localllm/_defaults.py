@@ -22,6 +22,10 @@ class Defaults:
     keep_alive_s: float = 300.0
     #: request body limit of the server, in bytes
     max_body_bytes: int = 8 * 1024 * 1024
+    #: one document uploaded to the chat page, in bytes
+    max_upload_bytes: int = 16 * 1024 * 1024
+    #: conversations the chat page keeps per API key (past it, new ones are refused)
+    max_conversations: int = 5_000
     #: where the server listens: loopback only, unless told otherwise with a key
     host: str = "127.0.0.1"
     port: int = 8000

@@ -403,11 +403,19 @@ def _add_serve_parser(sub: Any) -> None:
                             "for templates that refuse a system role (Gemma 2)")
     serve.add_argument("--max-body", type=int, default=DEFAULTS.max_body_bytes,
                        help="request body limit in bytes")
+    serve.add_argument("--data-dir", default=None, metavar="DIR",
+                       help="where the server keeps stored responses, the chat page's "
+                            "conversations and document collections (default: "
+                            "$XDG_DATA_HOME/localllm, i.e. ~/.local/share/localllm)")
     serve.add_argument("--responses-db", default=None, metavar="PATH",
                        help="SQLite file of stored responses (Responses API; default: "
-                            "$XDG_DATA_HOME/localllm/responses.sqlite)")
+                            "responses.sqlite in the data directory)")
     serve.add_argument("--responses-ttl", type=float, default=DEFAULTS.responses_ttl_days,
                        metavar="DAYS", help="days a stored response is kept")
+    serve.add_argument("--no-ui", action="store_true",
+                       help="no chat page at / (the APIs only)")
+    serve.add_argument("--max-upload", type=int, default=DEFAULTS.max_upload_bytes,
+                       metavar="BYTES", help="largest document the chat page may upload")
     serve.set_defaults(func=cmd_serve)
 
 

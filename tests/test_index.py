@@ -326,3 +326,44 @@ def test_index_and_ask_commands(built: Path, tmp_path: Path, default_model_path:
                      "--context", "2048"]) == 0
     out = capsys.readouterr().out
     assert "sources:" in out and "kite_festival_pellham.txt" in out
+
+
+def test_add_bytes_indexes_an_upload_with_progress(embedder: localllm.Model,
+                                                   tmp_path: Path) -> None:
+    """An upload's bytes are indexed under its name (never read from disk), an HTML page
+    by its text only, with progress reported chunk batch by chunk batch; the same name
+    again replaces the document, and removing the name removes it even when a file of
+    that name exists in the working directory."""
+    lines = "\n".join(f"Fact {i}: the lighthouse keeper number {i} lived on island {i}."
+                      for i in range(200))
+    seen: list[tuple[int, int]] = []
+    with localllm.Index(tmp_path / "u.sqlite", embedder) as index:
+        chunks = index.add_bytes("notes.md", lines.encode(),
+                                 progress=lambda done, total: seen.append((done, total)))
+        assert chunks == len(index) > 16  # more than one batch
+        assert seen[-1] == (chunks, chunks) and len(seen) == -(-chunks // 16)
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+        page = (b"<html><head><title>x</title><style>p{}</style><script>var secret = 1;"
+                b"</script></head><body><h1>Ferries</h1><p>The night ferry leaves at "
+                b"<b>23:40</b> &amp; arrives at dawn.</p></body></html>")
+        assert index.add_bytes("ferry.html", page) == 1
+        hit = index.search("When does the night ferry leave?", k=1)[0]
+        assert hit.source == "ferry.html" and "23:40 & arrives" in hit.text
+        assert "secret" not in hit.text and "p{}" not in hit.text and "<" not in hit.text
+        assert index.chunk(hit.chunk_id).text == hit.text
+        with pytest.raises(KeyError):
+            index.chunk(10**9)
+        assert index.add_bytes("ferry.html", b"<p>The day ferry is cancelled.</p>") == 1
+        assert "cancelled" in index.search("ferry", k=1)[0].text
+        (tmp_path / "ferry.html").write_text("a file with the same name")
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            assert index.remove("ferry.html")
+        finally:
+            os.chdir(cwd)
+        assert all(h.source != "ferry.html" for h in index.search("ferry", k=5))
+        with pytest.raises(localllm.ConfigError, match="indexes"):
+            index.add_bytes("tool.exe", b"MZ")
+        with pytest.raises(localllm.ConfigError, match="not UTF-8"):
+            index.add_bytes("latin.txt", "café".encode("latin-1"))

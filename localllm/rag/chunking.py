@@ -9,6 +9,7 @@ what the embedder reads, so nothing is cut when it is embedded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ class _Unit:
 
 def chunk_file(path: Path, data: bytes, tokenizer: Any, size: int, overlap: int
                ) -> list[Chunk]:
-    """Chunks of a .txt/.md file (lines) or a .pdf (pages, then lines)."""
+    """Chunks of a .txt/.md file (lines), an .html page (its text, lines) or a .pdf (pages,
+    then lines). ``path`` names the file for its kind and for messages; it is not read."""
     if path.suffix.lower() == ".pdf":
         out: list[Chunk] = []
         for number, page_text in enumerate(_pdf_pages(path, data), 1):
@@ -43,7 +45,50 @@ def chunk_file(path: Path, data: bytes, tokenizer: Any, size: int, overlap: int
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8 "
                           "before indexing") from None
+    if path.suffix.lower() in (".html", ".htm"):
+        text = html_text(text)
     return chunk_text(text, tokenizer, size, overlap)
+
+
+class _TextOfHTML(HTMLParser):
+    """The readable text of a page: block elements start new lines; scripts, styles and
+    other non-content elements are dropped; entities are decoded."""
+
+    BLOCKS = frozenset({"address", "article", "aside", "blockquote", "br", "dd", "div", "dl",
+                        "dt", "figcaption", "footer", "h1", "h2", "h3", "h4", "h5", "h6",
+                        "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section",
+                        "table", "td", "th", "tr", "ul"})
+    HIDDEN = frozenset({"script", "style", "template", "noscript", "head", "svg"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.HIDDEN:
+            self.hidden += 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.parts.append(data)
+
+
+def html_text(page: str) -> str:
+    """The text of an HTML page, one line per block, runs of spaces collapsed."""
+    parser = _TextOfHTML()
+    parser.feed(page)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    return "\n".join(line for line in lines if line)
 
 
 def chunk_text(text: str, tokenizer: Any, size: int, overlap: int, *,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = "1"
 SQL_SEARCH_LIMIT = 10_000
-FILE_KINDS = (".txt", ".md", ".markdown", ".pdf")
+FILE_KINDS = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
+EMBED_BATCH = 16  # chunks embedded per call when progress is reported
 
 
 @dataclass(frozen=True)
@@ -199,8 +200,32 @@ class Index:
         chunks = chunk_text(text, self.embedder.tokenizer, self.chunk_tokens, self.overlap)
         return self._write(source, digest, chunks)
 
-    def _write(self, source: str, digest: str, chunks: Sequence[Chunk]) -> int:
-        vectors = self.embedder.embed([c.text for c in chunks]).vectors if chunks else []
+    def add_bytes(self, name: str, data: bytes, *,
+                  progress: Callable[[int, int], None] | None = None) -> int:
+        """Index a file's bytes under the document name ``name`` (replacing an earlier one):
+        an upload, never read from disk. Its kind comes from the name's suffix. ``progress``
+        is called with (chunks embedded, chunks in all) as the work goes. Returns chunks."""
+        if not isinstance(name, str) or not name or not isinstance(data, bytes):
+            raise ConfigError("add_bytes needs a non-empty str name and bytes")
+        kind = Path(name).suffix.lower()
+        if kind not in FILE_KINDS:
+            raise ConfigError(f"{name}: localllm indexes {', '.join(FILE_KINDS)} files")
+        chunks = chunk_file(Path(name), data, self.embedder.tokenizer, self.chunk_tokens,
+                            self.overlap)
+        return self._write(name, hashlib.sha256(data).hexdigest(), chunks, progress)
+
+    def _write(self, source: str, digest: str, chunks: Sequence[Chunk],
+               progress: Callable[[int, int], None] | None = None) -> int:
+        import numpy as np
+
+        texts = [c.text for c in chunks]
+        step = EMBED_BATCH if progress is not None else max(1, len(texts))
+        batches = []
+        for start in range(0, len(texts), step):
+            batches.append(self.embedder.embed(texts[start:start + step]).vectors)
+            if progress is not None:
+                progress(min(start + step, len(texts)), len(texts))
+        vectors: Any = np.concatenate(batches) if batches else []
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -224,7 +249,10 @@ class Index:
 
     def remove(self, source: str | os.PathLike[str]) -> bool:
         """Delete a document (a path, or an add_text name) and its chunks; False if absent."""
-        name = str(Path(source).resolve()) if Path(source).exists() else str(source)
+        name = str(source)
+        if self._db.execute("SELECT 1 FROM documents WHERE source = ?", (name,)).fetchone() \
+                is None and Path(source).exists():  # a path given another way
+            name = str(Path(source).resolve())
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             gone = self._delete(name)
@@ -252,6 +280,15 @@ class Index:
         """(source, sha256, chunk count) of every indexed document."""
         return list(self._db.execute("SELECT source, sha256, chunks FROM documents "
                                      "ORDER BY source").fetchall())
+
+    def chunk(self, chunk_id: int) -> Hit:
+        """One chunk by its id (``Hit.chunk_id``), with score 1.0; ``KeyError`` if absent."""
+        row = self._db.execute(
+            "SELECT c.text, d.source, c.line_start, c.line_end, c.page FROM chunks c "
+            "JOIN documents d ON d.id = c.doc_id WHERE c.id = ?", (chunk_id,)).fetchone()
+        if row is None:
+            raise KeyError(chunk_id)
+        return Hit(1.0, row[0], row[1], row[2], row[3], row[4], chunk_id)
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])

@@ -32,6 +32,14 @@ log = logging.getLogger("localllm.server")
 DEFAULT_MAX_BODY = DEFAULTS.max_body_bytes
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 OPEN_PATHS = ("/health", "/v1/health")  # answered without a key, like llama-server's
+PAGE_API = ("/ui/api/session", "/ui/api/limits")  # what the chat page asks before a key
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` is the chat page, one of its files, or one of the two questions it
+    asks first: answered without a key, since they hold no data."""
+    return path == "/" or path in PAGE_API or (path.startswith("/ui/")
+                                               and not path.startswith("/ui/api/"))
 
 
 @dataclass
@@ -55,6 +63,10 @@ class ServerConfig:
     responses_db: str | None = None  # stored responses (None: the default data directory)
     responses_ttl_s: float = DEFAULTS.responses_ttl_days * 86400
     responses_max_rows: int = DEFAULTS.responses_max_rows
+    ui: bool = True  # the chat page at GET / (--no-ui turns it off)
+    data_dir: str | None = None  # conversations, collections (None: $XDG_DATA_HOME/localllm)
+    max_upload_bytes: int = DEFAULTS.max_upload_bytes
+    embedder: str | None = None  # the collections' embedder (None: the default embedder)
 
 
 class HTTPError(Exception):
@@ -184,6 +196,8 @@ class Guard:
         self.keys = [k.encode() for k in config.api_keys]
         self.loopback = config.host in LOOPBACK_HOSTS
         self.max_body = config.max_body_bytes
+        self.max_upload = max(config.max_body_bytes, config.max_upload_bytes)
+        self.ui = config.ui
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -207,7 +221,7 @@ class Guard:
                 return HTTPError(403, f"the Host header {host!r} is not this loopback "
                                  "server (DNS rebinding protection); use 127.0.0.1 or "
                                  "localhost", kind="permission_error", code="forbidden_host")
-        if self.keys and path not in OPEN_PATHS:
+        if self.keys and path not in OPEN_PATHS and not (self.ui and is_open(path)):
             given = headers.get("authorization", "")
             token = given[7:].strip().encode() if given[:7].lower() == "bearer " else \
                 headers.get("x-api-key", "").strip().encode()  # Anthropic's header
@@ -223,8 +237,9 @@ class Guard:
                                  kind="authentication_error",
                                  code="invalid_api_key")
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return HTTPError(413, f"the request body is over the limit of {self.max_body} "
+        limit = self.max_upload if path.endswith("/documents") else self.max_body
+        if length is not None and length.isdigit() and int(length) > limit:
+            return HTTPError(413, f"the request body is over the limit of {limit} "
                              "bytes", code="request_too_large")
         return None
 
@@ -250,10 +265,13 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
     """
     from pathlib import Path
 
+    from ..models.store import DEFAULT_EMBEDDER
     from ..protocols import anthropic, ollama, openai, responses
     from ..protocols.codec import ServerCodec
-    from . import _anthropic, _ollama, _openai, _responses
+    from ..rag.index import FILE_KINDS
+    from . import _anthropic, _collections, _conversations, _ollama, _openai, _responses, _ui
     from ._endpoint import mount
+    from ._sqlite import SQLiteFile, data_dir
 
     config = ServerConfig(models=tuple(models), **options)
     registry = Registry(config.models, parallel=config.parallel, max_queue=config.max_queue,
@@ -261,8 +279,9 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
                         context_length=config.context_length, ram_budget=config.ram_budget,
                         isolation=config.isolation, system_message=config.system_message)
     state = ServerState(config, registry)
+    data = Path(config.data_dir).expanduser() if config.data_dir else data_dir()
     store = _responses.ResponseStore(
-        Path(config.responses_db) if config.responses_db else _responses.default_path(),
+        Path(config.responses_db) if config.responses_db else data / "responses.sqlite",
         ttl_s=config.responses_ttl_s, max_rows=config.responses_max_rows)
     codecs: list[ServerCodec] = [openai.ChatCodec(), openai.CompletionsCodec(),
                                  ollama.ChatCodec(), ollama.GenerateCodec(),
@@ -270,6 +289,19 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
     routes = [*_ops_routes(state), *_openai.routes(state), *_ollama.routes(state),
               *_anthropic.routes(state), *_responses.routes(state, store),
               *(mount(codec, state) for codec in codecs)]
+    chat_data = SQLiteFile(data / "chat.sqlite", _conversations.SCHEMA +
+                           _collections.SCHEMA + _collections.RECOVER)
+    collections = _collections.Collections(
+        chat_data, data / "collections", embedder=config.embedder or DEFAULT_EMBEDDER,
+        max_upload_bytes=config.max_upload_bytes)
+    if config.ui:
+        ollama_root = next(r for r in routes if isinstance(r, Route) and r.path == "/")
+        routes.remove(ollama_root)
+        routes += [*_ui.routes(state, ollama_root.endpoint, FILE_KINDS,
+                               config.max_upload_bytes),
+                   *_conversations.routes(state, _conversations.ConversationStore(
+                       chat_data, max_per_caller=DEFAULTS.max_conversations)),
+                   *_collections.routes(state, collections)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -283,6 +315,8 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
                 task.cancel()
             await registry.close()
             store.close()
+            await asyncio.to_thread(collections.close)
+            chat_data.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.localllm = state
@@ -321,14 +355,23 @@ def _ops_routes(state: ServerState) -> list[Route]:
                                  media_type="text/plain; version=0.0.4")
 
     async def tokenize(request: Request) -> Response:
+        """llama-server's ``{content}``, or a chat's ``{messages}`` as the model's template
+        renders it with the assistant's turn opened (what the chat page's context meter
+        counts); both also say the model's context length."""
         body = await read_json(request, state.max_body)
-        content = body.get("content") if isinstance(body, dict) else None
-        if not isinstance(content, str):
-            raise HTTPError(400, "tokenize needs {'content': '<text>'}", param="content")
-        add_special = body.get("add_special", False)
+        body = body if isinstance(body, dict) else {}
+        content, messages = body.get("content"), body.get("messages")
+        if not isinstance(content, str) and not isinstance(messages, list):
+            raise HTTPError(400, "tokenize needs {'content': '<text>'} or {'messages': "
+                            "[...]}", param="content")
         async with registry.use(body.get("model") or registry.default_name) as served:
-            ids = served.live.tokenizer.encode(content, add_special=bool(add_special))
-        return JSONResponse({"tokens": ids})
+            model = served.live
+            limit = model.info.context_length
+            if not isinstance(content, str):  # counted as a request would be
+                n = await asyncio.to_thread(model.count_tokens, list(messages or ()))
+                return JSONResponse({"n_tokens": n, "context_length": limit})
+            ids = model.tokenizer.encode(content, add_special=bool(body.get("add_special")))
+        return JSONResponse({"tokens": ids, "n_tokens": len(ids), "context_length": limit})
 
     async def detokenize(request: Request) -> Response:
         body = await read_json(request, state.max_body)

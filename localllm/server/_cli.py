@@ -51,14 +51,15 @@ def serve(args: argparse.Namespace) -> int:
                      keep_alive_s=parse_keep_alive(args.keep_alive), threads=args.threads,
                      context_length=args.context, max_body_bytes=args.max_body,
                      isolation=args.isolation, system_message=args.system_message,
-                     responses_db=args.responses_db,
+                     responses_db=args.responses_db, data_dir=args.data_dir,
+                     ui=not args.no_ui, max_upload_bytes=args.max_upload,
                      responses_ttl_s=args.responses_ttl * 86400,
                      ram_budget=args.ram_budget * 1024 * 1024 if args.ram_budget else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("localllm.llama_cpp").setLevel(logging.WARNING)  # runtime chatter
+    page = "" if args.no_ui else ", the chat page at /"
     print(f"localllm serve: http://{args.host}:{args.port} (OpenAI /v1, Ollama /api, "
-          "Anthropic /v1/messages)",
-          file=sys.stderr)
+          f"Anthropic /v1/messages{page})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=5)
     return 0

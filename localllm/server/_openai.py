@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from ._app import HTTPError, ServerState, read_json, route
 from ._embeddings import as_base64, embed, texts_of
+from ._registry import ServedModel
 
 
 def routes(state: ServerState) -> list[Route]:
@@ -18,10 +19,10 @@ def routes(state: ServerState) -> list[Route]:
 
     async def list_models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
-            _model_card(name) for name in registry.models]})
+            _model_card(served) for served in registry.models.values()]})
 
     async def get_model(request: Request) -> Response:
-        return JSONResponse(_model_card(registry.lookup(request.path_params["name"]).name))
+        return JSONResponse(_model_card(registry.lookup(request.path_params["name"])))
 
     async def embeddings(request: Request) -> Response:
         body = await read_json(request, state.max_body)
@@ -51,5 +52,10 @@ def routes(state: ServerState) -> list[Route]:
             r("/v1/embeddings", embeddings, ["POST"])]
 
 
-def _model_card(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "localllm"}
+def _model_card(served: ServedModel) -> dict[str, Any]:
+    """OpenAI's model object, plus whether it is loaded and its context length then (the
+    chat page's picker shows both; OpenAI's clients keep extra fields)."""
+    model = served.model
+    return {"id": served.name, "object": "model", "created": 0, "owned_by": "localllm",
+            "loaded": model is not None,
+            "context_length": model.info.context_length if model is not None else None}

@@ -14,8 +14,6 @@ the file erases everything.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,67 +24,46 @@ from starlette.routing import Route
 
 from .._errors import ModelNotFoundError
 from ._app import ServerState, route
+from ._sqlite import SQLiteFile, data_dir
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
     id TEXT PRIMARY KEY, caller TEXT NOT NULL, created REAL NOT NULL, record TEXT NOT NULL)"""
 
 
 def default_path() -> Path:
-    """``$XDG_DATA_HOME/localllm/responses.sqlite`` (``~/.local/share/...`` by default)."""
-    import os
-
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "localllm" / "responses.sqlite"
+    """``responses.sqlite`` in the server's default data directory."""
+    return data_dir() / "responses.sqlite"
 
 
-class ResponseStore:
+class ResponseStore(SQLiteFile):
     """The SQLite file of stored responses; safe to use from any thread."""
 
     def __init__(self, path: Path, *, ttl_s: float, max_rows: int) -> None:
-        self.path = path
+        super().__init__(path, SCHEMA)
         self.ttl_s = ttl_s
         self.max_rows = max_rows
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:  # opened on first use: a server that stores nothing makes no file
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute(SCHEMA)
-        return self._db
 
     def load(self, response_id: str, caller: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._conn().execute(
+        with self.transaction() as db:
+            row = db.execute(
                 "SELECT record FROM responses WHERE id = ? AND caller = ? AND created >= ?",
                 (response_id, caller, time.time() - self.ttl_s)).fetchone()
         return json.loads(row[0]) if row else None
 
     def save(self, response_id: str, caller: str, record: dict[str, Any]) -> None:
         now = time.time()
-        with self._lock:
-            db = self._conn()
-            with db:
-                db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
-                           (response_id, caller, now, json.dumps(record)))
-                db.execute("DELETE FROM responses WHERE created < ?", (now - self.ttl_s,))
-                db.execute("DELETE FROM responses WHERE id NOT IN (SELECT id FROM responses "
-                           "ORDER BY created DESC LIMIT ?)", (self.max_rows,))
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
+                       (response_id, caller, now, json.dumps(record)))
+            db.execute("DELETE FROM responses WHERE created < ?", (now - self.ttl_s,))
+            db.execute("DELETE FROM responses WHERE id NOT IN (SELECT id FROM responses "
+                       "ORDER BY created DESC LIMIT ?)", (self.max_rows,))
 
     def delete(self, response_id: str, caller: str) -> bool:
-        with self._lock:
-            db = self._conn()
-            with db:
-                gone = db.execute("DELETE FROM responses WHERE id = ? AND caller = ?",
-                                  (response_id, caller)).rowcount
+        with self.transaction() as db:
+            gone = db.execute("DELETE FROM responses WHERE id = ? AND caller = ?",
+                              (response_id, caller)).rowcount
         return bool(gone)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
 
 
 def routes(state: ServerState, store: ResponseStore) -> list[Route]:
