@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.localllm-installed
 
-.PHONY: demo test lint typecheck unit docs bench setup model tools soak fuzz serve clean
+.PHONY: demo test lint typecheck unit docs bench setup model tools browser soak fuzz serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,12 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# the chat page's tests drive Debian's chromium (Playwright cannot download its own here)
+browser:
+	$(PYTHON) scripts/install_browser.py
+
 # the remote-backend tests run llama.cpp's llama-server, built once (cached) by `tools`
-unit: model tools
+unit: model tools browser
 	$(BIN)/python -m pytest
 
 docs: setup
