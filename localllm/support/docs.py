@@ -36,7 +36,9 @@ def feature_matrix() -> str:
              "every backend with logits, markers that are special tokens written as those "
              "tokens, several per turn and at most max_tool_calls (see tools.md); a reasoning "
              "model's thinking comes apart from its answer on every backend, and its budget "
-             "on every backend with logits (see reasoning.md).\n\n")
+             "on every backend with logits (see reasoning.md). The server's chat page "
+             "works with every served model, since it speaks only the server's own APIs "
+             "(see chat-page.md).\n\n")
     return intro + "\n".join(rows) + "\n" + remote_matrix()
 
 
