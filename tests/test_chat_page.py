@@ -201,8 +201,12 @@ def test_streams_stops_and_keeps_conversations(page: Page, server: str,
     page.locator("#theme-toggle").click()
     expect(html).to_have_attribute("data-theme", "dark")
     shot(page, "chat-dark.png")
+    expect(html).to_have_attribute("data-scheme", "dark")
     page.locator("#theme-toggle").click()
     expect(html).not_to_have_attribute("data-theme", re.compile("."))
+    for scheme in ("dark", "light"):  # back on "system", the page follows the system's change
+        page.emulate_media(color_scheme=scheme)
+        expect(html).to_have_attribute("data-scheme", scheme)
 
     # a long answer, stopped mid-stream: the server must cancel it
     set_params(page, max_tokens=400)
