@@ -290,7 +290,7 @@ def test_an_interrupted_run_keeps_what_it_committed(tmp_path: Path) -> None:
 
 def test_answer_cites_sources_and_reports_what_did_not_fit(built: Path, embedder: localllm.Model,
                                                            default_model_path: Path) -> None:
-    from localllm.rag.answer import _messages
+    from localllm.rag.answer import with_sources
 
     question = "How long should the lentil soup simmer?"
     with localllm.Index(built, embedder) as index, \
@@ -300,7 +300,8 @@ def test_answer_cites_sources_and_reports_what_did_not_fit(built: Path, embedder
         assert sorted(h.chunk_id for h in shown) == sorted(
             h.chunk_id for h in index.search(question, k=8))
         assert result.sources and result.left_out  # 8 chunks cannot fit in 512 tokens
-        prompt = chat.render_chat(_messages(question, list(result.sources)))
+        prompt = chat.render_chat(with_sources([{"role": "user", "content": question}],
+                                               list(result.sources)))
         assert chat.count_tokens(prompt) + 48 <= 512
         assert "[1]" in prompt and result.sources[0].text in prompt
         assert result.completion.usage.completion_tokens <= 48
