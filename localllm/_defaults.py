@@ -34,6 +34,13 @@ class Defaults:
     #: days a stored response (Responses API) is kept, and the most kept at once
     responses_ttl_days: float = 30.0
     responses_max_rows: int = 10_000
+    #: one image in a message, as a file (bytes); and its pixels once decoded, against
+    #: decompression bombs (a 100 KB PNG can claim gigapixels)
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    #: an image URL the server fetches (only with --fetch-images): bytes, seconds, hops
+    fetch_image_timeout_s: float = 10.0
+    fetch_image_redirects: int = 3
 
 
 DEFAULTS = Defaults()

@@ -44,6 +44,7 @@ def run_checks(profile: HardwareProfile) -> list[Check]:
         checks.append(Check(name="llama.cpp runtime", status="ok",
                             message=f"llama-cpp-python {llama.version}; build: "
                                     f"{', '.join(sorted(flags)) or 'no CPU features reported'}"))
+        checks.append(_images_check())
         if ("AMX_INT8" in flags or "AMX" in flags) and cpu.has("amx_int8"):
             checks.append(Check(
                 name="AMX kernels", status="fail",
@@ -85,3 +86,21 @@ def run_checks(profile: HardwareProfile) -> list[Check]:
                                     f"of {gpu.memory_total / (1 << 30):.1f} GiB"
                                     + (" (unified memory)" if gpu.unified else "")))
     return checks
+
+
+def _images_check() -> Check:
+    """Whether images can be read: libmtmd in the llama.cpp build, and Pillow."""
+    import importlib.util
+
+    from .engines.llamacpp_vision import images_available
+
+    if not images_available():
+        return Check(name="images", status="warn",
+                     message="this llama-cpp-python build has no libmtmd: models cannot read "
+                             "images", remedy=REBUILD + " (it builds libmtmd)")
+    if importlib.util.find_spec("PIL") is None:
+        return Check(name="images", status="warn", message="Pillow is not installed: "
+                     "images cannot be decoded", remedy='pip install "localllm[images]"')
+    return Check(name="images", status="ok",
+                 message="libmtmd is built in: models loaded with a vision projector "
+                         "(mmproj) read images")

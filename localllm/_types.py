@@ -9,18 +9,21 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from ._defaults import DEFAULTS
 from ._errors import ConfigError, StructuredOutputError
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -177,8 +180,100 @@ class TextPart(_Frozen):
     text: str
 
 
-#: one part of a message's content
-ContentPart = TextPart
+class ImagePart(_Frozen):
+    """An image in a message's content: the file's bytes (PNG, JPEG, WebP or GIF; checked
+    and decoded when a model reads it), or an ``http(s)`` URL, which only a server
+    started with ``--fetch-images`` resolves. Written as ``{"type": "image", "image": X}``
+    where X is bytes, a path or a ``data:`` URI; OpenAI's ``{"type": "image_url",
+    "image_url": {"url": ...}}`` is read too. A wire API never passes a path: its codec
+    builds parts from the bytes it was sent."""
+
+    type: Literal["image"] = "image"
+    data: bytes = b""
+    url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_source(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        value = dict(value)
+        if value.get("type") == "image_url":  # OpenAI's shape
+            inner = value.pop("image_url", None)
+            value["type"] = "image"
+            value["url"] = inner.get("url") if isinstance(inner, Mapping) else inner
+        if "image" in value:
+            source = value.pop("image")
+            if isinstance(source, (bytes, bytearray)):
+                value["data"] = bytes(source)
+            else:
+                value["url" if str(source).startswith(("data:", "http:", "https:"))
+                      else "path"] = source
+        if "path" in value:
+            value["data"] = read_image_file(value.pop("path"))
+        url = value.get("url")
+        if isinstance(url, str) and url.startswith("data:"):
+            value["data"], value["url"] = decode_data_uri(url), None
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImagePart:
+        if bool(self.data) == bool(self.url):
+            raise ValueError("an image part needs the image: bytes, a path or a data: URI "
+                             "(or an http(s) URL for a server that fetches them)")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"image URL {self.url[:60]!r} is neither data: nor http(s)")
+        if len(self.data) > DEFAULTS.max_image_bytes:
+            raise ValueError(f"the image is {len(self.data)} bytes; the limit is "
+                             f"{DEFAULTS.max_image_bytes}: scale it down first")
+        return self
+
+    def __repr__(self) -> str:  # never a megabyte of bytes in a log line
+        return f"ImagePart({len(self.data)} bytes)" if self.data else f"ImagePart({self.url!r})"
+
+
+def read_image_file(path: Any) -> bytes:
+    """An image file's bytes, refused past the size limit before it is read whole."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    try:
+        size = file.stat().st_size
+        if size > DEFAULTS.max_image_bytes:
+            raise ValueError(f"{file} is {size} bytes; the image limit is "
+                             f"{DEFAULTS.max_image_bytes}: scale it down first")
+        return file.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the image {file}: {exc.strerror or exc}") from None
+
+
+def decode_data_uri(uri: str) -> bytes:
+    """The bytes of a base64 ``data:`` URI (``data:image/png;base64,...``)."""
+    import base64
+    import binascii
+
+    head, sep, body = uri.partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise ValueError("an image data: URI must be base64 (data:image/png;base64,...)")
+    if len(body) > DEFAULTS.max_image_bytes * 4 // 3 + 4:
+        raise ValueError(f"the image data: URI is over the {DEFAULTS.max_image_bytes}-byte "
+                         "image limit")
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the image data: URI is not valid base64") from None
+
+
+def _part_kind(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
+    return "image" if kind in ("image", "image_url") else kind if kind == "text" else None
+
+
+#: one part of a message's content: text or an image
+ContentPart = Annotated[Annotated[TextPart, Tag("text")] | Annotated[ImagePart, Tag("image")],
+                        Discriminator(_part_kind, custom_error_type="content_part",
+                                      custom_error_message="a content part's type must be "
+                                      "'text', 'image' or 'image_url'")]
 
 
 class Message(_Frozen):
@@ -207,7 +302,14 @@ class Message(_Frozen):
         """The content's text: the string, or the text parts joined (None when absent)."""
         if self.content is None or isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        """The content's image parts, in order."""
+        if isinstance(self.content, tuple):
+            return tuple(p for p in self.content if isinstance(p, ImagePart))
+        return ()
 
     def __eq__(self, other: object) -> bool:
         """Equal when the fields are: how a message was written is not part of it."""
@@ -371,6 +473,8 @@ class Capabilities(_Frozen):
     logits: bool = False
     gpu_offload: bool = False
     embeddings: bool = False
+    #: reads images in messages, given a vision projector
+    images: bool = False
 
 
 class DevicePlacement(_Frozen):
@@ -425,3 +529,8 @@ class ModelInfo(_Frozen):
     plan: Any = Field(None, description="the LoadPlan load() executed (None for FakeModel)")
     isolation: str = Field("none", description='"process" when the runtime runs in a worker '
                            "process (a crash there raises BackendCrashedError)")
+    projector: str | None = Field(
+        None, description="the vision projector (mmproj GGUF) the model reads images with; "
+                          "None: it reads text only")
+    image_tokens: int | None = Field(
+        None, description="prompt tokens one image takes (with a projector)")

@@ -79,7 +79,8 @@ class Penalties:
         return out
 
     def apply_inplace(self, input_ids: Sequence[int], out: Logits) -> None:
-        window = list(input_ids[-self.last_n:]) if self.last_n > 0 else []
+        # image rows stand in the history as negative ids: they are no tokens to penalise
+        window = [t for t in input_ids[-self.last_n:] if t >= 0] if self.last_n > 0 else []
         if not window:
             return
         counts = Counter(window)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from install_llama_cpp import (
+    MULTIMODAL,
     VERSION,
     build_key,
     cache_dir,
@@ -43,7 +44,7 @@ TOOL_ARGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_C
 def tool_args() -> list[str]:
     overridden = {a.split("=", 1)[0] for a in TOOL_ARGS}
     wheel = [a for a in cmake_args() if a.split("=", 1)[0] not in overridden
-             and not a.startswith("-DLLAVA_BUILD")]  # a llama-cpp-python option only
+             and a not in MULTIMODAL]  # llama-cpp-python's options only
     return wheel + TOOL_ARGS
 
 

@@ -29,8 +29,10 @@ X86_OPTIONS = {
     "avx512vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
     "avx512_bf16": "GGML_AVX512_BF16",
 }
+# LLAVA_BUILD builds libmtmd (images) into the wheel; its video helpers are not needed
+MULTIMODAL = ["-DLLAVA_BUILD=ON", "-DMTMD_VIDEO=OFF"]
 ALWAYS = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
-          "-DGGML_AMX_BF16=OFF", "-DLLAVA_BUILD=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+          "-DGGML_AMX_BF16=OFF", *MULTIMODAL, "-DLLAMA_BUILD_TESTS=OFF",
           "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
 
 
@@ -47,7 +49,7 @@ def cmake_args() -> list[str]:
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64", "i686"):
         # No AMX elsewhere; the native build is the right one (NEON, Metal, ...).
-        return ["-DLLAVA_BUILD=OFF"]
+        return list(MULTIMODAL)
     flags = cpu_flags()
     args = list(ALWAYS)
     for flag, option in X86_OPTIONS.items():

@@ -42,6 +42,8 @@ class EngineOptions:
     #: "mean", "cls" or "last": load as an embedding model pooled this way (None: as the
     #: file says; a file that declares no pooling is a generative model)
     pooling: str | None = None
+    #: a checked vision projector (``mmproj*.gguf``) to read images with, if any
+    projector: str | None = None
 
 
 @dataclass
@@ -53,6 +55,8 @@ class SeqInput:
     pos: int              # position of tokens[0] in the sequence
     output: bool          # the next-token distribution after the last token is wanted
     native_sampler: Any = None  # when set (and output), return its sampled token
+    #: the images whose placeholder ids (``localllm.images``) are among ``tokens``
+    images: Mapping[int, Any] | None = None
 
 
 @functools.cache
@@ -272,6 +276,10 @@ class Engine(ABC):
             state = self.__dict__["_single_sequence"] = _OneSequence(self)
         return state
 
+    #: True when the engine reads images: a projector is loaded and ``decode_batch``
+    #: decodes the placeholder ids of :class:`SeqInput` ``images``
+    accepts_images: bool = False
+
     # ------------------------------------------------------------ embeddings
     #: how an embedding model pools token states into one vector ("mean", "cls" or
     #: "last"); None for a generative model, which has no embed_batch
@@ -296,7 +304,7 @@ class Engine(ABC):
 #: method is written in ``Engine`` and named here; the isolation forwards it unchanged.
 ENGINE_FACTS = ("backend_version", "placement", "context_length", "vocab_size", "add_bos",
                 "max_sequences", "kv_capacity", "batch_size", "pooling", "shares_prefixes",
-                "embedding_dim")
+                "embedding_dim", "accepts_images")
 ENGINE_CALLS = ("tokenize", "decode", "token_text", "decode_batch", "seq_remove", "seq_copy",
                 "reusable_prefix", "native_sampler", "free_native_sampler", "embed_batch")
 

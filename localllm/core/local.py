@@ -37,6 +37,7 @@ from .._types import (
 )
 from ..templates.chat import normalize_messages, render_chat
 from .engine import Engine
+from .media import ImagePrompt, has_images
 from .request import Ending, GenerationRequest, Piece
 from .scheduler import Outbox, Request, Scheduler
 
@@ -194,9 +195,19 @@ class LocalGenerator:
             ) from None
 
     def count_tokens(self, text_or_messages: str | Messages) -> int:
-        text = text_or_messages if isinstance(text_or_messages, str) else self.render_chat(
-            text_or_messages, True, None, None)
-        return len(self.encode_prompt(text))
+        """A text's tokens, or a chat's prompt tokens (its images' tokens included)."""
+        if isinstance(text_or_messages, str):
+            return len(self.encode_prompt(text_or_messages))
+        messages = normalize_messages(text_or_messages)
+        if has_images(messages):
+            media = ImagePrompt(messages, self.info.image_tokens, self.info.backend)
+            return len(media.encode(self.render_chat(media.messages, True, None, None),
+                                    self.encode_prompt, self._tokenize_piece))
+        return len(self.encode_prompt(self.render_chat(messages, True, None, None)))
+
+    def _tokenize_piece(self, text: str) -> list[int]:
+        """A piece of a prompt after its start (no BOS), special tokens parsed."""
+        return self.live().tokenize(text, add_special=False, parse_special=True)
 
     def encode_prompt(self, text: str) -> list[int]:
         engine = self.live()
@@ -230,9 +241,16 @@ class LocalGenerator:
         window = Window(self.live().context_length, request, sampling)
         truncation = None
         opened = False
+        media = None
         if request.messages is not None:
-            ids, truncation, opened = self._fit_chat(list(request.messages), tools, window,
-                                                     switch)
+            messages = list(request.messages)
+            if has_images(messages):
+                media = ImagePrompt(messages, self.info.image_tokens, self.info.backend)
+                messages = media.messages
+                if request.overflow == "truncate_left":
+                    raise ConfigError("overflow='truncate_left' would cut through images; "
+                                      "use 'drop_oldest' (whole turns) or 'error'")
+            ids, truncation, opened = self._fit_chat(messages, tools, window, switch, media)
         else:
             assert request.prompt is not None
             ids = self.encode_prompt(request.prompt)
@@ -250,6 +268,7 @@ class LocalGenerator:
             decoding.budget.opened = opened
         run = LocalRun(self, ids, sampling, seed, window.budget(len(ids)), truncation,
                        decoding, request.timeout)
+        run.images = media.used if media is not None else {}
         run.thinking = self.thinking if request.chat else None
         # a grammar that holds the answer from its first token (forced calls, a response
         # format) leaves no room to think, even where the prompt opened the thinking
@@ -383,7 +402,8 @@ class LocalGenerator:
                            self.live().token_bytes)
 
     def _fit_chat(self, msgs: list[Message], tools: ToolSetup | None, window: Window,
-                  switch: Mapping[str, Any]) -> tuple[list[int], Truncation | None, bool]:
+                  switch: Mapping[str, Any], media: ImagePrompt | None = None
+                  ) -> tuple[list[int], Truncation | None, bool]:
         """Render and tokenize the chat; under ``drop_oldest``, drop the oldest exchanges
         until it fits. Also says whether the prompt leaves the thinking open."""
         from ..decoding.reasoning import opens_in_prompt
@@ -393,7 +413,8 @@ class LocalGenerator:
         while True:
             view, extra = prompt_view(msgs, tools, self.tool_family)
             text = self._render(view, True, {**switch, **extra})
-            ids = self.encode_prompt(text)
+            ids = self.encode_prompt(text) if media is None else media.encode(
+                text, self.encode_prompt, self._tokenize_piece)
             if window.overflow != "drop_oldest" or window.fits(len(ids)):
                 break
             victim = next((i for i, m in enumerate(msgs[:-1]) if m.role != "system"), None)
@@ -493,6 +514,7 @@ class LocalRun:
         self.request: Request | None = None
         self.detok = IncrementalDetokenizer()
         self.preserved = decoding.preserved
+        self.images: dict[int, Any] = {}  # the prompt's images by key (placeholders)
         self.generated = 0
         self.finish: FinishReason = "length"
         self.done = False
@@ -505,7 +527,7 @@ class LocalRun:
                                budget=self.budget, native=decoding.native,
                                processors=decoding.processors, grammar=decoding.grammar,
                                logprobs=decoding.logprobs is not None, deadline=deadline,
-                               outbox=Outbox(loop))
+                               outbox=Outbox(loop), images=self.images)
         return self.generator.scheduler.submit(self.request)
 
     def _piece(self, item: int | tuple[int, Any]) -> Piece:

@@ -121,6 +121,7 @@ class Request:
     outbox: Outbox = field(default_factory=Outbox)
     cancelled: threading.Event = field(default_factory=threading.Event)
     reused_tokens: int = 0           # prompt tokens whose KV came from another request
+    images: dict[int, Any] = field(default_factory=dict)  # key -> image, for placeholders
     # scheduler state
     seq: int = -1
     done: int = 0                    # prompt tokens already in the KV cache
@@ -361,7 +362,8 @@ class Scheduler:
                 chunk = req.prompt[req.done:req.done + room]
                 last = req.done + len(chunk) >= len(req.prompt)
                 inputs.append(SeqInput(req.seq, chunk, req.done, last,
-                                       req.native_chain if last else None))
+                                       req.native_chain if last else None,
+                                       _images_in(chunk, req.images)))
                 owners.append(req)
                 room -= len(chunk)
         outputs = engine.decode_batch(inputs)
@@ -440,3 +442,12 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _images_in(chunk: list[int], images: dict[int, Any]) -> dict[int, Any] | None:
+    """The images whose placeholder ids (negative) are in a prompt chunk."""
+    if not images or min(chunk) >= 0:
+        return None
+    from ..images import placeholder_row
+
+    return {key: images[key] for key in {placeholder_row(t)[0] for t in chunk if t < 0}}

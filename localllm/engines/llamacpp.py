@@ -118,7 +118,7 @@ class LlamaCppEngine(Engine):
     spec: ClassVar[BackendSpec | None] = SPECS["llama.cpp"]
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, sampling_params=_NATIVE_PARAMS, logits=True, gpu_offload=True,
-        embeddings=True)
+        embeddings=True, images=True)
 
 
     @classmethod
@@ -210,6 +210,18 @@ class LlamaCppEngine(Engine):
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._closed = False
+        self._vision: Any = None
+        if options.projector:
+            from .llamacpp_vision import Vision
+
+            try:
+                self._vision = Vision(lib, self._model, self._ctx, Path(options.projector),
+                                      threads=options.threads, use_gpu=options.gpu_layers > 0,
+                                      flash_attention=fa, log_callback=_Runtime._callback)
+            except BaseException:
+                self.close()
+                raise
+            self.accepts_images = True
 
     @staticmethod
     def _last_log() -> str:
@@ -301,6 +313,23 @@ class LlamaCppEngine(Engine):
         return int(self._options.batch_size)
 
     def decode_batch(self, inputs: Sequence[SeqInput]) -> list[Any]:
+        # a prompt chunk holding image rows is decoded on its own, in runs of text and
+        # image rows (llama.cpp takes tokens or embeddings in one batch, not both)
+        with_images = [i for i, inp in enumerate(inputs) if inp.images]
+        if not with_images:
+            return self._decode_tokens(inputs)
+        out: list[Any] = [None] * len(inputs)
+        for i in with_images:
+            out[i] = self._decode_with_images(inputs[i])
+        rest = [i for i, inp in enumerate(inputs) if not inp.images]
+        for i, result in zip(rest, self._decode_tokens([inputs[i] for i in rest]),
+                             strict=True):
+            out[i] = result
+        return out
+
+    def _decode_tokens(self, inputs: Sequence[SeqInput]) -> list[Any]:
+        if not inputs:
+            return []
         lib, batch = self._lib, self._batch
         token, pos, n_seq, seq_id, want = (batch.token, batch.pos, batch.n_seq_id,
                                            batch.seq_id, batch.logits)
@@ -319,16 +348,37 @@ class LlamaCppEngine(Engine):
             rows.append(n - 1 if inp.output else -1)
         batch.n_tokens = n
         self._check_decode(lib.llama_decode(self._ctx, batch))
-        out: list[Any] = []
-        for inp, row in zip(inputs, rows, strict=True):
-            if row < 0:
-                out.append(None)
-            elif inp.native_sampler is not None:
-                out.append(int(lib.llama_sampler_sample(inp.native_sampler, self._ctx, row)))
+        return [self._output(inp, row) for inp, row in zip(inputs, rows, strict=True)]
+
+    def _output(self, inp: SeqInput, row: int) -> Any:
+        """What one input gives after its decode: nothing, a sampled token or logits."""
+        if row < 0:
+            return None
+        if inp.native_sampler is not None:
+            return int(self._lib.llama_sampler_sample(inp.native_sampler, self._ctx, row))
+        logits = self._lib.llama_get_logits_ith(self._ctx, row)
+        return np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).copy()
+
+    def _decode_with_images(self, inp: SeqInput) -> Any:
+        if self._vision is None:
+            raise UnsupportedFeatureError("llama.cpp", "image input without a projector")
+        assert inp.images is not None
+        tokens, start, row = list(inp.tokens), 0, -1
+        while start < len(tokens):
+            image = tokens[start] < 0
+            end = start
+            while end < len(tokens) and (tokens[end] < 0) == image:
+                end += 1
+            last = end == len(tokens) and inp.output
+            run = tokens[start:end]
+            if image:
+                row = self._vision.decode_rows(run, inp.images, inp.seq, inp.pos + start, last)
             else:
-                logits = lib.llama_get_logits_ith(self._ctx, row)
-                out.append(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).copy())
-        return out
+                part = SeqInput(inp.seq, run, inp.pos + start, last)
+                self._decode_tokens([part])
+                row = len(run) - 1
+            start = end
+        return self._output(inp, row if inp.output else -1)
 
     # ---------------------------------------------------------------- embeddings
     @property
@@ -399,7 +449,8 @@ class LlamaCppEngine(Engine):
         chain = build_sampler_chain(self._lib, params, seed, self._n_vocab)
         if _penalties_active(params):  # the prompt counts as history, as in llama-server
             for token in prompt[-params.repeat_last_n:]:
-                self._lib.llama_sampler_accept(chain, token)
+                if token >= 0:  # image rows are no tokens
+                    self._lib.llama_sampler_accept(chain, token)
         return chain
 
     def free_native_sampler(self, sampler: Any) -> None:
@@ -414,6 +465,8 @@ class LlamaCppEngine(Engine):
         if self._closed:
             return
         self._closed = True
+        if self._vision is not None:
+            self._vision.close()
         self._lib.llama_batch_free(self._batch)
         self._lib.llama_free(self._ctx)
         self._lib.llama_model_free(self._model)

@@ -13,7 +13,7 @@ import os
 import struct
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, overload
 
@@ -103,6 +103,9 @@ class ModelFile:
     tensors: tuple[TensorInfo, ...]
     data_offset: int
     file_size: int
+    #: each metadata key's GGUF value type (4 uint32, 5 int32, 6 float32, 7 bool, 8 string,
+    #: 9 array...): runtimes abort on a key of the wrong type, so checks read this
+    value_types: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     format: ClassVar[str] = "gguf"
 
     @property
@@ -402,7 +405,8 @@ def _parse(r: _Reader, path: Path, file_size: int) -> GGUFFile:
     alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
     data_offset = (r.pos + alignment - 1) // alignment * alignment
     _check_tensor_data(path, tensors, data_offset, alignment, file_size)
-    return GGUFFile(path, version, metadata, tuple(tensors), data_offset, file_size)
+    return GGUFFile(path, version, metadata, tuple(tensors), data_offset, file_size,
+                    types)
 
 
 _STRINGS = ("general.architecture", "general.name", "tokenizer.ggml.model",

@@ -22,6 +22,7 @@ from .._errors import (
     ConfigError,
     ModelFormatError,
     ModelNotFoundError,
+    UnsupportedFeatureError,
     UnsupportedModelError,
 )
 from .._types import ModelInfo
@@ -34,6 +35,7 @@ from ..engines import auto_candidates, backend_names, get_backend, is_installed
 from ..templates.chat import resolve_template
 from .ggml import read_ggml
 from .gguf import ModelFile, read_gguf
+from .projector import Projector
 from .store import DEFAULT_MODEL, ModelStore
 
 DEFAULT_BATCH = 512
@@ -212,8 +214,8 @@ def plan_resolved(resolved: Resolved, *, context_length: int | None = None,
                   device: str = "auto", threads: int | None = None,
                   batch_size: int | None = None, gpu_layers: int | None = None,
                   kv_type: str = "f16", parallel: int | None = None,
-                  allow_fallback: bool = False, profile: HardwareProfile | None = None
-                  ) -> LoadPlan:
+                  allow_fallback: bool = False, profile: HardwareProfile | None = None,
+                  projector: Projector | None = None) -> LoadPlan:
     """:func:`plan` for a source already resolved (no second header read)."""
     gguf, engine_cls = resolved.gguf, resolved.engine_cls
     if threads is not None:
@@ -257,7 +259,9 @@ def plan_resolved(resolved: Resolved, *, context_length: int | None = None,
                      allow_fallback=allow_fallback,
                      runtime_loaded=runtime_loaded or not engine_cls.runtime_module,
                      partial_offload=engine_cls.partial_offload, parallel=parallel,
-                     batching=engine_cls.batching)
+                     batching=engine_cls.batching,
+                     projector_bytes=projector.n_bytes if projector else 0,
+                     image_tokens=projector.tokens_per_image if projector else 0)
 
 
 def load(
@@ -280,6 +284,7 @@ def load(
     store: ModelStore | None = None,
     isolation: str = "none",
     tool_format: str | ToolFormat = "auto",
+    projector: str | os.PathLike[str] | bool | None = None,
 ) -> Model:
     """Load a model: a catalog name, a path to a ``.gguf``, or None for the default model.
 
@@ -306,7 +311,10 @@ def load(
     ctransformers). ``tool_format`` is how the model writes tool calls: "auto" detects its
     family from the chat template (Hermes/Qwen, Llama 3, Mistral, DeepSeek, ...; localllm's
     own format where the template has none), or name one (``model.info.tool_format``), or
-    give a :class:`localllm.ToolFormat` of your own.
+    give a :class:`localllm.ToolFormat` of your own. ``projector`` is a vision projector
+    (``mmproj*.gguf``) to read images in messages with (llama.cpp); by default one found
+    beside the model (LM Studio, Hugging Face) or in its Ollama manifest is used, and
+    ``projector=False`` loads the text model alone.
 
     A source ``"http://host:port[/v1]#MODEL"`` is a model on a server, with ``backend``
     "auto", "openai" or "ollama" and ``backend_options`` as :func:`localllm.connect`'s
@@ -320,21 +328,52 @@ def load(
         return Model(RemoteGenerator(url, model, api=api, **dict(backend_options or {})))
     started = time.perf_counter()
     resolved = resolve(source, backend, store)
+    vision = resolve_projector(projector, resolved, pooling)
     the_plan = plan_resolved(resolved, context_length=context_length, device=device,
                              threads=threads, batch_size=batch_size, gpu_layers=gpu_layers,
-                             kv_type=kv_type, parallel=parallel, allow_fallback=allow_fallback)
+                             kv_type=kv_type, parallel=parallel, allow_fallback=allow_fallback,
+                             projector=vision)
     return open_planned(resolved, the_plan, max_queue=max_queue, allow_fallback=allow_fallback,
                         chat_template=chat_template, system_message=system_message,
                         pooling=pooling, backend_options=backend_options,
-                        isolation=isolation, started=started, tool_format=tool_format)
+                        isolation=isolation, started=started, tool_format=tool_format,
+                        projector=vision)
+
+
+def resolve_projector(projector: str | os.PathLike[str] | bool | None, resolved: Resolved,
+                      pooling: str | None = None) -> Projector | None:
+    """The checked vision projector to load with a model: the one named, else (None) one
+    found where the model's app keeps it; ``False``: none."""
+    from .projector import check_projector, find_projector
+
+    gguf, engine_cls = resolved.gguf, resolved.engine_cls
+    if projector is False:
+        return None
+    named = projector not in (None, True)
+    if not named:
+        found = find_projector(resolved.path) if gguf.format == "gguf" and pooling is None \
+            and gguf.metadata.get("general.architecture") != "clip" else None
+        if found is None:
+            if projector is True:
+                raise ConfigError(f"no vision projector (mmproj*.gguf) was found beside "
+                                  f"{resolved.path.name}; pass projector=PATH")
+            return None
+        projector = found
+    if not engine_cls.capabilities.images:
+        if not named:
+            return None  # found beside the model, but this backend reads text only
+        raise UnsupportedFeatureError(engine_cls.backend_name, "image input",
+                                      "load the model with backend='llama.cpp'")
+    assert not isinstance(projector, bool) and projector is not None
+    return check_projector(Path(projector), int(gguf.arch_value("embedding_length", 0) or 0))
 
 
 def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEFAULTS.max_queue,
                  allow_fallback: bool = False, chat_template: str | None = None,
                  system_message: str = "template", pooling: str | None = None,
                  backend_options: Mapping[str, Any] | None = None, isolation: str = "none",
-                 started: float | None = None, tool_format: str | ToolFormat = "auto"
-                 ) -> Model:
+                 started: float | None = None, tool_format: str | ToolFormat = "auto",
+                 projector: Projector | None = None) -> Model:
     """Open a resolved source as ``the_plan`` says (the act half of :func:`load`): the
     server plans once and hands its plan here."""
     started = time.perf_counter() if started is None else started
@@ -352,7 +391,8 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
     options = EngineOptions(context_length=the_plan.context_length, threads=the_plan.threads,
                             batch_size=the_plan.batch_size, gpu_layers=the_plan.gpu_layers,
                             kv_type=the_plan.kv_type, parallel=the_plan.parallel,
-                            backend_options=dict(backend_options or {}), pooling=pooling)
+                            backend_options=dict(backend_options or {}), pooling=pooling,
+                            projector=str(projector.path) if projector else None)
     for reason in the_plan.reasons:
         if "CPU-only build" in reason:  # a GPU is here but will not be used: say it loudly
             logging.getLogger("localllm").warning("%s", reason)
@@ -373,7 +413,9 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
             parallel=engine.max_sequences,
             has_chat_template=template is not None, pooling=engine.pooling, plan=the_plan,
             system_message=system_message, tool_format=family.name,
-            isolation="process" if isinstance(engine, ProcessEngine) else "none")
+            isolation="process" if isinstance(engine, ProcessEngine) else "none",
+            projector=str(projector.path) if projector else None,
+            image_tokens=projector.tokens_per_image if projector else None)
         bos, eos = gguf.special_texts
     except BaseException:
         engine.close()

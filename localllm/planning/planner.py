@@ -338,8 +338,10 @@ def make_plan(gguf: ModelFile, profile: HardwareProfile, *, backend: str,
               batch_size: int = 512, gpu_layers: int | None = None,
               allow_fallback: bool = False, runtime_loaded: bool = True,
               partial_offload: bool = True, parallel: int | None = None,
-              batching: bool = True) -> LoadPlan:
-    """Choose device placement, context length and parallel sequences for ``gguf``."""
+              batching: bool = True, projector_bytes: int = 0, image_tokens: int = 0
+              ) -> LoadPlan:
+    """Choose device placement, context length and parallel sequences for ``gguf``; a
+    vision projector's weights (``projector_bytes``) are set aside first."""
     if device not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"device={device!r} is invalid; use 'auto', 'cpu' or 'gpu'")
     shape = ModelShape.from_gguf(gguf)
@@ -353,7 +355,12 @@ def make_plan(gguf: ModelFile, profile: HardwareProfile, *, backend: str,
     use_gpu = _use_gpu(gpus, device, gpu_layers, gpu_offload_supported, allow_fallback,
                        backend, reasons)
     vram = gpus[0].memory_free if use_gpu else 0
-    budget = _Budget(ram=max(0, ram - base), vram=vram)
+    # the projector goes where the model's layers go (libmtmd follows use_gpu)
+    budget = _Budget(ram=max(0, ram - base - (0 if use_gpu else projector_bytes)),
+                     vram=max(0, vram - projector_bytes) if use_gpu else vram)
+    if projector_bytes:
+        reasons.append(f"vision projector: {projector_bytes / MIB:,.1f} MiB of weights set "
+                       f"aside; each image takes {image_tokens} prompt tokens")
     threads = threads or max(1, int(profile.cpu.usable_cores))
 
     def layers_for(ctx: int, n_seq: int) -> int:
@@ -409,8 +416,10 @@ def make_plan(gguf: ModelFile, profile: HardwareProfile, *, backend: str,
         gpu_layers=est.gpu_layers, gpu_names=(gpus[0].name,) if est.gpu_layers else (),
         context_length=chosen, parallel=n_seq, threads=threads,
         batch_size=min(batch_size, chosen * n_seq),
-        kv_type=kv_type, memory=est, predicted_peak_ram=base + est.host.total,
-        predicted_ram_after_load=base + est.host_after_load,
+        kv_type=kv_type, memory=est, predicted_peak_ram=base + est.host.total + (
+            0 if est.gpu_layers else projector_bytes),
+        predicted_ram_after_load=base + est.host_after_load + (
+            0 if est.gpu_layers else projector_bytes),
         available_ram=profile.memory.available, reasons=tuple(reasons))
 
 
