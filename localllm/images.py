@@ -78,8 +78,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULTS.max_image_pixels) ->
             rgb = upright.convert("RGB")
     except ConfigError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ConfigError(f"the {kind} image is too large to decode: {exc}") from None
+    except Image.DecompressionBombError:
+        raise ConfigError(f"the {kind} image claims more pixels than Pillow decodes, over the "
+                          f"limit of {max_pixels} (a decompression bomb, or a picture to "
+                          "scale down first)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Pillow reports truncation and corruption as OSError/SyntaxError/ValueError
         raise ConfigError(f"the {kind} image is damaged or truncated ({exc}); "

@@ -206,9 +206,7 @@ def normalize_messages(messages: Sequence[Message | Mapping[str, Any]]) -> list[
         try:
             out.append(Message.from_written(m))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = _problems(exc, list_content=isinstance(m.get("content"), list))
             raise ChatTemplateError(f"messages[{i}] is invalid: {problems}") from None
     return out
 
@@ -285,3 +283,16 @@ def render_chat(
             f"the chat template failed to render: {type(exc).__name__}: {str(exc)[:500]}"
         ) from None
     return "".join(parts)
+
+
+def _problems(exc: Any, list_content: bool) -> str:
+    """A message's validation errors, one per problem, with locations as the caller wrote
+    them (``content.0.image``), not pydantic's union branches (``tuple[tagged-union...]``);
+    content given as a list is not also reported as "not a string"."""
+    out = []
+    for e in exc.errors():
+        loc = [str(p) for p in e["loc"] if isinstance(p, int) or str(p).isidentifier()]
+        if list_content and loc == ["content", "str"]:
+            continue
+        out.append(f"{'.'.join(loc) or 'message'}: {e['msg']}")
+    return "; ".join(out)
