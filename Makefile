@@ -59,7 +59,7 @@ soak: model
 # is kept in build/fuzz/corpus, and a failing input is saved in build/fuzz/TARGET/
 FUZZ_SECONDS ?= 600
 fuzz: setup
-	for target in gguf ggml onnx-folder chat-template; do \
+	for target in gguf ggml onnx-folder chat-template image; do \
 		$(BIN)/python -m localllm.support.fuzz $$target --seconds $(FUZZ_SECONDS) \
 			--corpus build/fuzz/corpus/$$target || exit 1; \
 	done

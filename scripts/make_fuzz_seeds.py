@@ -187,9 +187,39 @@ def chat_seeds() -> dict[str, bytes]:
     }
 
 
+def image_seeds() -> dict[str, bytes]:
+    """Small files of each accepted format (and features their decoders branch on:
+    palette and alpha, progressive JPEG, EXIF orientation, a GIF animation, lossless WebP)."""
+    import io
+
+    from PIL import Image
+
+    def saved(image: Image.Image, kind: str, **options: object) -> bytes:
+        out = io.BytesIO()
+        image.save(out, kind, **options)
+        return out.getvalue()
+
+    rgb = Image.new("RGB", (6, 4))
+    rgb.putdata([(x * 40, y * 60, (x + y) * 20) for y in range(4) for x in range(6)])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotated
+    frames = [Image.new("P", (3, 3), c) for c in (1, 2)]
+    return {
+        "rgb.png": saved(rgb, "PNG"),
+        "palette-alpha.png": saved(rgb.convert("RGBA").convert("P"), "PNG", transparency=0),
+        "gray16.png": saved(rgb.convert("I;16"), "PNG"),
+        "baseline.jpg": saved(rgb, "JPEG", quality=80),
+        "progressive-exif.jpg": saved(rgb, "JPEG", progressive=True, exif=exif),
+        "animated.gif": saved(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "lossy.webp": saved(rgb, "WEBP", quality=50),
+        "lossless.webp": saved(rgb.convert("RGBA"), "WEBP", lossless=True),
+    }
+
+
 def main() -> int:
     for target, seeds in (("gguf", gguf_seeds()), ("ggml", ggml_seeds()),
-                          ("onnx-folder", onnx_seeds()), ("chat-template", chat_seeds())):
+                          ("onnx-folder", onnx_seeds()), ("chat-template", chat_seeds()),
+                          ("image", image_seeds())):
         folder = ROOT / target
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

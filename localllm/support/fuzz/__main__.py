@@ -24,7 +24,8 @@ from .targets import TARGETS, Scratch
 SEEDS = Path(__file__).resolve().parents[3] / "tests" / "data" / "fuzz_seeds"
 RSS_LIMIT_MB = 2048
 _INSIDE = "LOCALLLM_FUZZING"  # set in the child's environment
-MAX_LEN = {"gguf": 16384, "ggml": 16384, "onnx-folder": 16384, "chat-template": 8192}
+MAX_LEN = {"gguf": 16384, "ggml": 16384, "onnx-folder": 16384, "chat-template": 8192,
+           "image": 16384}
 
 # tokens worth splicing into inputs (libFuzzer dictionaries): field names and syntax that
 # random mutation would take long to spell
@@ -45,6 +46,10 @@ _DICTIONARY: dict[str, tuple[str, ...]] = {
                       "'content'", "'role'", "macro ", "endmacro", "|tojson", "|join",
                       "raise_exception(", "strftime_now(", "add_generation_prompt",
                       "bos_token", "*", "**", "~", "|center(", ".format(", "%"),
+    "image": ("IHDR", "IDAT", "IEND", "PLTE", "tRNS", "iCCP", "eXIf", "acTL", "\x89PNG",
+              "\xff\xd8\xff\xe0", "\xff\xc0", "\xff\xc2", "\xff\xda", "\xff\xd9", "JFIF",
+              "Exif", "GIF89a", "NETSCAPE2.0", "RIFF", "WEBP", "VP8 ", "VP8L", "VP8X", "ANIM",
+              "ANMF", "ALPH"),
 }
 
 
@@ -96,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quote(token: str) -> str:
-    return '"' + "".join(c if c.isalnum() or c in " ._/<>{}%|()[]'*~:-=" else f"\\x{ord(c):02x}"
-                         for c in token) + '"'
+    plain = " ._/<>{}%|()[]'*~:-="
+    return '"' + "".join(c if (c.isascii() and c.isalnum()) or c in plain
+                         else f"\\x{ord(c):02x}" for c in token) + '"'
 
 
 def _watch(command: list[str], deadline: float) -> tuple[int, dict[str, int]]:

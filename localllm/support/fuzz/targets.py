@@ -111,6 +111,15 @@ def chat_template(scratch: Scratch, data: bytes) -> None:
                 bos_token="<s>", eos_token="</s>", add_generation_prompt=len(parts) % 2 == 1)
 
 
+def image(scratch: Scratch, data: bytes) -> None:
+    """An image file as a message carries it, decoded and checked as a model does before
+    its runtime sees pixels (a smaller pixel limit keeps each input inside the fuzzer's
+    memory and time limits)."""
+    from ...images import decode_image
+
+    decode_image(data, max_pixels=4_000_000)
+
+
 Target = Callable[[Scratch, bytes], None]
 #: target name → function; "gguf" and "ggml" run the same reader dispatch from different
 #: seeds, so each explores its own container
@@ -119,4 +128,5 @@ TARGETS: dict[str, Target] = {
     "ggml": model_file,
     "onnx-folder": onnx_folder,
     "chat-template": chat_template,
+    "image": image,
 }
