@@ -416,6 +416,12 @@ def _add_serve_parser(sub: Any) -> None:
                        help="no chat page at / (the APIs only)")
     serve.add_argument("--max-upload", type=int, default=DEFAULTS.max_upload_bytes,
                        metavar="BYTES", help="largest document the chat page may upload")
+    serve.add_argument("--fetch-images", action="store_true",
+                       help="fetch http(s) image URLs in requests (off: only images sent "
+                            "as data; never from loopback or private addresses)")
+    serve.add_argument("--fetch-images-allow", action="append", default=[], metavar="HOST",
+                       help="a host (or address) of your own network image URLs may name "
+                            "(repeatable; implies --fetch-images)")
     serve.set_defaults(func=cmd_serve)
 
 

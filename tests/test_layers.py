@@ -43,7 +43,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "server._responses", "server._cli", "server._embeddings", "server._endpoint",
         "server._generation", "server._metrics", "server._ollama", "server._openai",
         "server._registry", "server._streaming", "server._ui", "server._conversations",
-        "server._collections", "server._sqlite"),
+        "server._collections", "server._sqlite", "server._fetch"),
 }
 
 #: upward imports that exist today, each with why; the list only shrinks (it is empty:

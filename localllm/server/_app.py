@@ -67,6 +67,8 @@ class ServerConfig:
     data_dir: str | None = None  # conversations, collections (None: $XDG_DATA_HOME/localllm)
     max_upload_bytes: int = DEFAULTS.max_upload_bytes
     embedder: str | None = None  # the collections' embedder (None: the default embedder)
+    fetch_images: bool = False  # fetch http(s) image URLs (--fetch-images; see _fetch)
+    fetch_allow: Sequence[str] = ()  # hosts of the user's own network that may be fetched
 
 
 class HTTPError(Exception):

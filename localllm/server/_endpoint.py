@@ -5,17 +5,21 @@ errors included. A new wire API is a codec in ``protocols`` plus one line in ``_
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..core.request import GenerationRequest
 from ..protocols.codec import Failure, ServerCodec
 from . import _generation as generation
 from ._app import HTTPError, ServerState, http_error, read_json, until_disconnect
+from ._fetch import fetch_message_images
 from ._registry import ServedModel, parse_keep_alive
 from ._streaming import EventStream, hold_while_streaming
 
@@ -26,6 +30,9 @@ def mount(codec: ServerCodec, state: ServerState) -> Route:
 
     async def handle(request: Request) -> Response:
         call = codec.parse(await read_json(request, state.max_body), caller_of(request))
+        if state.config.fetch_images:
+            call.requests = [await _fetched(gen, state.config.fetch_allow)
+                             for gen in call.requests]
         if call.keep_alive is None or call.keep_alive == "default":
             call.keep_alive = "default"
         else:
@@ -89,3 +96,11 @@ def _load_s(served: ServedModel, started: float) -> float:
     """Seconds this request spent loading the model (0 when it was loaded already)."""
     return served.loaded_at - started if served.loaded_at >= started else 0.0
 
+
+
+async def _fetched(gen: GenerationRequest, allow: Sequence[str]) -> GenerationRequest:
+    """The request with its image URLs fetched (in a thread: the fetch blocks)."""
+    if not gen.messages:
+        return gen
+    messages = await anyio.to_thread.run_sync(fetch_message_images, gen.messages, allow)
+    return gen if messages is None else dataclasses.replace(gen, messages=messages)

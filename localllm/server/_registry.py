@@ -175,13 +175,15 @@ class Registry:
     async def _load(self, served: ServedModel, options: dict[str, Any]) -> None:
         """Read the header once, plan once (unloading idle models while the plan does not
         fit the budget), and open the model as planned."""
-        from ..models.loader import open_planned, plan_resolved, resolve
+        from ..models.loader import open_planned, plan_resolved, resolve, resolve_projector
 
         kwargs: dict[str, Any] = {"parallel": self.parallel, "threads": self.threads,
                                   "context_length": self.context_length, **options}
         self.loading += 1
         try:
             resolved = await asyncio.to_thread(resolve, served.source)
+            # a projector beside the model (or in its Ollama manifest) comes along
+            kwargs["projector"] = await asyncio.to_thread(resolve_projector, None, resolved)
             trained = resolved.gguf.context_length
             if "context_length" not in options and self.context_length is not None and trained:
                 # --context is for every model: one trained on fewer tokens (an embedder)
@@ -203,7 +205,8 @@ class Registry:
                 await self._unload(victim)
             served.model = await asyncio.to_thread(
                 open_planned, resolved, plan, max_queue=self.max_queue,
-                isolation=self.isolation, system_message=self.system_message)
+                isolation=self.isolation, system_message=self.system_message,
+                projector=kwargs["projector"])
         finally:
             self.loading -= 1
         served.load_options = options
