@@ -13,6 +13,7 @@ def feature_matrix() -> str:
     """Markdown table: backends × features, from ``Engine.capabilities`` and class data."""
     header = ["backend", "reads", "streaming", "logits (structured output, tools, logprobs)",
               "GPU offload", "batching (parallel requests)", "embeddings (embed())",
+              "images (with a projector)",
               "isolated by default (isolation='auto', the server)", *_PARAMS]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in BUILTIN_BACKENDS:
@@ -20,7 +21,7 @@ def feature_matrix() -> str:
         caps = cls.capabilities
         cells = [name, ", ".join(cls.formats), _mark(caps.streaming), _mark(caps.logits),
                  _mark(caps.gpu_offload), _mark(cls.batching), _mark(caps.embeddings),
-                 _mark(cls.aborts_process)]
+                 _mark(caps.images), _mark(cls.aborts_process)]
         cells += [_mark(p in caps.sampling_params) for p in _PARAMS]
         rows.append("| " + " | ".join(cells) + " |")
     intro = ("# Feature matrix\n\nGenerated from the capabilities each backend declares "
@@ -38,7 +39,9 @@ def feature_matrix() -> str:
              "model's thinking comes apart from its answer on every backend, and its budget "
              "on every backend with logits (see reasoning.md). The server's chat page "
              "works with every served model, since it speaks only the server's own APIs "
-             "(see chat-page.md).\n\n")
+             "(see chat-page.md). Images in messages are read by llama.cpp models loaded "
+             "with a LLaVA-style vision projector, on every server API (see images.md)."
+             "\n\n")
     return intro + "\n".join(rows) + "\n" + remote_matrix()
 
 
