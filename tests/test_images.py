@@ -273,8 +273,14 @@ def test_projectors_are_found_where_apps_keep_them(default_model_path: Path,
 
 
 def test_the_plan_sets_the_projectors_memory_aside(vision: localllm.Model,
+                                                   default_model_path: Path,
                                                    projector: tuple[Path, Any]) -> None:
     size = check_projector(projector[0]).n_bytes
     assert size > 0
     assert any("vision projector" in r and f"{TOKENS} prompt tokens" in r
                for r in vision.info.plan.reasons)
+    planned = localllm.plan(default_model_path, projector=str(projector[0]),
+                            context_length=512, device="cpu")
+    assert any(f"vision projector: {size / 2**20:,.1f} MiB" in r for r in planned.reasons)
+    assert not any("vision projector" in r for r in localllm.plan(
+        default_model_path, context_length=512, device="cpu").reasons)

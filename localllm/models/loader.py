@@ -199,15 +199,19 @@ def plan(
     allow_fallback: bool = False,
     store: ModelStore | None = None,
     profile: HardwareProfile | None = None,
+    projector: str | os.PathLike[str] | bool | None = None,
 ) -> LoadPlan:
-    """Decide how ``load()`` would run ``source`` here, reading only the file header.
+    """Decide how ``load()`` would run ``source`` here, reading only the file header
+    (and a vision projector's, found or named as ``load()`` does).
 
     Raises ``WillNotFitError`` (with what would fit) when no placement fits in memory.
     """
-    return plan_resolved(resolve(source, backend, store), context_length=context_length,
+    resolved = resolve(source, backend, store)
+    return plan_resolved(resolved, context_length=context_length,
                          device=device, threads=threads, batch_size=batch_size,
                          gpu_layers=gpu_layers, kv_type=kv_type, parallel=parallel,
-                         allow_fallback=allow_fallback, profile=profile)
+                         allow_fallback=allow_fallback, profile=profile,
+                         projector=resolve_projector(projector, resolved))
 
 
 def plan_resolved(resolved: Resolved, *, context_length: int | None = None,
