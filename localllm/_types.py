@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -232,19 +233,31 @@ class ImagePart(_Frozen):
         return f"ImagePart({len(self.data)} bytes)" if self.data else f"ImagePart({self.url!r})"
 
 
+#: False while a server handles a request: what a client wrote never names a file here
+#: (each wire codec builds image parts from the bytes it was sent; this guards the rest)
+IMAGE_PATHS_ALLOWED: ContextVar[bool] = ContextVar("localllm_image_paths", default=True)
+
+
 def read_image_file(path: Any) -> bytes:
-    """An image file's bytes, refused past the size limit before it is read whole."""
+    """An image file's bytes: a regular file, read up to the size limit and no further
+    (a FIFO or /dev/zero claims size 0 and never ends)."""
     from pathlib import Path
 
+    if not IMAGE_PATHS_ALLOWED.get():
+        raise ValueError("an image given as a file path is not read in a server request; "
+                         "send the image's bytes (base64 or a data: URI)")
     file = Path(path).expanduser()
     try:
-        size = file.stat().st_size
-        if size > DEFAULTS.max_image_bytes:
-            raise ValueError(f"{file} is {size} bytes; the image limit is "
-                             f"{DEFAULTS.max_image_bytes}: scale it down first")
-        return file.read_bytes()
+        if not file.is_file():
+            raise ValueError(f"cannot read the image {file}: not a regular file")
+        with open(file, "rb") as handle:
+            data = handle.read(DEFAULTS.max_image_bytes + 1)
     except OSError as exc:
         raise ValueError(f"cannot read the image {file}: {exc.strerror or exc}") from None
+    if len(data) > DEFAULTS.max_image_bytes:
+        raise ValueError(f"{file} is over the image limit of {DEFAULTS.max_image_bytes} "
+                         "bytes: scale it down first")
+    return data
 
 
 def decode_data_uri(uri: str) -> bytes:

@@ -144,9 +144,11 @@ def test_a_server_fetches_image_urls_only_when_started_to(vision_folder: Path,
     import openai
 
     with served_in_thread([str(vision_folder)], context_length=1024, threads=2,
-                          parallel=1) as base, \
-            pytest.raises(openai.BadRequestError, match="--fetch-images"):
-        _ask(base, f"{host}/cat.png")
+                          parallel=1) as base:
+        with pytest.raises(openai.BadRequestError, match="--fetch-images"):
+            _ask(base, f"{host}/cat.png")
+        _no_request_names_a_file(base, vision_folder)
+
     with served_in_thread([str(vision_folder)], context_length=1024, threads=2, parallel=1,
                           fetch_images=True) as base, \
             pytest.raises(openai.BadRequestError, match="not a public address"):
@@ -157,3 +159,28 @@ def test_a_server_fetches_image_urls_only_when_started_to(vision_folder: Path,
         assert reply.usage.prompt_tokens > 16
         with pytest.raises(openai.BadRequestError, match=r"169\.254\.169\.254"):
             _ask(base, f"{host}/inside")
+
+
+def _no_request_names_a_file(base: str, model: Path) -> None:
+    """Routes that take messages outside a wire codec (the chat page's token count, a
+    collection's retrieval, Anthropic's count) still never read a path a client names."""
+    import anthropic
+    import httpx
+
+    secret = model.parent / "mmproj-synthetic.gguf"  # a file that exists on the server
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                         {"type": "image", "image": str(secret)}]}]
+    answer = httpx.post(f"{base}/tokenize", json={"messages": chat}, timeout=30)
+    assert answer.status_code == 400
+    assert "not read in a server request" in answer.text and "clip" not in answer.text
+    client = anthropic.Anthropic(base_url=base, api_key="unused", max_retries=0)
+    model_id = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
+    plain = client.messages.count_tokens(model=model_id, messages=[
+        {"role": "user", "content": "What is this?"}]).input_tokens
+    import base64
+
+    seen = client.messages.count_tokens(model=model_id, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": base64.b64encode(IMAGE).decode()}},
+        {"type": "text", "text": "What is this?"}]}]).input_tokens
+    assert seen == plain + 16

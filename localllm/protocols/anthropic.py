@@ -4,7 +4,8 @@ content blocks → one ``GenerationRequest``; the answer as a message of ``text`
 and reply decoding for ``connect(api="anthropic")``.
 
 Blocks map onto localllm's messages: ``system`` becomes the system turn, ``text`` blocks
-content parts, an assistant's ``tool_use`` blocks its tool calls (``input`` as JSON
+content parts, a user's ``image`` blocks image parts (a base64 source decoded, a url source
+kept unfetched), an assistant's ``tool_use`` blocks its tool calls (``input`` as JSON
 arguments), and each ``tool_result`` block a ``tool`` turn answering its call. Tools take
 Anthropic's shape (``name``, ``description``, ``input_schema``) and ``tool_choice`` all four
 of its kinds (``auto``, ``any``, ``tool``, ``none``).
@@ -30,14 +31,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._errors import RemoteError, RequestError, UnsupportedFeatureError
-from .._types import Completion, Message, StreamChunk, ToolCallDelta
+from .._errors import ConfigError, RemoteError, RequestError, UnsupportedFeatureError
+from .._types import Completion, ImagePart, Message, StreamChunk, ToolCallDelta
 from ..core.request import GenerationRequest, Piece
 from .codec import (
+    MEDIA_TYPES,
     Call,
     Failure,
     StreamDecoder,
-    block_texts,
+    base64_text,
+    block_parts,
+    image_from_base64,
+    image_from_url,
+    media_type,
     named_event,
     server_request,
     validate,
@@ -180,8 +186,29 @@ def signature(thinking: str) -> str:
 
 def _text(value: Any, where: str) -> str:
     """A string, or a list of text blocks joined (``system``, a tool result's content)."""
-    texts = block_texts(value, where, ("text",), "text block")
-    return texts if isinstance(texts, str) else "".join(texts)
+    parts = block_parts(value, where, ("text",), "text block")
+    return parts if isinstance(parts, str) else "".join(p["text"] for p in parts)
+
+
+def read_image(block: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """An ``image`` block as an image part: a ``base64`` source (``media_type`` one of
+    the four Anthropic takes) decoded, a ``url`` source kept as that URL (read only by a
+    server that fetches images); any other source (``file`` ids above all: there is no
+    file store here) is a RequestError naming it."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise RequestError(f"{where}.source must be an object", param=f"{where}.source")
+    kind = source.get("type")
+    if kind == "base64":
+        if source.get("media_type") not in MEDIA_TYPES.values():
+            raise RequestError(f"{where}.source.media_type {source.get('media_type')!r} is "
+                               f"not one of {', '.join(MEDIA_TYPES.values())}",
+                               param=f"{where}.source.media_type")
+        return image_from_base64(source.get("data"), f"{where}.source.data")
+    if kind == "url":
+        return image_from_url(source.get("url"), f"{where}.source.url")
+    raise RequestError(f"{where}.source.type {kind!r} is not supported; send the image as "
+                       "a base64 or url source", param=f"{where}.source.type")
 
 
 def read_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -202,13 +229,15 @@ def read_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[str,
         if not isinstance(content, list):
             raise RequestError(f"messages[{i}].content must be a string or a list of "
                                "blocks", param=f"{where}.content")
-        parts: list[dict[str, str]] = []
+        parts: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
         for j, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
             here = f"{where}.content.{j}"
             if kind == "text":
                 parts.append({"type": "text", "text": str(block.get("text", ""))})
+            elif kind == "image" and role == "user":
+                parts.append(read_image(block, here))
             elif kind in ("thinking", "redacted_thinking") and role == "assistant":
                 continue  # earlier thinking is not shown to the model again
             elif kind == "tool_use" and role == "assistant":
@@ -233,7 +262,7 @@ def read_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[str,
                 raise RequestError(f"messages[{i}].content[{j}] is a {kind!r} block, which "
                                    f"a {role} turn cannot carry here (text; tool_use, "
                                    "thinking and redacted_thinking from the assistant; "
-                                   "tool_result from the user)", param=here)
+                                   "image and tool_result from the user)", param=here)
         if role == "assistant" and (parts or calls):
             said: dict[str, Any] = {"role": "assistant", "content": parts or None}
             if calls:
@@ -418,12 +447,37 @@ class _Blocks:
 
 
 # ---------------------------------------------------------------------------- client side
+def image_block(part: ImagePart) -> dict[str, Any]:
+    """An image part as Anthropic's ``image`` block: a url source for an http(s) part, the
+    bytes as a base64 source otherwise (the media type sniffed from them)."""
+    if part.url is not None:
+        return {"type": "image", "source": {"type": "url", "url": part.url}}
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type(part.data),
+                                        "data": base64_text(part.data)}}
+
+
+def _blocks(m: Message) -> list[dict[str, Any]]:
+    """A turn's content as blocks: its text as one text block, or, with images, each part
+    in its place."""
+    if not m.images:
+        return [{"type": "text", "text": m.text}] if m.text else []
+    assert isinstance(m.content, tuple)
+    return [image_block(p) if isinstance(p, ImagePart) else {"type": "text", "text": p.text}
+            for p in m.content if isinstance(p, ImagePart) or p.text]
+
+
 def message_blocks(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
     """localllm's messages as (system, Anthropic turns): tool turns become tool_result
-    blocks of a user turn (consecutive ones together), tool calls tool_use blocks."""
+    blocks of a user turn (consecutive ones together), tool calls tool_use blocks, images
+    image blocks in their places. The system prompt and tool results are text here, so an
+    image in one is a ConfigError rather than left out."""
     system = "\n".join(m.text or "" for m in messages if m.role == "system") or None
     out: list[dict[str, Any]] = []
     for m in messages:
+        if m.images and m.role in ("system", "tool"):
+            raise ConfigError(f"an image in a {m.role} message cannot be sent over "
+                              "Anthropic's Messages API (it takes images in user turns); "
+                              "move it to a user message")
         if m.role == "system":
             continue
         if m.role == "tool":
@@ -435,7 +489,7 @@ def message_blocks(messages: Sequence[Message]) -> tuple[str | None, list[dict[s
             else:
                 out.append({"role": "user", "content": [block]})
             continue
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": m.text}] if m.text else []
+        blocks = _blocks(m)
         blocks += [{"type": "tool_use", "id": c.id, "name": c.name,
                     "input": c.parsed_arguments} for c in m.tool_calls]
         out.append({"role": m.role, "content": blocks})

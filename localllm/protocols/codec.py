@@ -10,16 +10,20 @@ is one codec module and one line that mounts it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from .._errors import RequestError
-from .._types import Completion, StreamChunk
+from .._defaults import DEFAULTS
+from .._errors import ConfigError, RequestError
+from .._types import Completion, ImagePart, StreamChunk, decode_data_uri
 from ..core.request import GenerationRequest
+from ..images import sniff_format
 
 
 @dataclass
@@ -151,20 +155,117 @@ def server_request(*, messages: list[Any] | None = None, prompt: str | None = No
                          **{"max_tokens": None, **params})
 
 
-def block_texts(value: Any, where: str, kinds: tuple[str, ...], noun: str) -> str | list[str]:
-    """A string as it came, or the texts of a list of text blocks (Anthropic's ``text``
-    blocks, the Responses API's ``input_text``/``output_text`` parts); any other block is
-    a RequestError naming where it is and what is accepted."""
+def block_parts(value: Any, where: str, kinds: tuple[str, ...], noun: str,
+                images: Mapping[str, Callable[[Mapping[str, Any], str], dict[str, Any]]]
+                | None = None) -> str | list[dict[str, Any]]:
+    """A string as it came, or a list of blocks as localllm's content parts: ``kinds``
+    blocks (Anthropic's ``text``, the Responses API's ``input_text``/``output_text``) as
+    text parts, and the image blocks ``images`` names, each read by its reader (given the
+    block and where it is). Any other block is a RequestError naming where it is and what
+    is accepted, so nothing a client sent is dropped unseen."""
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
         raise RequestError(f"{where} must be a string or a list of {noun}s", param=where)
-    texts = []
+    readers = images or {}
+    parts = []
     for i, block in enumerate(value):
         kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-        if kind not in kinds:
+        if kind in kinds:
+            parts.append({"type": "text", "text": str(block.get("text", ""))})
+        elif isinstance(kind, str) and kind in readers:
+            parts.append(readers[kind](block, f"{where}.{i}"))
+        else:
             raise RequestError(f"{where}[{i}] is a {kind!r} {noun}; only "
-                               f"{' and '.join(kinds)} {noun}s are supported here",
-                               param=f"{where}.{i}")
-        texts.append(str(block.get("text", "")))
-    return texts
+                               f"{' and '.join((*kinds, *readers))} {noun}s are supported "
+                               "here", param=f"{where}.{i}")
+    return parts
+
+
+# ---------------------------------------------------------------------------- images
+#: the media type each accepted image format (``localllm.images.FORMATS``) is sent as
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif",
+               "WEBP": "image/webp"}
+#: base64 text longer than this holds more than the image size limit
+_MAX_BASE64 = DEFAULTS.max_image_bytes * 4 // 3 + 4
+
+
+def _image_bytes(data: bytes, where: str) -> dict[str, Any]:
+    if not data:
+        raise RequestError(f"{where} holds no image (it decodes to 0 bytes)", param=where)
+    return {"type": "image", "data": data}
+
+
+def image_from_base64(value: Any, where: str) -> dict[str, Any]:
+    """An image part from base64 text a request carries (Ollama's ``images``, Anthropic's
+    base64 source): the decoded bytes, so no value can make the server read a file. Some
+    clients send a ``data:`` URI here, which is read as one; anything that does not decode
+    is a RequestError naming ``where``. The bytes are checked as an image (format, size,
+    pixels) when the model reads them."""
+    if not isinstance(value, str):
+        raise RequestError(f"{where} must be base64 text, not {type(value).__name__}",
+                           param=where)
+    if value.startswith("data:"):
+        return image_from_url(value, where)
+    text = "".join(value.split())  # some clients wrap base64 in lines
+    if len(text) > _MAX_BASE64:
+        raise RequestError(f"{where} holds more than the {DEFAULTS.max_image_bytes}-byte "
+                           "image limit: scale the image down first", param=where)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"{where} is not valid base64 (an image file in base64, without "
+                           "line breaks or a data: prefix)", param=where) from None
+    return _image_bytes(data, where)
+
+
+def image_from_url(value: Any, where: str) -> dict[str, Any]:
+    """An image part from a URL a request carries (OpenAI's ``image_url``, Anthropic's url
+    source, the Responses API's ``input_image``): a base64 ``data:`` URI's bytes, or an
+    http(s) URL kept unfetched (the model refuses it unless the server fetches images).
+    Anything else, a path or a ``file:`` URL above all, is a RequestError: a server never
+    reads a file a request names."""
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"{where} must be a data: URI or an http(s) URL", param=where)
+    if value.startswith("data:"):
+        try:
+            return _image_bytes(decode_data_uri(value), where)
+        except ValueError as exc:
+            raise RequestError(f"{where}: {exc}", param=where) from None
+    if value.startswith(("http://", "https://")):
+        return {"type": "image", "url": value}
+    raise RequestError(f"{where} {value[:60]!r} is neither a data: URI "
+                       "(data:image/png;base64,...) nor an http(s) URL; a server never "
+                       "reads a file a request names", param=where)
+
+
+def media_type(data: bytes, fallback: str | None = None) -> str:
+    """The media type of an image file, from its first bytes (PNG, JPEG, GIF, WebP); any
+    other file is a ConfigError unless a ``fallback`` is given: the client refuses to send
+    what no server would read."""
+    kind = sniff_format(data)
+    if kind is not None:
+        return MEDIA_TYPES[kind]
+    if fallback is not None:
+        return fallback
+    head = data[:8].hex(" ") if data else "empty"
+    raise ConfigError(f"the image is not PNG, JPEG, WebP or GIF (its first bytes: {head}); "
+                      "convert it to one of those before sending it to a server")
+
+
+def base64_text(data: bytes) -> str:
+    """An image file in base64, as Ollama's ``images`` and Anthropic's base64 source carry
+    it (no ``data:`` prefix)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def data_uri(data: bytes, fallback: str | None = None) -> str:
+    """An image file as a base64 ``data:`` URI, its media type sniffed (see
+    :func:`media_type`)."""
+    return f"data:{media_type(data, fallback)};base64,{base64_text(data)}"
+
+
+def image_url(part: ImagePart) -> str:
+    """An image part as the URL OpenAI's ``image_url`` and the Responses API's
+    ``input_image`` take: its http(s) URL, or its bytes as a ``data:`` URI."""
+    return part.url if part.url is not None else data_uri(part.data)

@@ -11,10 +11,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._errors import RemoteError, RequestError, UnsupportedFeatureError
+from .._errors import ConfigError, RemoteError, RequestError, UnsupportedFeatureError
 from .._types import Completion, Message, StreamChunk, TokenLogprob, ToolCall, ToolCallDelta
 from ..core.request import GenerationRequest, Piece
-from .codec import Call, Failure, StreamDecoder, sampling_params, server_request, validate
+from .codec import (
+    Call,
+    Failure,
+    StreamDecoder,
+    base64_text,
+    image_from_base64,
+    sampling_params,
+    server_request,
+    validate,
+)
 from .openai import logprob_entry
 
 #: ``options`` entry -> localllm sampling parameter
@@ -41,9 +50,17 @@ def tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
 
 
 def message(m: Message) -> dict[str, Any]:
-    """One chat message as Ollama takes it: content always a string, calls as above, a
-    tool result's function as ``tool_name``."""
+    """One chat message as Ollama takes it: content always a string, images as base64 in
+    ``images`` (Ollama places them before the text, wherever the parts stood), calls as
+    above, a tool result's function as ``tool_name``. Ollama's API has no image URLs: an
+    ``http(s)`` image part is a ConfigError, never fetched here nor dropped."""
     out: dict[str, Any] = {"role": m.role, "content": m.text or ""}
+    if m.images:
+        for part in m.images:
+            if part.url is not None:
+                raise ConfigError(f"Ollama's API takes image bytes, not URLs: fetch "
+                                  f"{part.url[:80]} yourself and pass its bytes")
+        out["images"] = [base64_text(part.data) for part in m.images]
     if m.tool_calls:
         out["tool_calls"] = tool_calls(m.tool_calls)
     if m.role == "tool" and m.name is not None:
@@ -242,15 +259,34 @@ def _format(fmt: str | dict[str, Any] | None) -> Any:
                        param="format")
 
 
+def with_images(text: Any, images: Any, where: str) -> Any:
+    """A message's content with Ollama's ``images`` (base64, decoded here): the images'
+    parts first, then the text, where Ollama's own prompt puts them (its ``[img-N]`` tags
+    go before the message's text). Without images, the text as it came."""
+    if not images:
+        return text
+    if not isinstance(images, list):
+        raise RequestError(f"{where} must be a list of base64 images", param=where)
+    parts = [image_from_base64(image, f"{where}.{j}") for j, image in enumerate(images)]
+    if isinstance(text, str) and text:
+        parts.append({"type": "text", "text": text})
+    return parts
+
+
 def read_messages(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ollama messages to localllm's: calls get ids, a tool result's ``tool_name`` is its
-    ``name``; images are refused."""
+    ``name``, ``images`` become image parts (see :func:`with_images`). Content must be
+    a string, as in Ollama's API: a list of parts is refused, so no part shape (a path
+    among them) reaches localllm's own message parsing from here."""
     out = []
     for i, m in enumerate(raw):
-        if m.get("images"):
-            raise RequestError(f"messages[{i}] has images; the served models read text only",
-                               param=f"messages.{i}.images")
         msg = {k: m[k] for k in ("role", "content", "tool_calls") if m.get(k) is not None}
+        if not isinstance(msg.get("content", ""), str):
+            raise RequestError(f"messages[{i}].content must be a string (images go in the "
+                               "message's images, as base64)", param=f"messages.{i}.content")
+        if m.get("images"):
+            msg["content"] = with_images(m.get("content"), m["images"],
+                                         f"messages.{i}.images")
         if m.get("role") == "tool" and m.get("tool_name"):
             msg["name"] = m["tool_name"]
         if msg.get("tool_calls"):
@@ -324,19 +360,24 @@ class ChatCodec(_NDJSON):
 
 
 class GenerateCodec(_NDJSON):
-    """``/api/generate``: a prompt, through the chat template unless ``raw``."""
+    """``/api/generate``: a prompt, through the chat template unless ``raw``; its
+    ``images`` join the prompt's user turn (a raw prompt has no turn to hold them)."""
 
     path = "/api/generate"
 
     def parse(self, body: Any, caller: str = "") -> Call:
         req: GenerateBody = validate(GenerateBody, body)
-        for name in ("suffix", "template", "context", "images"):
+        for name in ("suffix", "template", "context"):
             if getattr(req, name):
                 raise RequestError(f"{name} is not supported by this server", param=name)
-        if req.raw or not req.prompt:
+        if req.raw and req.images:
+            raise RequestError("images need the chat template, which raw skips: send them "
+                               "without raw (or through /api/chat)", param="images")
+        if req.raw or not (req.prompt or req.images):
             return _call(req, False, prompt=req.prompt)
         messages = [{"role": "system", "content": req.system}] if req.system else []
-        messages.append({"role": "user", "content": req.prompt})
+        messages.append({"role": "user",
+                         "content": with_images(req.prompt, req.images, "images")})
         return _call(req, False, messages=messages)
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._errors import RemoteError, RequestError, UnsupportedFeatureError
 from .._types import (
     Completion,
+    ImagePart,
     Message,
     StreamChunk,
     TokenLogprob,
@@ -24,7 +25,16 @@ from .._types import (
     TopLogprob,
 )
 from ..core.request import GenerationRequest, Piece
-from .codec import Call, Failure, StreamDecoder, sampling_params, server_request, validate
+from .codec import (
+    Call,
+    Failure,
+    StreamDecoder,
+    image_from_url,
+    image_url,
+    sampling_params,
+    server_request,
+    validate,
+)
 
 #: the sampling fields OpenAI's API defines
 STANDARD_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed",
@@ -73,11 +83,12 @@ def tool_call_deltas(deltas: Sequence[ToolCallDelta]) -> list[dict[str, Any]]:
 
 def message(m: Message) -> dict[str, Any]:
     """One chat message as OpenAI's API takes it: only the fields it has (no empty
-    ``tool_calls`` on a plain turn), calls in the wire shape above."""
+    ``tool_calls`` on a plain turn), calls in the wire shape above, images as
+    ``image_url`` parts (see :func:`content_part`)."""
     out: dict[str, Any] = {"role": m.role}
     if m.content is not None or not m.tool_calls:
         out["content"] = m.content if not isinstance(m.content, tuple) else [
-            part.model_dump() for part in m.content]
+            content_part(part) for part in m.content]
     if m.tool_calls:
         out["tool_calls"] = tool_calls(m.tool_calls)
     if m.tool_call_id is not None:
@@ -85,6 +96,15 @@ def message(m: Message) -> dict[str, Any]:
     if m.name is not None:
         out["name"] = m.name
     return out
+
+
+def content_part(part: Any) -> dict[str, Any]:
+    """A content part as OpenAI's API takes it: text as it is; an image as an
+    ``image_url`` part holding its http(s) URL or its bytes as a ``data:`` URI (the media
+    type sniffed from them)."""
+    if isinstance(part, ImagePart):
+        return {"type": "image_url", "image_url": {"url": image_url(part)}}
+    return {"type": "text", "text": part.text}
 
 
 def logprob_entry(lp: TokenLogprob) -> dict[str, Any]:
@@ -317,8 +337,9 @@ def _logit_bias(raw: dict[str, float]) -> dict[int, float]:
 
 
 def read_messages(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI messages to localllm's: 'developer' read as 'system', text parts kept as
-    parts; any other part is refused by name."""
+    """OpenAI messages to localllm's: 'developer' read as 'system', text and ``image_url``
+    parts kept as parts, in order; any other part is refused by name. An image part is
+    rebuilt from its URL alone (see :func:`read_part`), so no field of it can name a file."""
     out = []
     for i, m in enumerate(raw):
         m = dict(m)
@@ -326,16 +347,28 @@ def read_messages(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
             m["role"] = "system"
         content = m.get("content")
         if isinstance(content, list):
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise RequestError(f"messages[{i}] has a {kind!r} content part; only "
-                                       "text parts are supported",
-                                       param=f"messages.{i}.content")
-            m["content"] = [{"type": "text", "text": str(p.get("text", ""))} for p in content]
+            m["content"] = [read_part(part, f"messages.{i}.content.{j}")
+                            for j, part in enumerate(content)]
         keep = {"role", "content", "tool_calls", "tool_call_id", "name"}
         out.append({k: v for k, v in m.items() if k in keep and v is not None})
     return out
+
+
+def read_part(part: Any, where: str) -> dict[str, Any]:
+    """One content part of a request: text, or an ``image_url`` part, whose ``image_url``
+    is ``{"url": ..., "detail": ...}`` or (as some clients send it) the URL itself; the
+    URL must be a ``data:`` URI or http(s) (``detail`` changes nothing here: the
+    projector sees every image at its own size)."""
+    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+    if kind == "text":
+        return {"type": "text", "text": str(part.get("text", ""))}
+    if kind == "image_url":
+        inner = part.get("image_url")
+        if isinstance(inner, dict):
+            return image_from_url(inner.get("url"), f"{where}.image_url.url")
+        return image_from_url(inner, f"{where}.image_url")
+    raise RequestError(f"{where} is a {kind!r} content part; only text and image_url "
+                       "parts are supported", param=where)
 
 
 def _response_format(raw: dict[str, Any] | None) -> Any:

@@ -28,10 +28,26 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._errors import ModelNotFoundError, RemoteError, RequestError, UnsupportedFeatureError
-from .._types import Completion, Message, StreamChunk, ToolCallDelta
+from .._errors import (
+    ConfigError,
+    ModelNotFoundError,
+    RemoteError,
+    RequestError,
+    UnsupportedFeatureError,
+)
+from .._types import Completion, ImagePart, Message, StreamChunk, ToolCallDelta
 from ..core.request import GenerationRequest, Piece
-from .codec import Call, StreamDecoder, block_texts, named_event, server_request, validate
+from .codec import (
+    Call,
+    StreamDecoder,
+    block_parts,
+    data_uri,
+    image_from_url,
+    image_url,
+    named_event,
+    server_request,
+    validate,
+)
 from .openai import _SSE, EFFORTS, wire_effort
 
 
@@ -110,10 +126,39 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
 
 
-def _parts_text(content: Any, where: str) -> Any:
-    """A message's content: a string, or its text parts as localllm's text parts."""
-    texts = block_texts(content, where, ("input_text", "output_text"), "part")
-    return texts if isinstance(texts, str) else [{"type": "text", "text": t} for t in texts]
+def read_image(part: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """An ``input_image`` part as an image part: its ``image_url`` (a ``data:`` URI, or an
+    http(s) URL read only by a server that fetches images); ``detail`` changes nothing
+    here. A ``file_id`` is refused: this server keeps no uploaded files."""
+    if part.get("file_id") is not None:
+        raise RequestError(f"{where}.file_id: file ids are not supported (this server "
+                           "keeps no uploaded files); send the image as a data: URI in "
+                           "image_url", param=f"{where}.file_id")
+    return image_from_url(part.get("image_url"), f"{where}.image_url")
+
+
+def _parts(content: Any, where: str) -> Any:
+    """A message's content: a string, or its parts as localllm's text and image parts."""
+    return block_parts(content, where, ("input_text", "output_text"), "part",
+                       {"input_image": read_image})
+
+
+def storable(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as JSON can hold them, for the store: an image part's bytes as a
+    ``data:`` URI in OpenAI's ``image_url`` shape, which localllm reads back as the same
+    bytes when a later request continues the conversation (the stored history is the
+    server's own, read without the request readers, so only shapes written here are in
+    it)."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list) and any(p.get("data") for p in content):
+            m = {**m, "content": [
+                {"type": "image_url", "image_url": {"url": data_uri(
+                    p["data"], "application/octet-stream")}} if p.get("data") else p
+                for p in content]}
+        out.append(m)
+    return out
 
 
 def read_input(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -132,8 +177,8 @@ def read_input(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
             if role not in ("system", "user", "assistant"):
                 raise RequestError(f"input[{i}].role {item.get('role')!r} is not user, system, "
                                    "developer or assistant", param=f"{where}.role")
-            out.append({"role": role, "content": _parts_text(item.get("content"),
-                                                             f"{where}.content")})
+            out.append({"role": role, "content": _parts(item.get("content"),
+                                                        f"{where}.content")})
         elif kind == "function_call":
             call = {"id": str(item.get("call_id")), "type": "function", "function": {
                 "name": str(item.get("name")), "arguments": str(item.get("arguments") or "{}")}}
@@ -281,7 +326,7 @@ class ResponsesCodec(_SSE):
             if r.tool_calls:
                 said["tool_calls"] = [{"id": c.id, "type": "function", "function": {
                     "name": c.name, "arguments": c.arguments}} for c in r.tool_calls]
-            self.store.save(e.id, e.caller, {"history": [*e.history, said],
+            self.store.save(e.id, e.caller, {"history": storable([*e.history, said]),
                                              "response": whole, "input": e.input_items})
         return whole
 
@@ -467,20 +512,38 @@ def _text_part(text: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- client side
+def _content(m: Message) -> Any:
+    """A message's content as input: its text, or, with images, its parts in order
+    (text as ``input_text``, or ``output_text`` in an assistant's turn; ``input_image``
+    with the URL or a ``data:`` URI)."""
+    if not m.images:
+        return m.text or ""
+    assert isinstance(m.content, tuple)
+    text = "output_text" if m.role == "assistant" else "input_text"
+    return [{"type": "input_image", "image_url": image_url(p)} if isinstance(p, ImagePart)
+            else {"type": text, "text": p.text} for p in m.content]
+
+
 def input_items(messages: list[Message]) -> tuple[str | None, list[dict[str, Any]]]:
     """localllm's messages as (instructions, input items): system text as instructions,
-    tool calls as ``function_call`` items, tool turns as ``function_call_output``."""
+    tool calls as ``function_call`` items, tool turns as ``function_call_output``, images
+    as ``input_image`` parts. Instructions and tool outputs are text here, so an image in
+    a system or tool message is a ConfigError rather than left out."""
     instructions = "\n".join(m.text or "" for m in messages if m.role == "system") or None
     items: list[dict[str, Any]] = []
     for m in messages:
+        if m.images and m.role in ("system", "tool"):
+            raise ConfigError(f"an image in a {m.role} message cannot be sent over the "
+                              "Responses API here (instructions and tool outputs are "
+                              "text); move it to a user message")
         if m.role == "system":
             continue
         if m.role == "tool":
             items.append({"type": "function_call_output", "call_id": m.tool_call_id or "",
                           "output": m.text or ""})
             continue
-        if m.text or not m.tool_calls:
-            items.append({"type": "message", "role": m.role, "content": m.text or ""})
+        if m.text or m.images or not m.tool_calls:
+            items.append({"type": "message", "role": m.role, "content": _content(m)})
         items += [{"type": "function_call", "call_id": c.id, "name": c.name,
                    "arguments": c.arguments} for c in m.tool_calls]
     return instructions, items

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import _errors as errors
 from .._defaults import DEFAULTS
+from .._types import IMAGE_PATHS_ALLOWED
 from ._metrics import Metrics
 from ._registry import ModelUnavailableError, Registry
 
@@ -212,7 +213,11 @@ class Guard:
         if refusal is not None:
             await error_response(refusal, style_of(path))(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        token = IMAGE_PATHS_ALLOWED.set(False)  # nothing a client sends may name a file
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            IMAGE_PATHS_ALLOWED.reset(token)
 
     def _refuse(self, headers: dict[str, str], path: str, state: dict[str, Any]
                 ) -> HTTPError | None:
