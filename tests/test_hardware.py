@@ -380,3 +380,15 @@ def test_memory_prediction_within_five_percent(tmp_path: Path) -> None:
     errors = sorted(abs(r["error"]) for r in rows)
     assert errors[-1] <= 0.05, rows
     assert errors[len(errors) // 2] <= 0.03, rows
+
+
+def test_doctor_says_whether_images_can_be_read(rtx: HardwareProfile,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from localllm.engines import llamacpp_vision
+
+    checks = run_checks(with_llama(rtx, "CPU : AVX = 1 | AVX2 = 1"))
+    images = next(c for c in checks if c.name == "images")
+    assert images.status == "ok" and "libmtmd" in images.message  # this build has it
+    monkeypatch.setattr(llamacpp_vision, "images_available", lambda: False)
+    images = next(c for c in run_checks(with_llama(rtx, "CPU : AVX = 1")) if c.name == "images")
+    assert images.status == "warn" and "install_llama_cpp.py" in images.remedy

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -284,3 +285,16 @@ def test_the_plan_sets_the_projectors_memory_aside(vision: localllm.Model,
     assert any(f"vision projector: {size / 2**20:,.1f} MiB" in r for r in planned.reasons)
     assert not any("vision projector" in r for r in localllm.plan(
         default_model_path, context_length=512, device="cpu").reasons)
+
+
+def test_an_image_path_is_read_only_as_a_regular_file_and_only_so_far(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it would block forever; /dev/zero would never end
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(localllm.ChatTemplateError, match="not a regular file"):
+            normalize_messages([{"role": "user", "content": [{"type": "image", "image": path}]}])
+    big = tmp_path / "big.png"
+    with open(big, "wb") as handle:
+        handle.truncate(21 * 1024 * 1024)
+    with pytest.raises(localllm.ChatTemplateError, match="over the image limit"):
+        normalize_messages([{"role": "user", "content": [{"type": "image", "image": big}]}])
