@@ -398,6 +398,14 @@ class Timings(_Frozen):
     generation_s: float
     prompt_tokens_per_s: float
     generation_tokens_per_s: float
+    #: speculative decoding: tokens drafted, and how many of them the model agreed with
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted over drafted (None when nothing was drafted)."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
 
 
 class Truncation(_Frozen):
@@ -547,3 +555,5 @@ class ModelInfo(_Frozen):
                           "None: it reads text only")
     image_tokens: int | None = Field(
         None, description="prompt tokens one image takes (with a projector)")
+    speculative: str | None = Field(
+        None, description="speculative decoding by default ('ngram'), or None")

@@ -416,6 +416,9 @@ def _add_serve_parser(sub: Any) -> None:
                        help="no chat page at / (the APIs only)")
     serve.add_argument("--max-upload", type=int, default=DEFAULTS.max_upload_bytes,
                        metavar="BYTES", help="largest document the chat page may upload")
+    serve.add_argument("--speculative", choices=["ngram"], default=None,
+                       help="speculative decoding: draft tokens by prompt lookup and check "
+                            "them in one step (same output; faster where answers copy)")
     serve.add_argument("--fetch-images", action="store_true",
                        help="fetch http(s) image URLs in requests (off: only images sent "
                             "as data; never from loopback or private addresses)")

@@ -57,6 +57,10 @@ class SeqInput:
     native_sampler: Any = None  # when set (and output), return its sampled token
     #: the images whose placeholder ids (``localllm.images``) are among ``tokens``
     images: Mapping[int, Any] | None = None
+    #: the last ``verify`` tokens are drafts (speculative decoding): the output is one per
+    #: position from the one before them on, the runtime's samples (stopping at the first
+    #: that differs from the draft) or logits rows (a 2-D array)
+    verify: int = 0
 
 
 @functools.cache

@@ -277,7 +277,7 @@ class ProcessEngine(Engine):
     def decode_batch(self, inputs: Sequence[SeqInput]) -> list[Any]:
         sent = [(inp.seq, list(inp.tokens), inp.pos, inp.output,
                  None if inp.native_sampler is None else self._handle(inp.native_sampler),
-                 inp.images) for inp in inputs]  # images go along with their rows
+                 inp.images, inp.verify) for inp in inputs]  # images go along with their rows
         return [self._row(out) for out in self._call("decode_batch", (sent,))]
 
     def _handle(self, sampler: tuple[int, int]) -> int:
@@ -387,8 +387,8 @@ class _Worker:
         if name == "decode_batch":
             outputs = e.decode_batch([
                 SeqInput(seq, tokens, pos, output, None if handle is None else
-                         self.objects[handle], images)
-                for seq, tokens, pos, output, handle, images in args[0]])
+                         self.objects[handle], images, verify)
+                for seq, tokens, pos, output, handle, images, verify in args[0]])
             return [self.row(out, slot) for slot, out in enumerate(outputs)]
         if name == "native_sampler":  # the runtime's sampler stays here, behind a handle
             return self.keep(e.native_sampler(*args))

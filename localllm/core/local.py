@@ -88,7 +88,8 @@ class LocalGenerator:
     def __init__(self, engine: Engine, info: ModelInfo, chat_template: str | None,
                  bos_text: str, eos_text: str, load_s: float,
                  tokenizer_factory: Callable[[], LocalTokenizer] | None = None,
-                 max_queue: int = DEFAULTS.max_queue, tool_family: Any = None) -> None:
+                 max_queue: int = DEFAULTS.max_queue, tool_family: Any = None,
+                 speculation: Any = None) -> None:
         from ..decoding.reasoning import detect_thinking
         from ..decoding.tool_formats import named_format
 
@@ -102,6 +103,8 @@ class LocalGenerator:
         self.bos_text = bos_text
         self.eos_text = eos_text
         self.load_s = load_s
+        #: the model's speculative decoding (load's speculative=), which requests override
+        self.speculation = speculation
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
         self.scheduler = Scheduler(engine, max_queue=max_queue)
@@ -269,6 +272,11 @@ class LocalGenerator:
         run = LocalRun(self, ids, sampling, seed, window.budget(len(ids)), truncation,
                        decoding, request.timeout)
         run.images = media.used if media is not None else {}
+        run.speculation = self.speculation if request.speculative == "default" \
+            else request.speculative
+        if run.speculation is not None and not self.live().batching:
+            raise UnsupportedFeatureError(self.info.backend, "speculative decoding",
+                                          "it decodes one token per step; use llama.cpp")
         run.thinking = self.thinking if request.chat else None
         # a grammar that holds the answer from its first token (forced calls, a response
         # format) leaves no room to think, even where the prompt opened the thinking
@@ -515,6 +523,7 @@ class LocalRun:
         self.detok = IncrementalDetokenizer()
         self.preserved = decoding.preserved
         self.images: dict[int, Any] = {}  # the prompt's images by key (placeholders)
+        self.speculation: Any = None  # a Speculation when this run drafts tokens
         self.generated = 0
         self.finish: FinishReason = "length"
         self.done = False
@@ -527,7 +536,8 @@ class LocalRun:
                                budget=self.budget, native=decoding.native,
                                processors=decoding.processors, grammar=decoding.grammar,
                                logprobs=decoding.logprobs is not None, deadline=deadline,
-                               outbox=Outbox(loop), images=self.images)
+                               outbox=Outbox(loop), images=self.images,
+                               speculation=self.speculation)
         return self.generator.scheduler.submit(self.request)
 
     def _piece(self, item: int | tuple[int, Any]) -> Piece:
@@ -581,11 +591,14 @@ class LocalRun:
 
     def ending(self) -> Ending:
         grammar = self.decoding.grammar
+        drafter = self.request.drafter if self.request is not None else None
         return Ending(finish=self.finish, prompt_tokens=len(self.prompt),
                       completion_tokens=self.generated, seed=self.seed,
                       cached_prompt_tokens=self.request.reused_tokens if self.request else 0,
                       load_s=self.generator.load_s, truncation=self.truncation,
-                      format_complete=grammar.done if grammar is not None else None)
+                      format_complete=grammar.done if grammar is not None else None,
+                      drafted_tokens=drafter.drafted if drafter is not None else 0,
+                      accepted_tokens=drafter.accepted if drafter is not None else 0)
 
 
 def token_logprob(engine: Engine, logits: Any, token: int, top: int) -> TokenLogprob:

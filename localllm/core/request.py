@@ -70,6 +70,9 @@ class GenerationRequest:
     timeout: float | None = None
     clamp_to_context: bool = False
     context_limit: int | None = None
+    #: speculative decoding for this request: "default" (the model's, from load), None
+    #: (off) or "ngram"
+    speculative: Any = "default"
     #: the wire fields the caller set, for a server that forwards only those
     given: frozenset[str] = field(default_factory=frozenset)
 
@@ -96,7 +99,7 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
                   parallel_tool_calls: bool = True, max_tool_calls: int | None = None,
                   think: Any = None,
                   reasoning_budget: int | None = None, clamp_to_context: bool = False,
-                  context_limit: int | None = None,
+                  context_limit: int | None = None, speculative: Any = "default",
                   **params: Any) -> GenerationRequest:
     """A request from the public methods' keyword arguments, with every choice that does
     not depend on the model checked here (the generator checks the rest)."""
@@ -128,6 +131,10 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
                                or budget < 0):
         raise ConfigError(f"reasoning_budget={budget!r} is invalid; give tokens >= 0")
+    if speculative != "default":
+        from .speculation import speculation_of
+
+        speculative = speculation_of(speculative)
     processors = tuple(logits_processors or ())
     for proc in processors:
         if not callable(proc):
@@ -150,7 +157,7 @@ def build_request(*, prompt: str | None = None, messages: Sequence[Any] | None =
         processors=processors, think=think, reasoning_budget=budget,
         sampler=sampler,  # type: ignore[arg-type]  # checked above
         overflow=overflow, timeout=timeout, clamp_to_context=clamp_to_context,
-        context_limit=context_limit, given=frozenset(params))
+        context_limit=context_limit, speculative=speculative, given=frozenset(params))
 
 
 # ---------------------------------------------------------------------------- events
@@ -185,6 +192,8 @@ class Ending:
     truncation: Truncation | None = None
     format_complete: bool | None = None
     reasoning_tokens: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 class Run(Protocol):
@@ -335,7 +344,9 @@ class Assembler:
                         reasoning_tokens=self.split.reasoning_tokens if self.split
                         else end.reasoning_tokens),
             timings=timings(end.load_s, n_prompt, n_gen, self.t_start,
-                            self.t_first or t_end, t_end),
+                            self.t_first or t_end, t_end).model_copy(update={
+                                "drafted_tokens": end.drafted_tokens,
+                                "accepted_tokens": end.accepted_tokens}),
             truncation=end.truncation,
             tool_calls=calls,
             reasoning="".join(self.reasoning) if self.split is not None or self.reasoning

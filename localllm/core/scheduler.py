@@ -34,6 +34,7 @@ from .._errors import (
 )
 from .._types import SamplingParams
 from .engine import SEQUENCE_ENDED, Engine, SeqInput
+from .speculation import MAX_STREAMS
 
 _END = object()  # outbox marker: the request is over (its reason travels with it)
 # Prompt tokens one step takes while other sequences are decoding. A whole 512-token batch
@@ -122,6 +123,7 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     reused_tokens: int = 0           # prompt tokens whose KV came from another request
     images: dict[int, Any] = field(default_factory=dict)  # key -> image, for placeholders
+    speculation: Any = None          # a Speculation: draft tokens and verify them per step
     # scheduler state
     seq: int = -1
     done: int = 0                    # prompt tokens already in the KV cache
@@ -130,6 +132,7 @@ class Request:
     sampler: Any = None
     native_chain: Any = None
     history: list[int] = field(default_factory=list)
+    drafter: Any = None              # the request's NgramDrafter while it speculates
 
     def cancel(self) -> None:
         """Stop generating; the sequence is freed before the next decode step."""
@@ -285,6 +288,10 @@ class Scheduler:
         req.done = self._reuse_prefix(slot, req.prompt)
         req.reused_tokens = req.done
         req.history = list(req.prompt)
+        if req.speculation is not None and engine.batching:
+            from .speculation import NgramDrafter
+
+            req.drafter = NgramDrafter(req.speculation, req.prompt)
         if req.native:
             req.native_chain = engine.native_sampler(req.params, req.seed, req.prompt)
         else:
@@ -349,12 +356,17 @@ class Scheduler:
         room = engine.batch_size
         inputs: list[SeqInput] = []
         owners: list[Request] = []
-        for req in self._active:  # generating sequences first: one token each
-            if req.done >= len(req.prompt) and room > 0:
-                inputs.append(SeqInput(req.seq, [req.last], len(req.history) - 1, True,
-                                       req.native_chain))
-                owners.append(req)
-                room -= 1
+        generating = [r for r in self._active if r.done >= len(r.prompt)]
+        speculate = len(generating) <= MAX_STREAMS
+        for req in generating:  # generating sequences first: one token each (and drafts)
+            if room <= 0:
+                break
+            drafts = req.drafter.draft(min(room - 1, req.budget - req.generated - 1)) \
+                if speculate and req.drafter is not None else []
+            inputs.append(SeqInput(req.seq, [req.last, *drafts], len(req.history) - 1, True,
+                                   req.native_chain, verify=len(drafts)))
+            owners.append(req)
+            room -= 1 + len(drafts)
         if inputs:  # streams are decoding: small prompt chunks keep their steps short
             room = min(room, PREFILL_CHUNK_WHILE_DECODING)
         for req in self._active:  # then prompt chunks, oldest request first
@@ -370,6 +382,9 @@ class Scheduler:
         self.steps += 1
         for req, inp, out in zip(owners, inputs, outputs, strict=True):
             slot = self._slots[req.seq]
+            if inp.verify:
+                self._verified(req, inp, out)
+                continue
             slot.tokens.extend(inp.tokens)
             if req.done < len(req.prompt):
                 req.done += len(inp.tokens)
@@ -388,9 +403,48 @@ class Scheduler:
             except Exception as exc:  # a user logits processor or the grammar failed
                 self._finish(req, exc)
                 continue
-            req.history.append(token)
-            req.last = token
-            self._deliver(req, token, out if req.logprobs else None)
+            self._take(req, token, out if req.logprobs else None)
+
+    def _take(self, req: Request, token: int, logits: Any) -> None:
+        """A sampled token: into the request's history, its drafter and its outbox."""
+        req.history.append(token)
+        req.last = token
+        if req.drafter is not None:
+            req.drafter.extend([token])
+        self._deliver(req, token, logits)
+
+    def _verified(self, req: Request, inp: SeqInput, out: Any) -> None:
+        """A step that carried drafts: the model's own samples, position by position, up
+        to the first that differs from the draft (the runtime's sampler did this loop
+        itself; localllm's runs here, on the rows). The KV entries of the rejected drafts
+        are dropped; the agreeing ones stay, as if decoded one by one."""
+        drafts = list(inp.tokens[1:])
+        tokens: list[int] = []
+        rows: list[Any] = []
+        try:
+            if req.native:
+                tokens = [int(t) for t in out]
+            else:
+                for i in range(len(drafts) + 1):
+                    token = req.sampler.sample([*req.history, *tokens], out[i])
+                    if req.grammar is not None:
+                        req.grammar.consume(token)
+                    tokens.append(token)
+                    rows.append(out[i])
+                    if i == len(drafts) or token != drafts[i]:
+                        break
+        except Exception as exc:  # a user logits processor or the grammar failed
+            self._finish(req, exc)
+            return
+        accepted = len(tokens) - 1
+        if accepted < len(drafts):
+            self.engine.seq_remove(req.seq, inp.pos + 1 + accepted)
+        self._slots[req.seq].tokens.extend(inp.tokens[:1 + accepted])
+        req.drafter.record(len(drafts), accepted)
+        for i, token in enumerate(tokens):
+            if req.seq < 0:  # ended (end of generation, budget) before the last one
+                break
+            self._take(req, token, rows[i] if req.logprobs and rows else None)
 
     def _deliver(self, req: Request, token: int, logits: Any = None) -> None:
         req.generated += 1

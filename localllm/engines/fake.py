@@ -148,7 +148,14 @@ class BatchingFakeEngine(FakeEngine):
                 raise BackendError(f"sequence {inp.seq} holds {len(cache)} positions; "
                                    f"a batch wrote at {inp.pos}")
             cache.extend(inp.tokens)
-            out.append(self._logits(cache) if inp.output else None)
+            if inp.output and inp.verify:  # drafts: a row for each position from the last
+                import numpy as np
+
+                end = len(cache)
+                out.append(np.stack([self._logits(cache[:end - inp.verify + k])
+                                     for k in range(inp.verify + 1)]))
+            else:
+                out.append(self._logits(cache) if inp.output else None)
         self.steps_with.append(len(inputs))
         return out
 

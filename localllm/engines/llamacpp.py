@@ -344,16 +344,35 @@ class LlamaCppEngine(Engine):
                 want[n] = 0
                 n += 1
             if inp.output:
-                want[n - 1] = 1
+                for k in range(n - 1 - inp.verify, n):
+                    want[k] = 1
             rows.append(n - 1 if inp.output else -1)
         batch.n_tokens = n
         self._check_decode(lib.llama_decode(self._ctx, batch))
         return [self._output(inp, row) for inp, row in zip(inputs, rows, strict=True)]
 
+    def _verified(self, inp: SeqInput, last_row: int) -> Any:
+        """A drafted input's output: the runtime's samples up to the first that differs
+        from the draft, or the logits rows of every drafted position."""
+        lib, first = self._lib, last_row - inp.verify
+        if inp.native_sampler is not None:
+            tokens: list[int] = []
+            for k in range(inp.verify + 1):
+                tokens.append(int(lib.llama_sampler_sample(inp.native_sampler, self._ctx,
+                                                           first + k)))
+                if k == inp.verify or tokens[-1] != inp.tokens[1 + k]:
+                    break
+            return tokens
+        return np.stack([np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, first + k),
+                                               shape=(self._n_vocab,))
+                         for k in range(inp.verify + 1)])
+
     def _output(self, inp: SeqInput, row: int) -> Any:
         """What one input gives after its decode: nothing, a sampled token or logits."""
         if row < 0:
             return None
+        if inp.verify:
+            return self._verified(inp, row)
         if inp.native_sampler is not None:
             return int(self._lib.llama_sampler_sample(inp.native_sampler, self._ctx, row))
         logits = self._lib.llama_get_logits_ith(self._ctx, row)

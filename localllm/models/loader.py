@@ -30,6 +30,7 @@ from ..core.engine import Engine, EngineOptions, LocalTokenizerEngine
 from ..core.isolation import ProcessEngine, open_isolated, wants_process
 from ..core.local import LocalGenerator
 from ..core.model import Model
+from ..core.speculation import Speculation, speculation_of
 from ..decoding.tool_formats import ToolFormat, named_format
 from ..engines import auto_candidates, backend_names, get_backend, is_installed
 from ..templates.chat import resolve_template
@@ -289,6 +290,7 @@ def load(
     isolation: str = "none",
     tool_format: str | ToolFormat = "auto",
     projector: str | os.PathLike[str] | bool | None = None,
+    speculative: str | Speculation | None = None,
 ) -> Model:
     """Load a model: a catalog name, a path to a ``.gguf``, or None for the default model.
 
@@ -318,7 +320,9 @@ def load(
     give a :class:`localllm.ToolFormat` of your own. ``projector`` is a vision projector
     (``mmproj*.gguf``) to read images in messages with (llama.cpp); by default one found
     beside the model (LM Studio, Hugging Face) or in its Ollama manifest is used, and
-    ``projector=False`` loads the text model alone.
+    ``projector=False`` loads the text model alone. ``speculative="ngram"`` drafts tokens
+    by prompt lookup and checks them in one decode step (the same tokens, faster when the
+    answer copies from the prompt; a request's ``speculative=`` overrides it).
 
     A source ``"http://host:port[/v1]#MODEL"`` is a model on a server, with ``backend``
     "auto", "openai" or "ollama" and ``backend_options`` as :func:`localllm.connect`'s
@@ -341,7 +345,7 @@ def load(
                         chat_template=chat_template, system_message=system_message,
                         pooling=pooling, backend_options=backend_options,
                         isolation=isolation, started=started, tool_format=tool_format,
-                        projector=vision)
+                        projector=vision, speculative=speculative)
 
 
 def resolve_projector(projector: str | os.PathLike[str] | bool | None, resolved: Resolved,
@@ -377,7 +381,8 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
                  system_message: str = "template", pooling: str | None = None,
                  backend_options: Mapping[str, Any] | None = None, isolation: str = "none",
                  started: float | None = None, tool_format: str | ToolFormat = "auto",
-                 projector: Projector | None = None) -> Model:
+                 projector: Projector | None = None,
+                 speculative: str | Speculation | None = None) -> Model:
     """Open a resolved source as ``the_plan`` says (the act half of :func:`load`): the
     server plans once and hands its plan here."""
     started = time.perf_counter() if started is None else started
@@ -390,6 +395,10 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
                           "chat template gets the system message) or 'fold' (it is folded "
                           "into the first user turn)")
     _check_int("max_queue", max_queue, 0, None, "0 refuses any request beyond the running ones")
+    speculation = speculation_of(speculative)
+    if speculation is not None and not engine_cls.batching:
+        raise UnsupportedFeatureError(engine_cls.backend_name, "speculative decoding",
+                                      "it decodes one token per step; use llama.cpp")
     if pooling is not None and pooling not in POOLINGS:
         raise ConfigError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
     options = EngineOptions(context_length=the_plan.context_length, threads=the_plan.threads,
@@ -419,7 +428,8 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
             system_message=system_message, tool_format=family.name,
             isolation="process" if isinstance(engine, ProcessEngine) else "none",
             projector=str(projector.path) if projector else None,
-            image_tokens=projector.tokens_per_image if projector else None)
+            image_tokens=projector.tokens_per_image if projector else None,
+            speculative=speculation.mode if speculation else None)
         bos, eos = gguf.special_texts
     except BaseException:
         engine.close()
@@ -427,7 +437,7 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
     return Model(LocalGenerator(
         engine, info, template, bos, eos, load_s=time.perf_counter() - started,
         tokenizer_factory=lambda: _local_tokenizer(engine, gguf), max_queue=max_queue,
-        tool_family=family))
+        tool_family=family, speculation=speculation))
 
 
 def _local_tokenizer(engine: Engine, gguf: ModelFile) -> Any:

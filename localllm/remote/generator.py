@@ -178,6 +178,9 @@ class RemoteGenerator:
             if value != default:
                 raise UnsupportedFeatureError(where, f"{name}={value!r}",
                                               "the server tokenizes and samples itself")
+        if request.speculative not in ("default", None):
+            raise UnsupportedFeatureError(where, "speculative=",
+                                          "the server decides how it decodes")
         if request.context_limit is not None or request.clamp_to_context:
             raise UnsupportedFeatureError(where, "a per-request context window",
                                           "the server sizes its own context")

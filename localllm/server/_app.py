@@ -70,6 +70,7 @@ class ServerConfig:
     embedder: str | None = None  # the collections' embedder (None: the default embedder)
     fetch_images: bool = False  # fetch http(s) image URLs (--fetch-images; see _fetch)
     fetch_allow: Sequence[str] = ()  # hosts of the user's own network that may be fetched
+    speculative: str | None = None  # "ngram": speculative decoding for every model
 
 
 class HTTPError(Exception):
@@ -284,7 +285,8 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
     registry = Registry(config.models, parallel=config.parallel, max_queue=config.max_queue,
                         keep_alive_s=config.keep_alive_s, threads=config.threads,
                         context_length=config.context_length, ram_budget=config.ram_budget,
-                        isolation=config.isolation, system_message=config.system_message)
+                        isolation=config.isolation, system_message=config.system_message,
+                        speculative=config.speculative)
     state = ServerState(config, registry)
     data = Path(config.data_dir).expanduser() if config.data_dir else data_dir()
     store = _responses.ResponseStore(

@@ -77,4 +77,5 @@ async def stream_n(model: Model, gen: GenerationRequest, n: int, metrics: Metric
 
 def record(metrics: Metrics, result: Completion) -> None:
     metrics.generation(result.usage.prompt_tokens, result.usage.completion_tokens,
-                       result.timings.time_to_first_token_s, result.timings.generation_s)
+                       result.timings.time_to_first_token_s, result.timings.generation_s,
+                       result.timings.drafted_tokens, result.timings.accepted_tokens)

@@ -47,6 +47,8 @@ class Metrics:
         self.requests: Counter[tuple[str, int]] = Counter()
         self.prompt_tokens = 0
         self.generated_tokens = 0
+        self.drafted_tokens = 0   # speculative decoding: drafted, and agreed with
+        self.accepted_tokens = 0
         self.ttft = Histogram(TTFT_BUCKETS)
         self.per_token = Histogram(TOKEN_BUCKETS)
 
@@ -55,13 +57,18 @@ class Metrics:
             self.requests[(endpoint, status)] += 1
 
     def generation(self, prompt_tokens: int, generated: int, ttft_s: float,
-                   generation_s: float) -> None:
+                   generation_s: float, drafted: int = 0, accepted: int = 0) -> None:
         with self._lock:
             self.prompt_tokens += prompt_tokens
             self.generated_tokens += generated
+            self.drafted_tokens += drafted
+            self.accepted_tokens += accepted
             self.ttft.observe(ttft_s)
             if generated > 1:
                 self.per_token.observe(generation_s / (generated - 1))
+
+    def _acceptance(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
 
     def render(self, registry: Registry) -> str:
         with self._lock:
@@ -73,6 +80,17 @@ class Metrics:
                       f"localllm_prompt_tokens_total {self.prompt_tokens}",
                       "# TYPE localllm_generated_tokens_total counter",
                       f"localllm_generated_tokens_total {self.generated_tokens}",
+                      "# HELP localllm_draft_tokens_total Tokens drafted by speculative "
+                      "decoding.",
+                      "# TYPE localllm_draft_tokens_total counter",
+                      f"localllm_draft_tokens_total {self.drafted_tokens}",
+                      "# HELP localllm_draft_accepted_tokens_total Drafted tokens the "
+                      "model agreed with.",
+                      "# TYPE localllm_draft_accepted_tokens_total counter",
+                      f"localllm_draft_accepted_tokens_total {self.accepted_tokens}",
+                      "# HELP localllm_draft_acceptance_ratio Accepted over drafted.",
+                      "# TYPE localllm_draft_acceptance_ratio gauge",
+                      f"localllm_draft_acceptance_ratio {self._acceptance():.4f}",
                       "# HELP localllm_time_to_first_token_seconds Time to first token.",
                       "# TYPE localllm_time_to_first_token_seconds histogram",
                       *self.ttft.lines("localllm_time_to_first_token_seconds"),

@@ -95,8 +95,9 @@ class Registry:
                  threads: int | None = None, context_length: int | None = None,
                  ram_budget: int | None = None, store: ModelStore | None = None,
                  isolation: str = DEFAULTS.server_isolation,
-                 system_message: str = "template") -> None:
+                 system_message: str = "template", speculative: str | None = None) -> None:
         self.parallel = parallel
+        self.speculative = speculative  # load()'s: "ngram" drafts by prompt lookup
         self.isolation = isolation  # load()'s: "auto" isolates runtimes known to abort
         self.system_message = system_message  # load()'s: "fold" for templates refusing one
         self.ram_budget = ram_budget  # bytes all loaded models may take (their plans')
@@ -206,6 +207,7 @@ class Registry:
             served.model = await asyncio.to_thread(
                 open_planned, resolved, plan, max_queue=self.max_queue,
                 isolation=self.isolation, system_message=self.system_message,
+                speculative=self.speculative if resolved.engine_cls.batching else None,
                 projector=kwargs["projector"])
         finally:
             self.loading -= 1
