@@ -25,9 +25,15 @@ from .._errors import ConfigError
 MODES = ("ngram",)
 #: generating sequences beyond which a step is compute-bound: drafting would only add work
 MAX_STREAMS = 4
-#: consecutive drafts with nothing accepted before drafting pauses, and for how many steps
-MISSES_BEFORE_PAUSE = 3
-PAUSE_STEPS = 16
+#: a draft's length starts here and doubles while drafts are taken whole, halves when
+#: most of one is refused: long drafts pay where the answer copies, short ones cost little
+#: where it does not
+FIRST_DRAFT = 8
+SHORTEST_DRAFT = 2
+#: steps without drafting after a draft of which nothing was accepted: doubles with each
+#: such miss in a row, up to the most
+PAUSE_STEPS = 4
+LONGEST_PAUSE = 128
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,9 @@ class Speculation:
     most tokens one step drafts."""
 
     mode: str = "ngram"
-    ngram_max: int = 4
-    ngram_min: int = 2
-    draft_max: int = 8
+    ngram_max: int = 12
+    ngram_min: int = 4
+    draft_max: int = 48
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,6 +79,7 @@ class NgramDrafter:
             {} for _ in range(spec.ngram_max + 1)]
         self._misses = 0
         self._paused = 0
+        self._length = min(FIRST_DRAFT, spec.draft_max)
         self.drafted = 0
         self.accepted = 0
         self.extend(tokens)
@@ -95,7 +102,7 @@ class NgramDrafter:
         if self._paused:
             self._paused -= 1
             return []
-        text, limit = self.tokens, min(limit, self.spec.draft_max)
+        text, limit = self.tokens, min(limit, self._length)
         if limit <= 0:
             return []
         for n in range(self.spec.ngram_max, self.spec.ngram_min - 1, -1):
@@ -109,12 +116,17 @@ class NgramDrafter:
         return []
 
     def record(self, drafted: int, accepted: int) -> None:
-        """How a draft fared; drafting pauses after several that gained nothing."""
+        """How a draft fared: the next one is longer after a draft taken whole, shorter
+        after one mostly refused, and none for a while after one refused at once (the
+        pause doubling with each such miss in a row)."""
         self.drafted += drafted
         self.accepted += accepted
+        if accepted == drafted:
+            self._length = min(self._length * 2, self.spec.draft_max)
+        elif accepted * 2 < drafted:
+            self._length = max(self._length // 2, SHORTEST_DRAFT)
         if accepted:
             self._misses = 0
             return
         self._misses += 1
-        if self._misses >= MISSES_BEFORE_PAUSE:
-            self._misses, self._paused = 0, PAUSE_STEPS
+        self._paused = min(PAUSE_STEPS << (self._misses - 1), LONGEST_PAUSE)

@@ -40,8 +40,9 @@ def feature_matrix() -> str:
              "on every backend with logits (see reasoning.md). The server's chat page "
              "works with every served model, since it speaks only the server's own APIs "
              "(see chat-page.md). Images in messages are read by llama.cpp models loaded "
-             "with a LLaVA-style vision projector, on every server API (see images.md)."
-             "\n\n")
+             "with a LLaVA-style vision projector, on every server API (see images.md). "
+             "Speculative decoding (prompt lookup) runs on backends that batch (see "
+             "concurrency.md).\n\n")
     return intro + "\n".join(rows) + "\n" + remote_matrix()
 
 
