@@ -262,19 +262,27 @@ def read_image_file(path: Any) -> bytes:
 
 def decode_data_uri(uri: str) -> bytes:
     """The bytes of a base64 ``data:`` URI (``data:image/png;base64,...``)."""
-    import base64
-    import binascii
-
     head, sep, body = uri.partition(",")
     if not sep or not head.endswith(";base64"):
         raise ValueError("an image data: URI must be base64 (data:image/png;base64,...)")
-    if len(body) > DEFAULTS.max_image_bytes * 4 // 3 + 4:
-        raise ValueError(f"the image data: URI is over the {DEFAULTS.max_image_bytes}-byte "
-                         "image limit")
+    return decode_image_base64(body, "the image data: URI")
+
+
+def decode_image_base64(text: str, what: str) -> bytes:
+    """Base64 image bytes (line breaks allowed), refused past the image size limit before
+    they are decoded; a ValueError naming ``what`` otherwise."""
+    import base64
+    import binascii
+
+    text = "".join(text.split())  # some clients wrap base64 in lines
+    if len(text) > DEFAULTS.max_image_bytes * 4 // 3 + 4:
+        raise ValueError(f"{what} holds more than the {DEFAULTS.max_image_bytes}-byte image "
+                         "limit: scale the image down first")
     try:
-        return base64.b64decode(body, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("the image data: URI is not valid base64") from None
+        raise ValueError(f"{what} is not valid base64 (an image file in base64, without a "
+                         "data: prefix)") from None
 
 
 def _part_kind(value: Any) -> str | None:

@@ -280,3 +280,48 @@ def test_the_server_folds_the_system_message_when_told(default_model_path: Path)
         reply = client.chat.completions.create(model="smollm2-135m-instruct",
                                                messages=chat, max_tokens=2)  # type: ignore[arg-type]
         assert reply.usage is not None and reply.usage.prompt_tokens == counts["fold"]
+
+
+def test_an_image_stands_once_where_its_part_was_in_every_template(
+        templates: dict[str, str]) -> None:
+    """An image part renders as its marker in the text of its turn, once, in every real
+    template (the reference renderer, given that turn's text with the marker in place, is
+    the oracle); the marker then becomes exactly the image's placeholder ids."""
+    import dataclasses
+    import io
+
+    from PIL import Image
+
+    from localllm.core.media import ImagePrompt
+    from localllm.images import is_placeholder
+    from localllm.templates.chat import normalize_messages
+
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), (9, 99, 199)).save(out, "PNG")
+    compared = 0
+    for name, source in templates.items():
+        for conv in CONVERSATIONS:
+            last = max((i for i, m in enumerate(conv.messages) if m.get("role") == "user"
+                        and isinstance(m.get("content"), str)), default=None)
+            if last is None:
+                continue
+            text = conv.messages[last]["content"]
+            with_image = [*conv.messages[:last], {**conv.messages[last], "content": [
+                {"type": "text", "text": text}, {"type": "image", "image": out.getvalue()}]},
+                *conv.messages[last + 1:]]
+            media = ImagePrompt(normalize_messages(with_image), 7, "test")
+            (marker,) = media.by_marker
+            as_text = [*conv.messages[:last], {**conv.messages[last], "content": text + marker},
+                       *conv.messages[last + 1:]]
+            expected, ref_error = reference(source, dataclasses.replace(conv,
+                                                                        messages=as_text))
+            if ref_error is not None:
+                continue
+            ours = localllm.render_chat(source, media.messages, tools=conv.tools,
+                                        add_generation_prompt=conv.add_generation_prompt,
+                                        **TOKENS)
+            assert ours == expected and ours.count(marker) == 1, f"{name} / {conv.name}"
+            ids = media.encode(ours, lambda s: list(s.encode()), lambda s: list(s.encode()))
+            assert sum(map(is_placeholder, ids)) == 7, f"{name} / {conv.name}"
+            compared += 1
+    assert compared > 0.8 * len(templates)

@@ -197,16 +197,18 @@ class LocalGenerator:
                 "first user turn: load the model with system_message='fold' to do that"
             ) from None
 
-    def count_tokens(self, text_or_messages: str | Messages) -> int:
-        """A text's tokens, or a chat's prompt tokens (its images' tokens included)."""
+    def count_tokens(self, text_or_messages: str | Messages,
+                     tools: Sequence[Mapping[str, Any]] | None = None,
+                     tool_choice: Any = None) -> int:
+        """A text's tokens, or a chat's prompt tokens (its images' and tools' included)."""
         if isinstance(text_or_messages, str):
             return len(self.encode_prompt(text_or_messages))
         messages = normalize_messages(text_or_messages)
         if has_images(messages):
             media = ImagePrompt(messages, self.info.image_tokens, self.info.backend)
-            return len(media.encode(self.render_chat(media.messages, True, None, None),
-                                    self.encode_prompt, self._tokenize_piece))
-        return len(self.encode_prompt(self.render_chat(messages, True, None, None)))
+            text = self.render_chat(media.messages, True, tools, tool_choice)
+            return len(media.encode(text, self.encode_prompt, self._tokenize_piece))
+        return len(self.encode_prompt(self.render_chat(messages, True, tools, tool_choice)))
 
     def _tokenize_piece(self, text: str) -> list[int]:
         """A piece of a prompt after its start (no BOS), special tokens parsed."""

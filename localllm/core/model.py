@@ -16,7 +16,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .._errors import UnsupportedFeatureError
+from .._errors import ConfigError, UnsupportedFeatureError
 from .._types import Completion, Message, ModelInfo, ModelStats, OverflowPolicy, StreamChunk
 from .local import LocalGenerator, Tokenizer
 from .request import Assembler, GenerationRequest, Run, SamplerChoice, build_request
@@ -64,7 +64,9 @@ class Generator(Protocol):
     def render_chat(self, messages: Messages, add_generation_prompt: bool,
                     tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> str: ...
 
-    def count_tokens(self, text_or_messages: str | Messages) -> int: ...
+    def count_tokens(self, text_or_messages: str | Messages,
+                     tools: Sequence[Mapping[str, Any]] | None = None,
+                     tool_choice: Any = None) -> int: ...
 
     def embed(self, texts: str | Sequence[str], normalize: bool, overflow: str
               ) -> Embeddings: ...
@@ -165,9 +167,15 @@ class Model:
         return self._generator.render_chat(messages, add_generation_prompt, tools,
                                            tool_choice)
 
-    def count_tokens(self, text_or_messages: str | Messages) -> int:
-        """Tokens the model would read for a prompt string or a chat."""
-        return self._generator.count_tokens(text_or_messages)
+    def count_tokens(self, text_or_messages: str | Messages, *,
+                     tools: Sequence[Mapping[str, Any]] | None = None,
+                     tool_choice: Any = None) -> int:
+        """Tokens the model would read for a prompt string, or a chat (with its images,
+        and the ``tools`` offered with it)."""
+        if isinstance(text_or_messages, str) and (tools or tool_choice is not None):
+            raise ConfigError("tools are counted with a chat (a list of messages), not with "
+                              "a prompt string")
+        return self._generator.count_tokens(text_or_messages, tools, tool_choice)
 
     def local_tokenizer(self) -> LocalTokenizer:
         """The runtime-independent tokenizer of this model (built on first use)."""

@@ -425,14 +425,20 @@ class Scheduler:
             if req.native:
                 tokens = [int(t) for t in out]
             else:
-                for i in range(len(drafts) + 1):
-                    token = req.sampler.sample([*req.history, *tokens], out[i])
-                    if req.grammar is not None:
-                        req.grammar.consume(token)
-                    tokens.append(token)
-                    rows.append(out[i])
-                    if i == len(drafts) or token != drafts[i]:
-                        break
+                # each position sees the tokens sampled before it in the history (added
+                # for the sampler, taken off below: _take adds them for good)
+                try:
+                    for i in range(len(drafts) + 1):
+                        token = req.sampler.sample(req.history, out[i])
+                        if req.grammar is not None:
+                            req.grammar.consume(token)
+                        tokens.append(token)
+                        req.history.append(token)
+                        rows.append(out[i])
+                        if i == len(drafts) or token != drafts[i]:
+                            break
+                finally:
+                    del req.history[len(req.history) - len(tokens):]
         except Exception as exc:  # a user logits processor or the grammar failed
             self._finish(req, exc)
             return

@@ -330,6 +330,12 @@ class LlamaCppEngine(Engine):
     def _decode_tokens(self, inputs: Sequence[SeqInput]) -> list[Any]:
         if not inputs:
             return []
+        rows = self._fill_and_decode(inputs)
+        return [self._output(inp, row) for inp, row in zip(inputs, rows, strict=True)]
+
+    def _fill_and_decode(self, inputs: Sequence[SeqInput]) -> list[int]:
+        """One llama_decode of the inputs' tokens; each input's last batch row (-1 when it
+        wants no output)."""
         lib, batch = self._lib, self._batch
         token, pos, n_seq, seq_id, want = (batch.token, batch.pos, batch.n_seq_id,
                                            batch.seq_id, batch.logits)
@@ -349,7 +355,7 @@ class LlamaCppEngine(Engine):
             rows.append(n - 1 if inp.output else -1)
         batch.n_tokens = n
         self._check_decode(lib.llama_decode(self._ctx, batch))
-        return [self._output(inp, row) for inp, row in zip(inputs, rows, strict=True)]
+        return rows
 
     def _verified(self, inp: SeqInput, last_row: int) -> Any:
         """A drafted input's output: the runtime's samples up to the first that differs
@@ -393,9 +399,7 @@ class LlamaCppEngine(Engine):
             if image:
                 row = self._vision.decode_rows(run, inp.images, inp.seq, inp.pos + start, last)
             else:
-                part = SeqInput(inp.seq, run, inp.pos + start, last)
-                self._decode_tokens([part])
-                row = len(run) - 1
+                row = self._fill_and_decode([SeqInput(inp.seq, run, inp.pos + start, last)])[0]
             start = end
         return self._output(inp, row if inp.output else -1)
 

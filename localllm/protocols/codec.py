@@ -11,7 +11,6 @@ is one codec module and one line that mounts it.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,9 +18,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from .._defaults import DEFAULTS
 from .._errors import ConfigError, RequestError
-from .._types import Completion, ImagePart, StreamChunk, decode_data_uri
+from .._types import Completion, ImagePart, StreamChunk, decode_data_uri, decode_image_base64
 from ..core.request import GenerationRequest
 from ..images import sniff_format
 
@@ -186,8 +184,6 @@ def block_parts(value: Any, where: str, kinds: tuple[str, ...], noun: str,
 #: the media type each accepted image format (``localllm.images.FORMATS``) is sent as
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif",
                "WEBP": "image/webp"}
-#: base64 text longer than this holds more than the image size limit
-_MAX_BASE64 = DEFAULTS.max_image_bytes * 4 // 3 + 4
 
 
 def _image_bytes(data: bytes, where: str) -> dict[str, Any]:
@@ -207,16 +203,10 @@ def image_from_base64(value: Any, where: str) -> dict[str, Any]:
                            param=where)
     if value.startswith("data:"):
         return image_from_url(value, where)
-    text = "".join(value.split())  # some clients wrap base64 in lines
-    if len(text) > _MAX_BASE64:
-        raise RequestError(f"{where} holds more than the {DEFAULTS.max_image_bytes}-byte "
-                           "image limit: scale the image down first", param=where)
     try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(f"{where} is not valid base64 (an image file in base64, without "
-                           "line breaks or a data: prefix)", param=where) from None
-    return _image_bytes(data, where)
+        return _image_bytes(decode_image_base64(value, where), where)
+    except ValueError as exc:
+        raise RequestError(str(exc), param=where) from None
 
 
 def image_from_url(value: Any, where: str) -> dict[str, Any]:

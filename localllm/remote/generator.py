@@ -256,7 +256,9 @@ class RemoteGenerator:
                           pooling="server", normalized=normalize)
 
     # ------------------------------------------------------------------ tokens
-    def count_tokens(self, text_or_messages: str | Messages) -> int:
+    def count_tokens(self, text_or_messages: str | Messages,
+                     tools: Sequence[Mapping[str, Any]] | None = None,
+                     tool_choice: Any = None) -> int:
         if not isinstance(text_or_messages, str):
             raise UnsupportedFeatureError(self.where, "counting chat tokens",
                                           "the server applies its own chat template")
