@@ -18,6 +18,7 @@ from ._errors import (
     ChecksumMismatchError,
     ConfigError,
     ContextOverflowError,
+    DraftModelError,
     IndexFileError,
     LocalLLMError,
     ModelClosedError,
@@ -89,6 +90,7 @@ __all__ = [
     "Completion",
     "ConfigError",
     "ContextOverflowError",
+    "DraftModelError",
     "DEFAULT_EMBEDDER",
     "DEFAULT_MODEL",
     "DevicePlacement",
@@ -128,6 +130,7 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "SamplingParams",
+    "Speculation",
     "StoreError",
     "StreamChunk",
     "StructuredOutputError",
@@ -166,7 +169,7 @@ _LAZY = {
     "RemoteModel": ".remote.generator", "connect": ".remote.generator",
     "RemoteServer": ".remote.generator", "FoundModel": ".models.discover",
     "discover": ".models.discover", "ToolFormat": ".decoding.tool_formats",
-    "ToolSlot": ".decoding.tool_formats",
+    "ToolSlot": ".decoding.tool_formats", "Speculation": ".core.speculation",
 }
 
 

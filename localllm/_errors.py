@@ -107,6 +107,12 @@ class UnsupportedFeatureError(LocalLLMError):
         super().__init__(message + (f"; {hint}" if hint else ""))
 
 
+class DraftModelError(ConfigError):
+    """The draft model given for speculative decoding cannot draft for this model: its
+    vocabulary differs (its token ids would mean other text), or its runtime cannot
+    decode several sequences at once."""
+
+
 class ContextOverflowError(LocalLLMError, ValueError):
     """The prompt plus the requested completion does not fit in the context window."""
 

@@ -564,4 +564,6 @@ class ModelInfo(_Frozen):
     image_tokens: int | None = Field(
         None, description="prompt tokens one image takes (with a projector)")
     speculative: str | None = Field(
-        None, description="speculative decoding by default ('ngram'), or None")
+        None, description="speculative decoding by default ('ngram' or 'draft'), or None")
+    draft: str | None = Field(
+        None, description="the draft model's name (speculative='draft'), if loaded with one")

@@ -283,6 +283,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(convert_bert_to_gguf(folder, args.out_dir, dtype=dtype))
         return 0
     bar = ProgressBar("dequantizing", 0, unit="tensors")
+    if args.out_dir.endswith(".gguf"):  # the same weights at a higher precision
+        from .models.convert_precision import dequantize_gguf
+
+        dtype = {"fp32": "f32", "fp16": "f16"}.get(args.dtype, args.dtype)
+        print(dequantize_gguf(source, args.out_dir, dtype=dtype,
+                              progress=lambda done, total: bar(done, total)))
+        return 0
     out = convert_gguf_to_onnx(source, args.out_dir, dtype=args.dtype,
                                progress=lambda done, total: bar(done, total))
     print(out)
@@ -337,10 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="a llama-family GGUF to an ONNX folder, or a "
                                              "BERT safetensors folder to a GGUF file")
     convert.add_argument("model", help="catalog name, .gguf path or BERT folder")
-    convert.add_argument("out_dir", help="ONNX folder, or the .gguf file for BERT")
+    convert.add_argument("out_dir", help="ONNX folder, or a .gguf file (BERT, or a GGUF "
+                                         "dequantized to --dtype f16/f32)")
     convert.add_argument("--dtype", default="fp32",
                          choices=[*DTYPES, "f32", "f16", "q8_0"],
-                         help="ONNX: fp32/fp16/int8/int4; BERT GGUF: f32/f16/q8_0")
+                         help="ONNX: fp32/fp16/int8/int4; GGUF out: f32/f16 (BERT: also q8_0)")
     convert.set_defaults(func=cmd_convert)
 
     doctor = sub.add_parser("doctor", help="this machine's hardware, runtimes and health "
@@ -416,9 +424,12 @@ def _add_serve_parser(sub: Any) -> None:
                        help="no chat page at / (the APIs only)")
     serve.add_argument("--max-upload", type=int, default=DEFAULTS.max_upload_bytes,
                        metavar="BYTES", help="largest document the chat page may upload")
-    serve.add_argument("--speculative", choices=["ngram"], default=None,
-                       help="speculative decoding: draft tokens by prompt lookup and check "
-                            "them in one step (same output; faster where answers copy)")
+    serve.add_argument("--speculative", choices=["ngram", "draft"], default=None,
+                       help="speculative decoding: draft tokens by prompt lookup (ngram) or "
+                            "a draft model, and check them in one step (same output)")
+    serve.add_argument("--draft", default=None, metavar="MODEL",
+                       help="a smaller model with the same vocabulary that drafts for the "
+                            "one model served (implies --speculative draft)")
     serve.add_argument("--fetch-images", action="store_true",
                        help="fetch http(s) image URLs in requests (off: only images sent "
                             "as data; never from loopback or private addresses)")

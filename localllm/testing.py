@@ -54,7 +54,8 @@ def BatchingFakeModel(*, parallel: int = 4, context_length: int = 512, batch_siz
     return _fake_model(BatchingFakeEngine(options), chat_template)
 
 
-def _fake_model(engine: FakeEngine, chat_template: str) -> Model:
+def _fake_model(engine: FakeEngine, chat_template: str, draft: Any = None) -> Model:
+    """A model over a fake engine (``draft``: a DraftModel for speculative="draft")."""
     options = engine._options
     info = ModelInfo(
         path="<fake>", name="fake", format="fake", architecture="fake", parameter_count=0,
@@ -64,7 +65,7 @@ def _fake_model(engine: FakeEngine, chat_template: str) -> Model:
         backend_version=engine.backend_version, threads=1, batch_size=options.batch_size,
         parallel=options.parallel, placement=DevicePlacement(), has_chat_template=True)
     return Model(LocalGenerator(engine, info, resolve_template(chat_template, None), "<s>",
-                                "</s>", load_s=0.0))
+                                "</s>", load_s=0.0, draft=draft))
 
 
 def next_token_logits(model: Model, ids: Sequence[int]) -> Any:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from synthetic_models import write_f32_copy
 
 import localllm
 from localllm import ModelStore
@@ -45,8 +44,10 @@ def default_model_f32(default_model_path: Path, tmp_path_factory: pytest.TempPat
                       ) -> Path:
     """The default model's own Q4_1 weights, dequantized into an F32 GGUF (540 MB):
     the common ground on which runtimes must agree token for token."""
-    return write_f32_copy(default_model_path, tmp_path_factory.mktemp("f32") /
-                          "SmolLM2-135M-Instruct.F32.gguf")
+    from localllm.models.convert_precision import dequantize_gguf
+
+    return dequantize_gguf(default_model_path, tmp_path_factory.mktemp("f32") /
+                           "SmolLM2-135M-Instruct.F32.gguf", dtype="f32")
 
 
 @pytest.fixture(scope="session")

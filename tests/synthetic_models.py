@@ -120,32 +120,6 @@ def _finish(writer: gguf.GGUFWriter) -> None:
     writer.close()
 
 
-def write_f32_copy(source: Path, dest: Path) -> Path:
-    """The same model with every tensor dequantized to F32, metadata unchanged.
-
-    Runtimes then compute with exactly the weights the ONNX conversion uses and without
-    llama.cpp's 8-bit activation quantization (used for Q4_1 × activations), which is what
-    makes greedy outputs comparable token for token across runtimes.
-    """
-    reader = gguf.GGUFReader(str(source))
-    writer = gguf.GGUFWriter(str(dest), str(reader.fields["general.architecture"].contents()))
-    for name, entry in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        if name == "general.file_type":
-            writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
-            continue
-        kind = entry.types[0]
-        sub = entry.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, entry.contents(), kind, sub_type=sub)
-    for tensor in reader.tensors:
-        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        writer.add_tensor(tensor.name, np.asarray(data, dtype=np.float32).reshape(
-            [int(d) for d in reversed(tensor.shape)]))
-    _finish(writer)
-    return dest
-
-
 def write_gguf_v1_copy(source: Path, dest: Path) -> Path:
     """The same model in the GGUF version 1 layout (August 2023): 32-bit counts and string
     lengths, 32-bit tensor dimensions; current llama.cpp no longer reads it."""

@@ -89,7 +89,7 @@ class LocalGenerator:
                  bos_text: str, eos_text: str, load_s: float,
                  tokenizer_factory: Callable[[], LocalTokenizer] | None = None,
                  max_queue: int = DEFAULTS.max_queue, tool_family: Any = None,
-                 speculation: Any = None) -> None:
+                 speculation: Any = None, draft: Any = None) -> None:
         from ..decoding.reasoning import detect_thinking
         from ..decoding.tool_formats import named_format
 
@@ -107,7 +107,7 @@ class LocalGenerator:
         self.speculation = speculation
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
-        self.scheduler = Scheduler(engine, max_queue=max_queue)
+        self.scheduler = Scheduler(engine, max_queue=max_queue, draft=draft)
         self.tokenizer = Tokenizer(engine)
         self._tokenizer_factory = tokenizer_factory
         self._local_tokenizer: LocalTokenizer | None = None
@@ -122,6 +122,8 @@ class LocalGenerator:
         if engine is not None:
             self.scheduler.close()
             engine.close()
+            if self.scheduler.draft is not None:
+                self.scheduler.draft.close()
 
     @property
     def closed(self) -> bool:
@@ -279,6 +281,10 @@ class LocalGenerator:
         if run.speculation is not None and not self.live().batching:
             raise UnsupportedFeatureError(self.info.backend, "speculative decoding",
                                           "it decodes one token per step; use llama.cpp")
+        if run.speculation is not None and run.speculation.mode == "draft" \
+                and self.scheduler.draft is None:
+            raise ConfigError("speculative='draft' needs a model loaded with a draft model "
+                              "(load(..., draft=PATH)); or use speculative='ngram'")
         run.thinking = self.thinking if request.chat else None
         # a grammar that holds the answer from its first token (forced calls, a response
         # format) leaves no room to think, even where the prompt opened the thinking

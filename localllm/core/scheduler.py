@@ -34,7 +34,7 @@ from .._errors import (
 )
 from .._types import SamplingParams
 from .engine import SEQUENCE_ENDED, Engine, SeqInput
-from .speculation import MAX_STREAMS
+from .speculation import MAX_STREAMS, DraftModel, NgramDrafter, common_prefix
 
 _END = object()  # outbox marker: the request is over (its reason travels with it)
 # Prompt tokens one step takes while other sequences are decoding. A whole 512-token batch
@@ -171,8 +171,10 @@ class _Slot:
 class Scheduler:
     """Owns the engine's generation: a thread that runs all admitted requests together."""
 
-    def __init__(self, engine: Engine, *, max_queue: int = DEFAULTS.max_queue) -> None:
+    def __init__(self, engine: Engine, *, max_queue: int = DEFAULTS.max_queue,
+                 draft: DraftModel | None = None) -> None:
         self.engine = engine
+        self.draft = draft  # the draft model of speculative="draft", if loaded with one
         self.max_queue = max_queue
         self.parallel = max(1, engine.max_sequences)
         self._capacity = engine.kv_capacity
@@ -227,6 +229,8 @@ class Scheduler:
                 if not slot.busy and slot.tokens:
                     self.engine.seq_remove(slot.seq, 0)
                     slot.tokens = []
+            if self.draft is not None:
+                self.draft.clear()
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
@@ -289,9 +293,12 @@ class Scheduler:
         req.reused_tokens = req.done
         req.history = list(req.prompt)
         if req.speculation is not None and engine.batching:
-            from .speculation import NgramDrafter
+            from .speculation import Drafter
 
-            req.drafter = NgramDrafter(req.speculation, req.prompt)
+            if req.speculation.mode == "ngram":
+                req.drafter = NgramDrafter(req.speculation, req.prompt)
+            elif self.draft is not None and not req.images:  # a draft model reads no images
+                req.drafter = Drafter(req.speculation)
         if req.native:
             req.native_chain = engine.native_sampler(req.params, req.seed, req.prompt)
         else:
@@ -303,7 +310,7 @@ class Scheduler:
     def _choose_slot(self, prompt: list[int]) -> _Slot:
         """The free sequence whose cached tokens share the longest prefix with ``prompt``."""
         free = [s for s in self._slots if not s.busy]
-        return max(free, key=lambda s: (_common_prefix(s.tokens, prompt), -len(s.tokens)))
+        return max(free, key=lambda s: (common_prefix(s.tokens, prompt), -len(s.tokens)))
 
     def _make_room(self, need: int) -> None:
         """Evict cached (idle) sequences until the active reservations plus ``need`` fit."""
@@ -321,11 +328,11 @@ class Scheduler:
         (a shared system prompt); return how many prompt tokens need no evaluation."""
         limit = len(prompt) - 1  # the last prompt token is always evaluated (for logits)
         engine = self.engine
-        own = engine.reusable_prefix(slot.seq, min(_common_prefix(slot.tokens, prompt), limit))
+        own = engine.reusable_prefix(slot.seq, min(common_prefix(slot.tokens, prompt), limit))
         best, source = own, None
         for other in self._slots if engine.shares_prefixes else ():
             if other is not slot and other.tokens:
-                n = min(_common_prefix(other.tokens, prompt), limit)
+                n = min(common_prefix(other.tokens, prompt), limit)
                 if n > best and (n := engine.reusable_prefix(other.seq, n)) > best:
                     best, source = n, other
         if source is None:
@@ -356,17 +363,14 @@ class Scheduler:
         room = engine.batch_size
         inputs: list[SeqInput] = []
         owners: list[Request] = []
-        generating = [r for r in self._active if r.done >= len(r.prompt)]
-        speculate = len(generating) <= MAX_STREAMS
+        generating = [r for r in self._active if r.done >= len(r.prompt)][:room]
+        drafts = self._drafts(generating, room) if len(generating) <= MAX_STREAMS else {}
         for req in generating:  # generating sequences first: one token each (and drafts)
-            if room <= 0:
-                break
-            drafts = req.drafter.draft(min(room - 1, req.budget - req.generated - 1)) \
-                if speculate and req.drafter is not None else []
-            inputs.append(SeqInput(req.seq, [req.last, *drafts], len(req.history) - 1, True,
-                                   req.native_chain, verify=len(drafts)))
+            draft = drafts.get(req, [])
+            inputs.append(SeqInput(req.seq, [req.last, *draft], len(req.history) - 1, True,
+                                   req.native_chain, verify=len(draft)))
             owners.append(req)
-            room -= 1 + len(drafts)
+            room -= 1 + len(draft)
         if inputs:  # streams are decoding: small prompt chunks keep their steps short
             room = min(room, PREFILL_CHUNK_WHILE_DECODING)
         for req in self._active:  # then prompt chunks, oldest request first
@@ -404,6 +408,31 @@ class Scheduler:
                 self._finish(req, exc)
                 continue
             self._take(req, token, out if req.logprobs else None)
+
+    def _drafts(self, generating: list[Request], room: int) -> dict[Request, list[int]]:
+        """Each speculating request's draft for this step, within the batch's room (one
+        row per generating sequence is kept for its own next token): prompt lookup drafts
+        at once, the draft model for all its requests together."""
+        room -= len(generating)
+        drafts: dict[Request, list[int]] = {}
+        wants: list[tuple[int, list[int], int, float]] = []
+        asking: list[Request] = []
+        for req in generating:
+            drafter = req.drafter
+            if drafter is None or room <= 0:
+                continue
+            limit = min(room, req.budget - req.generated - 1)
+            if isinstance(drafter, NgramDrafter):
+                drafts[req] = drafter.draft(limit)
+                room -= len(drafts[req])
+            elif (limit := drafter.allowed(limit)) > 0:
+                wants.append((req.seq, req.history, limit, req.speculation.p_min))
+                asking.append(req)
+                room -= limit
+        if wants:
+            assert self.draft is not None
+            drafts.update(zip(asking, self.draft.draft(wants), strict=True))
+        return drafts
 
     def _take(self, req: Request, token: int, logits: Any) -> None:
         """A sampled token: into the request's history, its drafter and its outbox."""
@@ -484,6 +513,9 @@ class Scheduler:
                 with contextlib.suppress(Exception):
                     self.engine.seq_remove(slot.seq, 0)
                 slot.tokens = []
+        if self.draft is not None:
+            with contextlib.suppress(Exception):
+                self.draft.clear()
 
     def _typed(self, exc: BaseException) -> BaseException:
         """The one place a failure becomes what the caller catches: localllm errors as
@@ -494,14 +526,6 @@ class Scheduler:
                              f"{type(exc).__name__}: {exc}")
         error.__cause__ = exc
         return error
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _images_in(chunk: list[int], images: dict[int, Any]) -> dict[int, Any] | None:

@@ -291,6 +291,7 @@ def load(
     tool_format: str | ToolFormat = "auto",
     projector: str | os.PathLike[str] | bool | None = None,
     speculative: str | Speculation | None = None,
+    draft: str | os.PathLike[str] | None = None,
 ) -> Model:
     """Load a model: a catalog name, a path to a ``.gguf``, or None for the default model.
 
@@ -323,6 +324,9 @@ def load(
     ``projector=False`` loads the text model alone. ``speculative="ngram"`` drafts tokens
     by prompt lookup and checks them in one decode step (the same tokens, faster when the
     answer copies from the prompt; a request's ``speculative=`` overrides it).
+    ``draft`` is a smaller model with the same vocabulary (a path or catalog name) that
+    drafts for it (``speculative="draft"``, the default when a draft is given); a draft
+    whose vocabulary differs is a DraftModelError.
 
     A source ``"http://host:port[/v1]#MODEL"`` is a model on a server, with ``backend``
     "auto", "openai" or "ollama" and ``backend_options`` as :func:`localllm.connect`'s
@@ -345,7 +349,8 @@ def load(
                         chat_template=chat_template, system_message=system_message,
                         pooling=pooling, backend_options=backend_options,
                         isolation=isolation, started=started, tool_format=tool_format,
-                        projector=vision, speculative=speculative)
+                        projector=vision, speculative=speculative, draft=draft,
+                        store=store)
 
 
 def resolve_projector(projector: str | os.PathLike[str] | bool | None, resolved: Resolved,
@@ -382,7 +387,9 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
                  backend_options: Mapping[str, Any] | None = None, isolation: str = "none",
                  started: float | None = None, tool_format: str | ToolFormat = "auto",
                  projector: Projector | None = None,
-                 speculative: str | Speculation | None = None) -> Model:
+                 speculative: str | Speculation | None = None,
+                 draft: str | os.PathLike[str] | None = None,
+                 store: ModelStore | None = None) -> Model:
     """Open a resolved source as ``the_plan`` says (the act half of :func:`load`): the
     server plans once and hands its plan here."""
     started = time.perf_counter() if started is None else started
@@ -395,10 +402,14 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
                           "chat template gets the system message) or 'fold' (it is folded "
                           "into the first user turn)")
     _check_int("max_queue", max_queue, 0, None, "0 refuses any request beyond the running ones")
-    speculation = speculation_of(speculative)
+    speculation = speculation_of("draft" if draft is not None and speculative is None
+                                 else speculative)
     if speculation is not None and not engine_cls.batching:
         raise UnsupportedFeatureError(engine_cls.backend_name, "speculative decoding",
                                       "it decodes one token per step; use llama.cpp")
+    if speculation is not None and speculation.mode == "draft" and draft is None:
+        raise ConfigError("speculative='draft' needs a draft model: load(..., draft=PATH) "
+                          "with a smaller model of the same vocabulary")
     if pooling is not None and pooling not in POOLINGS:
         raise ConfigError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
     options = EngineOptions(context_length=the_plan.context_length, threads=the_plan.threads,
@@ -409,10 +420,19 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
     for reason in the_plan.reasons:
         if "CPU-only build" in reason:  # a GPU is here but will not be used: say it loudly
             logging.getLogger("localllm").warning("%s", reason)
-    if wants_process(isolation, engine_cls):
-        engine: Engine = open_isolated(engine_cls, gguf, options)
-    else:
-        engine = engine_cls.open(gguf, options)
+    isolated = wants_process(isolation, engine_cls)
+    drafter = None
+    if draft is not None:
+        from .draft import open_draft
+
+        drafter = open_draft(draft, resolved, the_plan, isolated=isolated, store=store)
+    try:
+        engine: Engine = open_isolated(engine_cls, gguf, options) if isolated \
+            else engine_cls.open(gguf, options)
+    except BaseException:
+        if drafter is not None:
+            drafter.close()
+        raise
     try:
         _verify_placement(engine, the_plan, allow_fallback)
         info = ModelInfo(
@@ -429,15 +449,18 @@ def open_planned(resolved: Resolved, the_plan: LoadPlan, *, max_queue: int = DEF
             isolation="process" if isinstance(engine, ProcessEngine) else "none",
             projector=str(projector.path) if projector else None,
             image_tokens=projector.tokens_per_image if projector else None,
-            speculative=speculation.mode if speculation else None)
+            speculative=speculation.mode if speculation else None,
+            draft=drafter.name if drafter else None)
         bos, eos = gguf.special_texts
     except BaseException:
         engine.close()
+        if drafter is not None:
+            drafter.close()
         raise
     return Model(LocalGenerator(
         engine, info, template, bos, eos, load_s=time.perf_counter() - started,
         tokenizer_factory=lambda: _local_tokenizer(engine, gguf), max_queue=max_queue,
-        tool_family=family, speculation=speculation))
+        tool_family=family, speculation=speculation, draft=drafter))
 
 
 def _local_tokenizer(engine: Engine, gguf: ModelFile) -> Any:

@@ -71,6 +71,7 @@ class ServerConfig:
     fetch_images: bool = False  # fetch http(s) image URLs (--fetch-images; see _fetch)
     fetch_allow: Sequence[str] = ()  # hosts of the user's own network that may be fetched
     speculative: str | None = None  # "ngram": speculative decoding for every model
+    draft: str | None = None  # a draft model (speculative="draft") for the one model served
 
 
 class HTTPError(Exception):
@@ -286,7 +287,7 @@ def create_app(models: Sequence[str] = (), **options: Any) -> Starlette:
                         keep_alive_s=config.keep_alive_s, threads=config.threads,
                         context_length=config.context_length, ram_budget=config.ram_budget,
                         isolation=config.isolation, system_message=config.system_message,
-                        speculative=config.speculative)
+                        speculative=config.speculative, draft=config.draft)
     state = ServerState(config, registry)
     data = Path(config.data_dir).expanduser() if config.data_dir else data_dir()
     store = _responses.ResponseStore(

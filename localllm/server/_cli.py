@@ -55,7 +55,7 @@ def serve(args: argparse.Namespace) -> int:
                      ui=not args.no_ui, max_upload_bytes=args.max_upload,
                      fetch_images=args.fetch_images or bool(args.fetch_images_allow),
                      fetch_allow=tuple(args.fetch_images_allow),
-                     speculative=args.speculative,
+                     speculative=args.speculative, draft=args.draft,
                      responses_ttl_s=args.responses_ttl * 86400,
                      ram_budget=args.ram_budget * 1024 * 1024 if args.ram_budget else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

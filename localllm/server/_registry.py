@@ -95,9 +95,14 @@ class Registry:
                  threads: int | None = None, context_length: int | None = None,
                  ram_budget: int | None = None, store: ModelStore | None = None,
                  isolation: str = DEFAULTS.server_isolation,
-                 system_message: str = "template", speculative: str | None = None) -> None:
+                 system_message: str = "template", speculative: str | None = None,
+                 draft: str | None = None) -> None:
+        if draft is not None and len(sources) != 1:
+            raise ConfigError(f"a draft model drafts for one model; {len(sources)} are "
+                              "served: serve the model it shares a vocabulary with alone")
         self.parallel = parallel
         self.speculative = speculative  # load()'s: "ngram" drafts by prompt lookup
+        self.draft = draft  # load()'s: a smaller model of the same vocabulary that drafts
         self.isolation = isolation  # load()'s: "auto" isolates runtimes known to abort
         self.system_message = system_message  # load()'s: "fold" for templates refusing one
         self.ram_budget = ram_budget  # bytes all loaded models may take (their plans')
@@ -208,6 +213,7 @@ class Registry:
                 open_planned, resolved, plan, max_queue=self.max_queue,
                 isolation=self.isolation, system_message=self.system_message,
                 speculative=self.speculative if resolved.engine_cls.batching else None,
+                draft=self.draft, store=self.store,
                 projector=kwargs["projector"])
         finally:
             self.loading -= 1
