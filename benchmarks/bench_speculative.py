@@ -155,10 +155,13 @@ def concurrent_rate(path: Path, threads: int, tokens: int, mode: str | None,
 
 
 def llama_server_rates(binary: Path, path: Path, threads: int, tokens: int, reps: int,
-                       spec: str) -> dict[str, Any]:
+                       spec: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """llama-server's decode rates on each task with ``--spec-type spec`` (and ``extra``
+    arguments, such as a draft model)."""
     port = 18000 + os.getpid() % 1000
     argv = [str(binary), "-m", str(path), "-t", str(threads), "-c", "2048", "-np", "1",
-            "--port", str(port), "--host", "127.0.0.1", "--spec-type", spec, "--no-webui"]
+            "--port", str(port), "--host", "127.0.0.1", "--spec-type", spec, "--no-webui",
+            *extra]
     log_path = Path(tempfile.gettempdir()) / f"llama-server-{spec}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

@@ -47,8 +47,12 @@ class Speculation:
 
     mode: str = "ngram"
     ngram_max: int = 12
-    ngram_min: int = 4
-    draft_max: int = 48
+    #: shorter matches (4, 5 tokens) are common in prose by chance and mostly refused;
+    #: 6 keeps the matches of text being copied (see benchmarks/bench_speculative.py)
+    ngram_min: int = 6
+    #: a refused tail costs its rows in the verify step (on a CPU about half a step per
+    #: row for small models): 32 bounds what one miss can waste
+    draft_max: int = 32
     p_min: float = 0.75
 
     def __post_init__(self) -> None:

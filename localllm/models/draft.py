@@ -11,6 +11,7 @@ every sequence the target decodes has a twin in the draft's KV cache.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,14 @@ def open_draft(source: str | os.PathLike[str], target: Resolved, the_plan: LoadP
                               f"{resolved.engine_cls.backend_name}, which decodes one "
                               "sequence at a time; a draft needs llama.cpp (a GGUF file)")
     check_vocabulary(target.gguf, resolved.gguf)
+    share = resolved.gguf.file_size / max(1, target.gguf.file_size)
+    if share > 1 / 3:
+        # each drafted token costs a draft step: a draft that is not several times cheaper
+        # than the target slows decoding even when all its guesses are right
+        logging.getLogger("localllm").warning(
+            "the draft model %s is %.0f%% of %s's size; a draft pays off when it is several "
+            "times cheaper per token (see Completion.timings and docs/concurrency.md)",
+            resolved.path.name, share * 100, target.path.name)
     plan = plan_resolved(resolved, context_length=the_plan.context_length,
                          threads=the_plan.threads, batch_size=the_plan.batch_size,
                          parallel=the_plan.parallel, kv_type=the_plan.kv_type,

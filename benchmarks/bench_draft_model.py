@@ -1,0 +1,105 @@
+"""Speculative decoding with a draft model vs none, and vs llama-server's, in one run.
+
+The pair: the default model (SmolLM2-135M Q4_1) drafts for copies of its own weights
+dequantized to f16 and to f32 (``localllm convert``), the only same-vocabulary pairs this
+machine has. The same weights guess each other's tokens nearly always, so acceptance is
+near its ceiling; what decides the speed-up is the cost of a draft step against a target
+step, which on a 135M model is set more by per-step overhead than by the bytes read.
+The tasks are ``bench_speculative``'s (quote, rename, story), single stream, temperature 0.
+
+localllm: ``load(target, draft=q4)``, each task with ``speculative=None`` and "draft".
+llama-server (same llama.cpp sources): the target alone, and with ``-md q4 --spec-type
+draft-simple`` at its defaults. Decode rates are each runtime's own count; the ratios
+are on / off. Medians of ``--reps``.
+
+Usage: python benchmarks/bench_draft_model.py [--reps 3] [--threads 2] [--tokens 160]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench_batching import tools_dir
+from bench_speculative import TASKS, chat, llama_server_rates
+from results_file import write_result
+
+import localllm
+from localllm.models.convert_precision import dequantize_gguf
+from localllm.models.store import ModelStore
+
+
+def localllm_rates(target: Path, draft: Path, threads: int, tokens: int, reps: int
+                   ) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with localllm.load(target, draft=draft, context_length=2048, threads=threads,
+                       parallel=1) as model:
+        model.chat(chat("story"), max_tokens=8, temperature=0)  # warm up
+        for task in TASKS:
+            for mode in (None, "draft"):
+                rates, drafted, accepted, n = [], 0, 0, 0
+                for _ in range(reps):
+                    model.clear_cache()  # each run evaluates its prompt alike
+                    done = model.chat(chat(task), max_tokens=tokens, temperature=0,
+                                      speculative=mode)
+                    rates.append(done.timings.generation_tokens_per_s)
+                    drafted += done.timings.drafted_tokens
+                    accepted += done.timings.accepted_tokens
+                    n = done.usage.completion_tokens
+                out[f"{task}/{mode or 'off'}"] = {
+                    "tok_s": statistics.median(rates), "runs": rates, "tokens": n,
+                    "acceptance": accepted / drafted if drafted else None}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=160)
+    ap.add_argument("--tools", help="directory with llama-server (default: cached build)")
+    args = ap.parse_args()
+    draft = ModelStore().ensure(localllm.DEFAULT_MODEL)
+    binary = tools_dir(args.tools) / "llama-server"
+    rows: list[dict[str, Any]] = []
+    raw: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in ("f16", "f32"):
+            target = dequantize_gguf(draft, Path(tmp) / f"target-{dtype}.gguf", dtype=dtype)
+            ours = localllm_rates(target, draft, args.threads, args.tokens, args.reps)
+            off = llama_server_rates(binary, target, args.threads, args.tokens, args.reps,
+                                     "none")
+            on = llama_server_rates(binary, target, args.threads, args.tokens, args.reps,
+                                    "draft-simple", ("-md", str(draft)))
+            raw[dtype] = {"localllm": ours, "llama_server": {"none": off, "draft": on}}
+            for task in TASKS:
+                mine_on, mine_off = ours[f"{task}/draft"], ours[f"{task}/off"]
+                rows.append({
+                    "target": dtype, "task": task, "localllm_off": mine_off["tok_s"],
+                    "localllm_on": mine_on["tok_s"],
+                    "speedup": mine_on["tok_s"] / mine_off["tok_s"],
+                    "acceptance": mine_on["acceptance"], "tokens": mine_on["tokens"],
+                    "llama_server_off": off[task]["tok_s"],
+                    "llama_server_on": on[task]["tok_s"],
+                    "llama_server_speedup": on[task]["tok_s"] / off[task]["tok_s"],
+                    "llama_server_acceptance": on[task]["acceptance"]})
+    print("| target | task | localllm off | draft | speed-up | acceptance | "
+          "llama-server off | draft | speed-up | acceptance |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['target']} | {r['task']} | {r['localllm_off']:.1f} | "
+              f"{r['localllm_on']:.1f} | {r['speedup']:.2f}x | {r['acceptance'] or 0:.2f} | "
+              f"{r['llama_server_off']:.1f} | {r['llama_server_on']:.1f} | "
+              f"{r['llama_server_speedup']:.2f}x | {r['llama_server_acceptance'] or 0:.2f} |")
+    write_result("draft-model", {
+        "machine": platform.processor() or platform.machine(), "threads": args.threads,
+        "reps": args.reps, "max_tokens": args.tokens, "draft": str(draft.name),
+        "rows": rows, "raw": raw})
+
+
+if __name__ == "__main__":
+    main()
