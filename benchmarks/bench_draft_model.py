@@ -10,7 +10,7 @@ The tasks are ``bench_speculative``'s (quote, rename, story), single stream, tem
 localllm: ``load(target, draft=q4)``, each task with ``speculative=None`` and "draft".
 llama-server (same llama.cpp sources): the target alone, and with ``-md q4 --spec-type
 draft-simple`` at its defaults. Decode rates are each runtime's own count; the ratios
-are on / off. Medians of ``--reps``.
+are the medians of the run-by-run ratios on / off (the two take turns).
 
 Usage: python benchmarks/bench_draft_model.py [--reps 3] [--threads 2] [--tokens 160]
 """
@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench_batching import tools_dir
-from bench_speculative import TASKS, chat, llama_server_rates
+from bench_speculative import TASKS, alternating, chat, llama_server, paired, server_rates
 from results_file import write_result
 
 import localllm
@@ -35,25 +34,10 @@ from localllm.models.store import ModelStore
 
 def localllm_rates(target: Path, draft: Path, threads: int, tokens: int, reps: int
                    ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
     with localllm.load(target, draft=draft, context_length=2048, threads=threads,
                        parallel=1) as model:
         model.chat(chat("story"), max_tokens=8, temperature=0)  # warm up
-        for task in TASKS:
-            for mode in (None, "draft"):
-                rates, drafted, accepted, n = [], 0, 0, 0
-                for _ in range(reps):
-                    model.clear_cache()  # each run evaluates its prompt alike
-                    done = model.chat(chat(task), max_tokens=tokens, temperature=0,
-                                      speculative=mode)
-                    rates.append(done.timings.generation_tokens_per_s)
-                    drafted += done.timings.drafted_tokens
-                    accepted += done.timings.accepted_tokens
-                    n = done.usage.completion_tokens
-                out[f"{task}/{mode or 'off'}"] = {
-                    "tok_s": statistics.median(rates), "runs": rates, "tokens": n,
-                    "acceptance": accepted / drafted if drafted else None}
-    return out
+        return alternating(model, (None, "draft"), tokens, reps)
 
 
 def main() -> None:
@@ -71,21 +55,23 @@ def main() -> None:
         for dtype in ("f16", "f32"):
             target = dequantize_gguf(draft, Path(tmp) / f"target-{dtype}.gguf", dtype=dtype)
             ours = localllm_rates(target, draft, args.threads, args.tokens, args.reps)
-            off = llama_server_rates(binary, target, args.threads, args.tokens, args.reps,
-                                     "none")
-            on = llama_server_rates(binary, target, args.threads, args.tokens, args.reps,
-                                    "draft-simple", ("-md", str(draft)))
+            with llama_server(binary, target, args.threads, "none") as plain, \
+                    llama_server(binary, target, args.threads, "draft-simple",
+                                 ("-md", str(draft))) as drafting:
+                theirs = server_rates({"none": plain, "draft": drafting}, args.tokens,
+                                      args.reps)
+            off, on = theirs["none"], theirs["draft"]
             raw[dtype] = {"localllm": ours, "llama_server": {"none": off, "draft": on}}
             for task in TASKS:
                 mine_on, mine_off = ours[f"{task}/draft"], ours[f"{task}/off"]
                 rows.append({
                     "target": dtype, "task": task, "localllm_off": mine_off["tok_s"],
                     "localllm_on": mine_on["tok_s"],
-                    "speedup": mine_on["tok_s"] / mine_off["tok_s"],
+                    "speedup": paired(mine_on, mine_off),
                     "acceptance": mine_on["acceptance"], "tokens": mine_on["tokens"],
                     "llama_server_off": off[task]["tok_s"],
                     "llama_server_on": on[task]["tok_s"],
-                    "llama_server_speedup": on[task]["tok_s"] / off[task]["tok_s"],
+                    "llama_server_speedup": paired(on[task], off[task]),
                     "llama_server_acceptance": on[task]["acceptance"]})
     print("| target | task | localllm off | draft | speed-up | acceptance | "
           "llama-server off | draft | speed-up | acceptance |")

@@ -10,9 +10,10 @@ Each side's decode rate is the runtime's own count: localllm's
 ``timings.generation_tokens_per_s`` (the tokens after the first over the time after the
 first), llama-server's ``timings.predicted_per_second``. llama-server (built from the
 same llama.cpp sources by ``scripts/build_reference_tools.py``) runs ``--spec-type none``
-and ``--spec-type ngram-simple``; its speed-up is the yardstick. Then 8 concurrent
-streams of the quote task, aggregate tokens/s with speculation on and off (it backs off
-when the batch is full). Medians of ``--reps``; the ratios are on / off.
+and ``--spec-type ngram-simple`` (two servers); its speed-up is the yardstick. Then 8
+concurrent streams of the quote task, aggregate tokens/s with speculation on and off (it
+backs off when the batch is full). On and off take turns run by run; rates are medians
+of ``--reps`` and each speed-up is the median of the run-by-run ratios on / off.
 
 Usage: python benchmarks/bench_speculative.py [--reps 3] [--threads 2] [--tokens 160]
 """
@@ -20,9 +21,10 @@ Usage: python benchmarks/bench_speculative.py [--reps 3] [--threads 2] [--tokens
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,62 +114,98 @@ def chat(task: str) -> list[dict[str, str]]:
 
 
 def localllm_rates(path: Path, threads: int, tokens: int, reps: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
     with localllm.load(path, context_length=2048, threads=threads, parallel=1,
                        speculative="ngram") as model:
         model.chat(chat("story"), max_tokens=8, temperature=0)  # warm up
+        return alternating(model, (None, "ngram"), tokens, reps)
+
+
+def alternating(model: localllm.Model, modes: tuple[str | None, ...], tokens: int,
+                reps: int) -> dict[str, Any]:
+    """Each task in each mode, the modes taking turns run by run (so the machine's drift
+    falls on both alike); per task and mode the median rate and the acceptance."""
+    runs: dict[str, list[Any]] = {f"{t}/{m or 'off'}": [] for t in TASKS for m in modes}
+    for _ in range(reps):
         for task in TASKS:
-            for mode in (None, "ngram"):
-                rates, drafted, accepted, n = [], 0, 0, 0
-                for _ in range(reps):
-                    model.clear_cache()  # each run evaluates its prompt alike
-                    done = model.chat(chat(task), max_tokens=tokens, temperature=0,
-                                      speculative=mode)
-                    rates.append(done.timings.generation_tokens_per_s)
-                    drafted += done.timings.drafted_tokens
-                    accepted += done.timings.accepted_tokens
-                    n = done.usage.completion_tokens
-                out[f"{task}/{mode or 'off'}"] = {
-                    "tok_s": statistics.median(rates), "runs": rates, "tokens": n,
+            for mode in modes:
+                model.clear_cache()  # each run evaluates its prompt alike
+                runs[f"{task}/{mode or 'off'}"].append(model.chat(
+                    chat(task), max_tokens=tokens, temperature=0, speculative=mode))
+    out: dict[str, Any] = {}
+    for key, done in runs.items():
+        drafted = sum(d.timings.drafted_tokens for d in done)
+        accepted = sum(d.timings.accepted_tokens for d in done)
+        rates = [d.timings.generation_tokens_per_s for d in done]
+        out[key] = {"tok_s": statistics.median(rates), "runs": rates,
+                    "tokens": done[-1].usage.completion_tokens,
                     "acceptance": accepted / drafted if drafted else None}
     return out
 
 
-def concurrent_rate(path: Path, threads: int, tokens: int, mode: str | None,
-                    streams: int = 8) -> float:
-    """Aggregate tokens/s of ``streams`` quote requests started together."""
+def concurrent_rates(path: Path, threads: int, tokens: int, reps: int,
+                     streams: int = 8) -> dict[str, list[float]]:
+    """Aggregate tokens/s of ``streams`` quote requests started together, speculation
+    on and off taking turns (two loaded models), ``reps`` rounds each."""
+    rates: dict[str, list[float]] = {"on": [], "off": [], "drafted": [], "steps_on": [],
+                                     "steps_off": []}
     with localllm.load(path, context_length=1024, threads=threads, parallel=streams,
-                       speculative=mode) as model:
-        model.chat(chat("story"), max_tokens=4, temperature=0)
-        done: list[int] = []
-
-        def one(i: int) -> None:
-            messages = [{"role": "user", "content": f"({i}) " + TASKS["quote"]}]
-            done.append(model.chat(messages, max_tokens=tokens // 2,
-                                   temperature=0).usage.completion_tokens)
-
-        started = time.perf_counter()
-        workers = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(timeout=600)
-        return sum(done) / (time.perf_counter() - started)
+                       speculative="ngram") as on, \
+            localllm.load(path, context_length=1024, threads=threads, parallel=streams) as off:
+        for model in (on, off):
+            model.chat(chat("story"), max_tokens=4, temperature=0)
+        for _ in range(reps):
+            for name, model in (("on", on), ("off", off)):
+                model.clear_cache()
+                steps = model._generator.scheduler.steps
+                rate, drafted = _together(model, tokens // 2, streams)
+                rates[name].append(rate)
+                rates[f"steps_{name}"].append(model._generator.scheduler.steps - steps)
+                if name == "on":
+                    rates["drafted"].append(drafted)
+    return rates
 
 
-def llama_server_rates(binary: Path, path: Path, threads: int, tokens: int, reps: int,
-                       spec: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """llama-server's decode rates on each task with ``--spec-type spec`` (and ``extra``
-    arguments, such as a draft model)."""
-    port = 18000 + os.getpid() % 1000
+def _together(model: localllm.Model, tokens: int, streams: int) -> tuple[float, int]:
+    """Aggregate tokens/s of the streams, and the tokens they drafted."""
+    done: list[localllm.Completion] = []
+
+    def one(i: int) -> None:
+        messages = [{"role": "user", "content": f"({i}) " + TASKS["quote"]}]
+        done.append(model.chat(messages, max_tokens=tokens, temperature=0))
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=600)
+    elapsed = time.perf_counter() - started
+    return (sum(d.usage.completion_tokens for d in done) / elapsed,
+            sum(d.timings.drafted_tokens for d in done))
+
+
+@contextlib.contextmanager
+def llama_server(binary: Path, path: Path, threads: int, spec: str,
+                 extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """llama-server with ``--spec-type spec`` (and ``extra`` arguments, such as a draft
+    model) on a free loopback port; yields its base URL once healthy."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     argv = [str(binary), "-m", str(path), "-t", str(threads), "-c", "2048", "-np", "1",
             "--port", str(port), "--host", "127.0.0.1", "--spec-type", spec, "--no-webui",
             *extra]
-    log_path = Path(tempfile.gettempdir()) / f"llama-server-{spec}.log"
+    log_path = Path(tempfile.gettempdir()) / f"llama-server-{spec}-{port}.log"
+    base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            return _server_runs(proc, f"http://127.0.0.1:{port}", log_path, tokens, reps)
+            deadline = time.monotonic() + 120
+            while not _healthy(base):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"llama-server did not start; see {log_path}")
+                time.sleep(0.5)
+            yield base
         finally:
             proc.terminate()
             try:
@@ -175,38 +214,46 @@ def llama_server_rates(binary: Path, path: Path, threads: int, tokens: int, reps
                 proc.kill()
 
 
-def _server_runs(proc: subprocess.Popen[bytes], base: str, log_path: Path, tokens: int,
-                 reps: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"llama-server did not start; see {log_path}")
-        time.sleep(0.5)
+def _healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def server_rates(bases: dict[str, str], tokens: int, reps: int) -> dict[str, Any]:
+    """Per server (name -> base URL) and task: the median decode rate and acceptance,
+    the servers taking turns run by run."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        name: {task: [] for task in TASKS} for name in bases}
+    for _ in range(reps):
+        for task in TASKS:
+            for name, base in bases.items():
+                body = {"messages": chat(task), "max_tokens": tokens, "temperature": 0,
+                        "cache_prompt": False}
+                request = urllib.request.Request(
+                    f"{base}/v1/chat/completions", data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=300) as r:
+                    runs[name][task].append(json.load(r)["timings"])
     out: dict[str, Any] = {}
-    for task in TASKS:
-        rates, n, drafted, accepted = [], 0, 0, 0
-        for _ in range(reps):
-            body = {"messages": chat(task), "max_tokens": tokens, "temperature": 0,
-                    "cache_prompt": False}
-            request = urllib.request.Request(f"{base}/v1/chat/completions",
-                                             data=json.dumps(body).encode(),
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=300) as r:
-                reply = json.load(r)
-            timings = reply["timings"]
-            rates.append(float(timings["predicted_per_second"]))
-            n = int(timings["predicted_n"])
-            drafted += int(timings.get("draft_n", 0))
-            accepted += int(timings.get("draft_n_accepted", 0))
-        out[task] = {"tok_s": statistics.median(rates), "runs": rates, "tokens": n,
-                     "acceptance": accepted / drafted if drafted else None}
+    for name, tasks in runs.items():
+        out[name] = {}
+        for task, timings in tasks.items():
+            drafted = sum(int(t.get("draft_n", 0)) for t in timings)
+            accepted = sum(int(t.get("draft_n_accepted", 0)) for t in timings)
+            rates = [float(t["predicted_per_second"]) for t in timings]
+            out[name][task] = {"tok_s": statistics.median(rates), "runs": rates,
+                               "tokens": int(timings[-1]["predicted_n"]),
+                               "acceptance": accepted / drafted if drafted else None}
     return out
+
+
+def paired(on: dict[str, Any], off: dict[str, Any]) -> float:
+    """The median of the run-by-run ratios on / off: the runs took turns, so each pair
+    saw the same state of the machine, and its drift cancels out of the ratio."""
+    return statistics.median(a / b for a, b in zip(on["runs"], off["runs"], strict=True))
 
 
 def main() -> None:
@@ -219,23 +266,26 @@ def main() -> None:
     path = ModelStore().ensure(localllm.DEFAULT_MODEL)
     ours = localllm_rates(path, args.threads, args.tokens, args.reps)
     binary = tools_dir(args.tools) / "llama-server"
-    theirs = {spec: llama_server_rates(binary, path, args.threads, args.tokens, args.reps,
-                                       spec) for spec in ("none", "ngram-simple")}
-    on8 = concurrent_rate(path, args.threads, args.tokens, "ngram")
-    off8 = concurrent_rate(path, args.threads, args.tokens, None)
+    with llama_server(binary, path, args.threads, "none") as plain, \
+            llama_server(binary, path, args.threads, "ngram-simple") as ngram:
+        theirs = server_rates({"none": plain, "ngram-simple": ngram}, args.tokens, args.reps)
+    eight = concurrent_rates(path, args.threads, args.tokens, args.reps)
+    on8, off8 = statistics.median(eight["on"]), statistics.median(eight["off"])
     rows = []
     for task in TASKS:
         on, off = ours[f"{task}/ngram"], ours[f"{task}/off"]
         ref_on, ref_off = theirs["ngram-simple"][task], theirs["none"][task]
         rows.append({"task": task, "localllm_off": off["tok_s"], "localllm_on": on["tok_s"],
-                     "speedup": on["tok_s"] / off["tok_s"], "acceptance": on["acceptance"],
+                     "speedup": paired(on, off), "acceptance": on["acceptance"],
                      "tokens": on["tokens"], "llama_server_off": ref_off["tok_s"],
                      "llama_server_on": ref_on["tok_s"],
-                     "llama_server_speedup": ref_on["tok_s"] / ref_off["tok_s"],
+                     "llama_server_speedup": paired(ref_on, ref_off),
                      "llama_server_acceptance": ref_on["acceptance"]})
     result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
               "reps": args.reps, "max_tokens": args.tokens, "tasks": rows,
-              "streams8": {"on_tok_s": on8, "off_tok_s": off8, "ratio": on8 / off8},
+              "streams8": {"on_tok_s": on8, "off_tok_s": off8,
+                           "ratio": paired({"runs": eight["on"]}, {"runs": eight["off"]}),
+                           "runs": eight},
               "raw": {"localllm": ours, "llama_server": theirs}}
     print("| task | localllm off | on | speed-up | acceptance | llama-server off | on | "
           "speed-up |")
@@ -244,7 +294,9 @@ def main() -> None:
         print(f"| {r['task']} | {r['localllm_off']:.1f} | {r['localllm_on']:.1f} | "
               f"{r['speedup']:.2f}x | {r['acceptance'] or 0:.2f} | {r['llama_server_off']:.1f} "
               f"| {r['llama_server_on']:.1f} | {r['llama_server_speedup']:.2f}x |")
-    print(f"8 streams: on {on8:.1f} tok/s, off {off8:.1f} tok/s ({on8 / off8:.3f}x)")
+    print(f"8 streams: on {on8:.1f} tok/s, off {off8:.1f} tok/s "
+          f"({result['streams8']['ratio']:.3f}x); drafted per round {eight['drafted']}, "
+          f"steps on {eight['steps_on']} off {eight['steps_off']}")
     write_result("speculative", result)
 
 

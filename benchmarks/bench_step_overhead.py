@@ -3,16 +3,20 @@
 One loaded model, two ways to decode N streams (N = 1 and 2) of the same length:
 
 * **raw**: a plain loop over llama.cpp's C API on the very same context (same KV cache,
-  threads and batch buffers): fill the batch, ``llama_decode``, sample each stream with
-  a greedy ``llama_sampler`` chain, repeat. Nothing else: the runtime's own speed for the
-  job (llama-batched-bench skips the sampling, so it is not the same job).
+  threads and batch buffers), on the thread that runs localllm's llama.cpp calls: fill
+  the batch, ``llama_decode``, sample each stream with a greedy ``llama_sampler`` chain,
+  repeat. Nothing else: the runtime's own speed for the job (llama-batched-bench skips
+  the sampling, so it is not the same job).
+* **llama-batched-bench** (C++, same sources, 32 prompt + the same generated tokens):
+  its S_TG, which decodes without sampling, measured before the two above.
 * **localllm**: N threads each call ``model.complete`` (end-of-generation banned), through
   the scheduler, delivery, detokenization and stop matching, as an application does.
 
 Decode rate of each side is the generated tokens after the first over the time after the
 first; localllm's per-step cost is split with timers around ``llama_decode`` and the
 sampler: what is left is localllm's own overhead per step, in microseconds. Medians of
-``--reps`` alternating runs; ratios are localllm / raw.
+``--reps`` runs, the two sides taking turns; the ratio is the median of the run-by-run
+ratios localllm / raw (this machine's speed drifts by more than 10% between minutes).
 
 Usage: python benchmarks/bench_step_overhead.py [--reps 5] [--tokens 256] [--threads 2]
 """
@@ -22,14 +26,19 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from bench_batching import tools_dir
 from bench_llamacpp import prompt_for
 from results_file import write_result
 
 import localllm
+from localllm.engines._compute import LLAMA_CPP
 
 
 class _Timed:
@@ -143,13 +152,34 @@ def localllm_rate(model: localllm.Model, prompts: list[str], tokens: int,
             "overhead_us": (wall_per_step - per_decode - per_sample) * 1e6}
 
 
+def batched_bench(binary: Path, model: Path, threads: int, tokens: int) -> dict[int, float]:
+    """llama-batched-bench's S_TG (decode tokens/s, nothing sampled) for 1 and 2 streams
+    of 32 prompt and ``tokens`` generated tokens, on a context like localllm's."""
+    cmd = [str(binary), "-m", str(model), "-c", "2048", "-b", "512", "-ub", "512",
+           "-npp", "32", "-ntg", str(tokens), "-npl", "1,2", "-t", str(threads),
+           "--kv-unified"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    rates = {}
+    for line in (run.stdout + run.stderr).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[0].isdigit():
+            rates[int(cells[2])] = float(cells[7])  # B, S_TG t/s
+    if run.returncode or set(rates) != {1, 2}:
+        sys.exit(f"llama-batched-bench failed ({run.returncode}):\n{run.stderr[-2000:]}")
+    return rates
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tools", help="directory with llama-batched-bench (default: cached)")
     args = ap.parse_args()
     path = localllm.ModelStore().ensure(localllm.DEFAULT_MODEL)
+    bench = tools_dir(args.tools) / "llama-batched-bench"
+    reference = [batched_bench(bench, path, args.threads, args.tokens)
+                 for _ in range(args.reps)]
     out: dict[str, Any] = {}
     with localllm.load(path, context_length=1024, threads=args.threads, parallel=2) as model:
         engine = model._generator.engine
@@ -164,15 +194,24 @@ def main() -> None:
                 ours.append(localllm_rate(model, texts, args.tokens, bias))
                 model.clear_cache()
                 with model._generator.scheduler._engine_lock:  # the scheduler is idle
-                    raw.append(raw_rate(engine, ids, args.tokens))
+                    # on llama.cpp's compute thread, as localllm's steps run: one OpenMP
+                    # pool in the process (see localllm/engines/_compute.py)
+                    raw.append(LLAMA_CPP.run(raw_rate, engine, ids, args.tokens))
                     for seq in range(streams):
                         engine.seq_remove(seq, 0)
             med = {k: statistics.median(r[k] for r in ours) for k in ours[0]}
+            # raw and localllm take turns: the median of the run-by-run ratios
+            ratio = statistics.median(o["tok_s"] / r for o, r in zip(ours, raw, strict=True))
+            bb = [r[streams] for r in reference]
             out[str(streams)] = {"raw_tok_s": statistics.median(raw), "raw_runs": raw,
-                                 "localllm": med, "localllm_runs": ours,
-                                 "ratio": med["tok_s"] / statistics.median(raw)}
+                                 "localllm": med, "localllm_runs": ours, "ratio": ratio,
+                                 "batched_bench_tok_s": statistics.median(bb),
+                                 "batched_bench_runs": bb,
+                                 "ratio_batched_bench": med["tok_s"] / statistics.median(bb)}
             print(f"{streams} stream(s): raw {statistics.median(raw):.1f} tok/s, localllm "
-                  f"{med['tok_s']:.1f} tok/s ({out[str(streams)]['ratio']:.3f}x); per step "
+                  f"{med['tok_s']:.1f} tok/s ({out[str(streams)]['ratio']:.3f}x; "
+                  f"llama-batched-bench {statistics.median(bb):.1f}, "
+                  f"{out[str(streams)]['ratio_batched_bench']:.3f}x); per step "
                   f"{med['step_us']:.0f} us = llama_decode {med['decode_us']:.0f} + sampler "
                   f"{med['sample_us']:.0f} + localllm {med['overhead_us']:.0f}")
     write_result("step-overhead", {"machine": platform.processor() or platform.machine(),

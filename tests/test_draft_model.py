@@ -35,7 +35,12 @@ GEMMA = "gemma-3-270m"
 
 @pytest.fixture(scope="module")
 def f16_copy(default_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return dequantize_gguf(default_model_path, tmp_path_factory.mktemp("f16") / "f16.gguf")
+    """Written as a user would: ``localllm convert MODEL OUT.gguf --dtype f16``."""
+    from localllm import cli
+
+    out = tmp_path_factory.mktemp("f16") / "f16.gguf"
+    assert cli.main(["convert", str(default_model_path), str(out), "--dtype", "f16"]) == 0
+    return out
 
 
 def test_the_f16_copy_holds_the_same_weights(f16_copy: Path,
@@ -58,6 +63,8 @@ def test_the_f16_copy_holds_the_same_weights(f16_copy: Path,
     assert header.metadata["general.file_type"] == 1  # mostly f16
     with pytest.raises(localllm.ConfigError, match="exists"):
         dequantize_gguf(default_model_path, f16_copy)
+    with pytest.raises(localllm.ConfigError, match="int8"):
+        dequantize_gguf(default_model_path, f16_copy.with_name("other.gguf"), dtype="int8")
 
 
 def test_a_draft_of_another_vocabulary_is_refused(default_model_path: Path) -> None:

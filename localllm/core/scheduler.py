@@ -364,7 +364,11 @@ class Scheduler:
         inputs: list[SeqInput] = []
         owners: list[Request] = []
         generating = [r for r in self._active if r.done >= len(r.prompt)][:room]
-        drafts = self._drafts(generating, room) if len(generating) <= MAX_STREAMS else {}
+        # drafts pay where a step is bound by reading the weights: not with many streams,
+        # nor while a prompt is evaluated (its chunk already makes the step compute-bound)
+        prefilling = len(generating) < len(self._active)
+        drafts = self._drafts(generating, room) \
+            if len(generating) <= MAX_STREAMS and not prefilling else {}
         for req in generating:  # generating sequences first: one token each (and drafts)
             draft = drafts.get(req, [])
             inputs.append(SeqInput(req.seq, [req.last, *draft], len(req.history) - 1, True,

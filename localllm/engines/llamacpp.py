@@ -24,6 +24,7 @@ from .._types import Capabilities, DevicePlacement, SamplingParams
 from ..core.engine import BackendSpec, Engine, EngineOptions, SeqInput
 from ..models.gguf import ModelFile
 from . import SPECS
+from ._compute import LLAMA_CPP
 
 log = logging.getLogger("localllm.llama_cpp")
 
@@ -152,7 +153,8 @@ class LlamaCppEngine(Engine):
         _Runtime.recent.clear()
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = options.gpu_layers
-        self._model = lib.llama_model_load_from_file(str(Path(gguf.path)).encode(), mparams)
+        self._model = LLAMA_CPP.run(lib.llama_model_load_from_file,
+                                   str(Path(gguf.path)).encode(), mparams)
         if not self._model:
             raise BackendError(f"llama.cpp could not load {gguf.path}: {self._last_log()}")
         # what llama.cpp actually did, from its own report ("offloaded 31/31 layers to GPU")
@@ -192,7 +194,7 @@ class LlamaCppEngine(Engine):
         fa = options.backend_options.get("flash_attention")
         if fa is not None:  # default: llama.cpp decides (on for the CPU)
             cparams.flash_attn_type = 1 if fa else 0
-        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        self._ctx = LLAMA_CPP.run(lib.llama_init_from_model, self._model, cparams)
         if not self._ctx:
             lib.llama_model_free(self._model)
             raise BackendError(
@@ -354,7 +356,7 @@ class LlamaCppEngine(Engine):
                     want[k] = 1
             rows.append(n - 1 if inp.output else -1)
         batch.n_tokens = n
-        self._check_decode(lib.llama_decode(self._ctx, batch))
+        self._check_decode(LLAMA_CPP.run(lib.llama_decode, self._ctx, batch))
         return rows
 
     def _verified(self, inp: SeqInput, last_row: int) -> Any:
@@ -441,7 +443,7 @@ class LlamaCppEngine(Engine):
         batch.n_tokens = n
         if self._memory:  # decoders keep a KV cache; encoders (BERT) have none
             lib.llama_memory_clear(self._memory, True)
-        self._check_decode(lib.llama_decode(self._ctx, batch))
+        self._check_decode(LLAMA_CPP.run(lib.llama_decode, self._ctx, batch))
         dim = out.shape[1]
         for slot, i in enumerate(run):
             vector = lib.llama_get_embeddings_seq(self._ctx, slot)

@@ -24,6 +24,7 @@ import numpy as np
 
 from .._errors import BackendError, BackendUnavailableError
 from ..images import DecodedImage, placeholder_row
+from ._compute import LLAMA_CPP
 
 #: encoded images kept for reuse (each is tokens x width floats: 16 KB to a few MB)
 KEEP_ENCODED = 8
@@ -65,7 +66,8 @@ class Vision:
         params.warmup = True  # a projector that cannot run fails here, at load
         # exact attention unless asked otherwise: the flash path casts K and V to f16
         params.flash_attn_type = 1 if flash_attention else 0
-        self._handle = mtmd.mtmd_init_from_file(str(projector).encode(), model, params)
+        self._handle = LLAMA_CPP.run(mtmd.mtmd_init_from_file, str(projector).encode(),
+                                     model, params)
         if not self._handle:
             raise BackendError(f"llama.cpp could not load the projector {projector.name}")
         self.width = int(lib.llama_model_n_embd(model))
@@ -104,7 +106,7 @@ class Vision:
                                    f"{image.height} image (mtmd_tokenize returned {rc})")
             chunk = mtmd.mtmd_input_chunks_get(chunks, 0)
             n = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
-            rc = mtmd.mtmd_encode_chunk(self._handle, chunk)
+            rc = LLAMA_CPP.run(mtmd.mtmd_encode_chunk, self._handle, chunk)
             if rc != 0:
                 raise BackendError(f"llama.cpp could not encode the image (code {rc})")
             out = mtmd.mtmd_get_output_embd(self._handle)
@@ -143,7 +145,7 @@ class Vision:
             batch.logits[k] = 0
         batch.logits[n - 1] = 1 if want_last else 0
         batch.n_tokens = n
-        rc = lib.llama_decode(self._ctx, batch)
+        rc = LLAMA_CPP.run(lib.llama_decode, self._ctx, batch)
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc} on image embeddings")
         return n - 1

@@ -41,8 +41,8 @@ def feature_matrix() -> str:
              "works with every served model, since it speaks only the server's own APIs "
              "(see chat-page.md). Images in messages are read by llama.cpp models loaded "
              "with a LLaVA-style vision projector, on every server API (see images.md). "
-             "Speculative decoding (prompt lookup) runs on backends that batch (see "
-             "concurrency.md).\n\n")
+             "Speculative decoding (prompt lookup, or a draft model of the same "
+             "vocabulary) runs on backends that batch (see concurrency.md).\n\n")
     return intro + "\n".join(rows) + "\n" + remote_matrix()
 
 
