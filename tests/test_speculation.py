@@ -181,3 +181,20 @@ def test_an_isolated_worker_speculates_alike(speculative: localllm.Model,
     assert there.timings.drafted_tokens > 0 and there.timings.accepted_tokens > 0
     # the same seed, sampler, runtime and batch shapes: the same tokens
     assert there.token_ids == here.token_ids
+
+
+def test_a_tool_call_is_drafted_and_checked_by_its_grammar(speculative: localllm.Model) -> None:
+    """A forced tool call whose argument copies the prompt: the grammar checks every
+    drafted token like any other, and the call comes out whole and valid."""
+    save = {"type": "function", "function": {
+        "name": "save_note", "description": "Save a note verbatim",
+        "parameters": {"type": "object", "properties": {"text": {
+            "type": "string", "maxLength": 120}},
+                       "required": ["text"]}}}
+    ask = [{"role": "user", "content": "Save this note, word for word: " + COPY_TEXT[:120]}]
+    out = speculative.chat(ask, tools=[save], tool_choice="required", max_tokens=160,
+                           temperature=0, parallel_tool_calls=False)
+    assert out.finish_reason == "tool_calls" and len(out.tool_calls) == 1
+    call = out.tool_calls[0]
+    assert call.name == "save_note" and isinstance(call.parsed_arguments["text"], str)
+    assert out.timings.drafted_tokens > 0 and out.timings.accepted_tokens > 0
