@@ -64,23 +64,28 @@ class MarkovEngine(BatchingFakeEngine):
 
 
 def test_sampled_output_keeps_the_models_distribution() -> None:
-    """3000 seeded three-token answers with speculation on, against the chain's exact
-    distribution of the 27 answers (chi-square); drafts were taken and checked along
-    the way, and every seed gives the same answer with speculation off."""
     engine = MarkovEngine(EngineOptions(context_length=256, threads=1, batch_size=64,
                                         parallel=1))
-    model = _fake_model(engine, "chatml")
+    assert_keeps_the_chains_distribution(_fake_model(engine, "chatml"), "ngram")
+
+
+def assert_keeps_the_chains_distribution(model: localllm.Model, mode: str) -> None:
+    """3000 seeded three-token answers of a MarkovEngine model with speculation ``mode``,
+    against the chain's exact distribution of the 27 answers (chi-square); drafts were
+    taken and checked along the way, and every 100th seed gives the same answer with
+    speculation off."""
     prompt = "abcabcabcaabbccabca"  # ends in a: the first answer letter follows a
     counts: collections.Counter[str] = collections.Counter()
     drafted = accepted = 0
     for seed in range(3000):
         done = model.complete(prompt, max_tokens=3, temperature=1.0, seed=seed,
-                              speculative="ngram")
+                              speculative=mode)
         counts[done.text] += 1
         drafted += done.timings.drafted_tokens
         accepted += done.timings.accepted_tokens
         if seed % 100 == 0:
-            plain = model.complete(prompt, max_tokens=3, temperature=1.0, seed=seed)
+            plain = model.complete(prompt, max_tokens=3, temperature=1.0, seed=seed,
+                                   speculative=None)
             assert plain.token_ids == done.token_ids
     assert drafted > 1000 and 0 < accepted < drafted
     answers = ["".join(t) for t in itertools.product("abc", repeat=3)]

@@ -34,7 +34,7 @@ from .._errors import (
 )
 from .._types import SamplingParams
 from .engine import SEQUENCE_ENDED, Engine, SeqInput
-from .speculation import MAX_STREAMS, DraftModel, NgramDrafter, common_prefix
+from .speculation import MAX_STREAMS, Drafter, DraftModel, NgramDrafter, common_prefix
 
 _END = object()  # outbox marker: the request is over (its reason travels with it)
 # Prompt tokens one step takes while other sequences are decoding. A whole 512-token batch
@@ -293,8 +293,6 @@ class Scheduler:
         req.reused_tokens = req.done
         req.history = list(req.prompt)
         if req.speculation is not None and engine.batching:
-            from .speculation import Drafter
-
             if req.speculation.mode == "ngram":
                 req.drafter = NgramDrafter(req.speculation, req.prompt)
             elif self.draft is not None and not req.images:  # a draft model reads no images
