@@ -8,15 +8,15 @@ One loaded model, two ways to decode N streams (N = 1 and 2) of the same length:
   repeat. Nothing else: the runtime's own speed for the job (llama-batched-bench skips
   the sampling, so it is not the same job).
 * **llama-batched-bench** (C++, same sources, 32 prompt + the same generated tokens):
-  its S_TG, which decodes without sampling, measured before the two above.
+  its S_TG, which decodes without sampling, in the same rounds as the two above.
 * **localllm**: N threads each call ``model.complete`` (end-of-generation banned), through
   the scheduler, delivery, detokenization and stop matching, as an application does.
 
 Decode rate of each side is the generated tokens after the first over the time after the
 first; localllm's per-step cost is split with timers around ``llama_decode`` and the
 sampler: what is left is localllm's own overhead per step, in microseconds. Medians of
-``--reps`` runs, the two sides taking turns; the ratio is the median of the run-by-run
-ratios localllm / raw (this machine's speed drifts by more than 10% between minutes).
+``--reps`` rounds, each side taking its turn in every round; a ratio is the median of
+the round-by-round ratios (this machine's speed drifts by more than 10% between minutes).
 
 Usage: python benchmarks/bench_step_overhead.py [--reps 5] [--tokens 256] [--threads 2]
 """
@@ -178,42 +178,50 @@ def main() -> None:
     args = ap.parse_args()
     path = localllm.ModelStore().ensure(localllm.DEFAULT_MODEL)
     bench = tools_dir(args.tools) / "llama-batched-bench"
-    reference = [batched_bench(bench, path, args.threads, args.tokens)
-                 for _ in range(args.reps)]
-    out: dict[str, Any] = {}
+    runs: dict[int, dict[str, list[Any]]] = {n: {"raw": [], "ours": [], "bb": []} for n in (1, 2)}
     with localllm.load(path, context_length=1024, threads=args.threads, parallel=2) as model:
         engine = model._generator.engine
         bias = {t: -100.0 for t in range(model.info.vocab_size)
                 if engine.is_end_of_generation(t)}
-        for streams in (1, 2):
-            texts = [prompt_for(i, 24) for i in range(streams)]
-            ids = [model.tokenizer.encode(t) for t in texts]
-            raw, ours = [], []
-            model.complete(texts[0], max_tokens=4)  # warm up
-            for _ in range(args.reps):
-                ours.append(localllm_rate(model, texts, args.tokens, bias))
+        texts = [prompt_for(i, 24) for i in range(2)]
+        ids = [model.tokenizer.encode(t) for t in texts]
+        model.complete(texts[0], max_tokens=4)  # warm up
+        for rep in range(args.reps):  # every side takes its turn in every round
+            reference = batched_bench(bench, path, args.threads, args.tokens)
+            for streams in (1, 2):
+                runs[streams]["bb"].append(reference[streams])
+                runs[streams]["ours"].append(
+                    localllm_rate(model, texts[:streams], args.tokens, bias))
                 model.clear_cache()
                 with model._generator.scheduler._engine_lock:  # the scheduler is idle
                     # on llama.cpp's compute thread, as localllm's steps run: one OpenMP
                     # pool in the process (see localllm/engines/_compute.py)
-                    raw.append(LLAMA_CPP.run(raw_rate, engine, ids, args.tokens))
+                    runs[streams]["raw"].append(
+                        LLAMA_CPP.run(raw_rate, engine, ids[:streams], args.tokens))
                     for seq in range(streams):
                         engine.seq_remove(seq, 0)
-            med = {k: statistics.median(r[k] for r in ours) for k in ours[0]}
-            # raw and localllm take turns: the median of the run-by-run ratios
-            ratio = statistics.median(o["tok_s"] / r for o, r in zip(ours, raw, strict=True))
-            bb = [r[streams] for r in reference]
-            out[str(streams)] = {"raw_tok_s": statistics.median(raw), "raw_runs": raw,
-                                 "localllm": med, "localllm_runs": ours, "ratio": ratio,
-                                 "batched_bench_tok_s": statistics.median(bb),
-                                 "batched_bench_runs": bb,
-                                 "ratio_batched_bench": med["tok_s"] / statistics.median(bb)}
-            print(f"{streams} stream(s): raw {statistics.median(raw):.1f} tok/s, localllm "
-                  f"{med['tok_s']:.1f} tok/s ({out[str(streams)]['ratio']:.3f}x; "
-                  f"llama-batched-bench {statistics.median(bb):.1f}, "
-                  f"{out[str(streams)]['ratio_batched_bench']:.3f}x); per step "
-                  f"{med['step_us']:.0f} us = llama_decode {med['decode_us']:.0f} + sampler "
-                  f"{med['sample_us']:.0f} + localllm {med['overhead_us']:.0f}")
+            print(f"round {rep + 1}: " + ", ".join(
+                f"{n} stream(s) bb {r['bb'][-1]:.1f} raw {r['raw'][-1]:.1f} localllm "
+                f"{r['ours'][-1]['tok_s']:.1f}" for n, r in runs.items()), flush=True)
+    out: dict[str, Any] = {}
+    for streams, r in runs.items():
+        ours, raw, bb = r["ours"], r["raw"], r["bb"]
+        med = {k: statistics.median(o[k] for o in ours) for k in ours[0]}
+        # the median of the round-by-round ratios (the machine's speed drifts)
+        ratio = statistics.median(o["tok_s"] / x for o, x in zip(ours, raw, strict=True))
+        ratio_bb = statistics.median(o["tok_s"] / x for o, x in zip(ours, bb, strict=True))
+        ratio_raw_bb = statistics.median(x / y for x, y in zip(raw, bb, strict=True))
+        out[str(streams)] = {"raw_tok_s": statistics.median(raw), "raw_runs": raw,
+                             "localllm": med, "localllm_runs": ours, "ratio": ratio,
+                             "batched_bench_tok_s": statistics.median(bb),
+                             "batched_bench_runs": bb, "ratio_batched_bench": ratio_bb,
+                             "raw_over_batched_bench": ratio_raw_bb}
+        print(f"{streams} stream(s): raw {statistics.median(raw):.1f} tok/s, localllm "
+              f"{med['tok_s']:.1f} tok/s ({ratio:.3f}x raw); llama-batched-bench "
+              f"{statistics.median(bb):.1f}: localllm {ratio_bb:.3f}x, raw "
+              f"{ratio_raw_bb:.3f}x; per step {med['step_us']:.0f} us = llama_decode "
+              f"{med['decode_us']:.0f} + sampler {med['sample_us']:.0f} + localllm "
+              f"{med['overhead_us']:.0f}")
     write_result("step-overhead", {"machine": platform.processor() or platform.machine(),
                                    "threads": args.threads, "reps": args.reps,
                                    "tokens": args.tokens, "streams": out})

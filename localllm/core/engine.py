@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .._errors import (
     BackendError,
@@ -26,6 +26,8 @@ from .._errors import (
 )
 from .._types import Capabilities, DevicePlacement, SamplingParams
 from ..models.gguf import ModelFile
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,17 @@ class Engine(ABC):
         (``native_sampler`` given; :data:`SEQUENCE_ENDED` when the runtime ended the
         sequence itself) or the logits row (numpy float32, the caller's to keep)."""
         return [self._one_sequence().decode(inp) for inp in inputs]
+
+    def on_compute_thread(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the thread where the runtime computes, for its result. The
+        scheduler runs a burst of steps through it at once, so a runtime that computes on
+        a thread of its own pays one hand-off per burst, not per step (default: here)."""
+        return fn()
+
+    def compute_waiting(self) -> bool:
+        """Whether someone else waits for the runtime's compute thread: a burst of steps
+        yields to them between two steps."""
+        return False
 
     def seq_remove(self, seq: int, start: int) -> None:
         """Drop sequence ``seq``'s KV entries from position ``start`` on."""

@@ -243,6 +243,16 @@ class Scheduler:
                     self._waiting.clear()
                     self._active.clear()
                     break
+            self.engine.on_compute_thread(self._burst)
+        with self._engine_lock:
+            for req in pending:
+                self._finish(req, ModelClosedError("the model was closed during the request"))
+
+    def _burst(self) -> None:
+        """Steps, on the runtime's compute thread, until there is nothing to do, the
+        model closes or another computation waits for that thread (two models take turns
+        step by step): one thread hand-off per burst instead of two wake-ups per step."""
+        while True:
             with self._engine_lock:
                 try:
                     self._step()
@@ -250,9 +260,9 @@ class Scheduler:
                     for req in list(self._active):
                         self._finish(req, exc)
                     self._forget_cached()
-        with self._engine_lock:
-            for req in pending:
-                self._finish(req, ModelClosedError("the model was closed during the request"))
+            if self._closing or (not self._active and not self._waiting) \
+                    or self.engine.compute_waiting():
+                return
 
     def _step(self) -> None:
         with self._cond:

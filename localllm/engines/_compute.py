@@ -7,7 +7,9 @@ question or ran an image encoder, say), libgomp counts more threads than cores a
 spinning at its barriers, so every later step of every model in the process is slower:
 on 2 cores the default model fell from 88 to 24-63 tokens/s after one ``embed()`` call
 on the main thread, for good. Handing each ``llama_decode`` (and image encode) to one
-long-lived thread keeps a single pool, for a hand-off of some microseconds per step.
+long-lived thread keeps a single pool. A model's scheduler runs its steps there in
+bursts (``Engine.on_compute_thread``): waking one thread and then the other costs about
+170 microseconds on a 2-core machine, too much to pay on every step.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ class ComputeThread:
         if call.error is not None:
             raise call.error
         return call.result  # type: ignore[no-any-return]
+
+    def waiting(self) -> bool:
+        """Whether a computation waits for the thread (a burst of steps running there
+        yields to it between two steps)."""
+        return not self._calls.empty()
 
     def _start(self) -> None:
         with self._start_lock:

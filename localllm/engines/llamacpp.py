@@ -13,9 +13,9 @@ import logging
 import re
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,8 @@ from ..core.engine import BackendSpec, Engine, EngineOptions, SeqInput
 from ..models.gguf import ModelFile
 from . import SPECS
 from ._compute import LLAMA_CPP
+
+T = TypeVar("T")
 
 log = logging.getLogger("localllm.llama_cpp")
 
@@ -313,6 +315,12 @@ class LlamaCppEngine(Engine):
     @property
     def batch_size(self) -> int:
         return int(self._options.batch_size)
+
+    def on_compute_thread(self, fn: Callable[[], T]) -> T:
+        return LLAMA_CPP.run(fn)
+
+    def compute_waiting(self) -> bool:
+        return LLAMA_CPP.waiting()
 
     def decode_batch(self, inputs: Sequence[SeqInput]) -> list[Any]:
         # a prompt chunk holding image rows is decoded on its own, in runs of text and
