@@ -15,7 +15,11 @@ concurrent streams of the quote task, aggregate tokens/s with speculation on and
 backs off when the batch is full). On and off take turns run by run; rates are medians
 of ``--reps`` and each speed-up is the median of the run-by-run ratios on / off.
 
+``--quant q4_0`` runs it all on the same weights requantized by llama.cpp's quantizer (see
+``requantized``): what the runtime's batched kernels do to the speed-up.
+
 Usage: python benchmarks/bench_speculative.py [--reps 3] [--threads 2] [--tokens 160]
+       [--quant q4_0]
 """
 
 from __future__ import annotations
@@ -256,14 +260,46 @@ def paired(on: dict[str, Any], off: dict[str, Any]) -> float:
     return statistics.median(a / b for a, b in zip(on["runs"], off["runs"], strict=True))
 
 
+#: llama.cpp's file types (LLAMA_FTYPE_MOSTLY_*) that --quant can write
+QUANT_TYPES = {"q4_0": 2, "q8_0": 7}
+
+
+def requantized(path: Path, quant: str, folder: Path) -> Path:
+    """The same weights in another of llama.cpp's quantizations: dequantized to f16 by
+    localllm's converter, then quantized by llama.cpp's own quantizer. On x86 the
+    batched matmul of Q4_0 and Q8_0 has GEMM kernels that Q4_1 (the default file) lacks,
+    so a step that verifies a draft costs far less per drafted row."""
+    import llama_cpp
+
+    from localllm.models.convert_precision import dequantize_gguf
+
+    f16 = dequantize_gguf(path, folder / "f16.gguf", dtype="f16")
+    out = folder / f"{quant}.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = QUANT_TYPES[quant], 2
+    if llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), params) != 0:
+        sys.exit(f"llama.cpp could not quantize {f16} to {quant}")
+    f16.unlink()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=160)
     ap.add_argument("--tools", help="directory with llama-server (default: cached build)")
+    ap.add_argument("--quant", choices=sorted(QUANT_TYPES),
+                    help="run on the default weights requantized to this type")
     args = ap.parse_args()
-    path = ModelStore().ensure(localllm.DEFAULT_MODEL)
+    with tempfile.TemporaryDirectory() as folder:
+        path = ModelStore().ensure(localllm.DEFAULT_MODEL)
+        if args.quant:
+            path = requantized(path, args.quant, Path(folder))
+        run(args, path)
+
+
+def run(args: argparse.Namespace, path: Path) -> None:
     ours = localllm_rates(path, args.threads, args.tokens, args.reps)
     binary = tools_dir(args.tools) / "llama-server"
     with llama_server(binary, path, args.threads, "none") as plain, \
@@ -282,7 +318,8 @@ def main() -> None:
                      "llama_server_speedup": paired(ref_on, ref_off),
                      "llama_server_acceptance": ref_on["acceptance"]})
     result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
-              "reps": args.reps, "max_tokens": args.tokens, "tasks": rows,
+              "reps": args.reps, "max_tokens": args.tokens, "model": path.name,
+              "tasks": rows,
               "streams8": {"on_tok_s": on8, "off_tok_s": off8,
                            "ratio": paired({"runs": eight["on"]}, {"runs": eight["off"]}),
                            "runs": eight},
@@ -297,7 +334,7 @@ def main() -> None:
     print(f"8 streams: on {on8:.1f} tok/s, off {off8:.1f} tok/s "
           f"({result['streams8']['ratio']:.3f}x); drafted per round {eight['drafted']}, "
           f"steps on {eight['steps_on']} off {eight['steps_off']}")
-    write_result("speculative", result)
+    write_result("speculative" + (f"-{args.quant}" if args.quant else ""), result)
 
 
 if __name__ == "__main__":

@@ -409,6 +409,11 @@ def serve(conn: Connection, rows_fd: int) -> None:
     except BaseException as exc:
         conn.send(("err", _portable(exc)))
         return
+    # answered where the runtime computes: no thread hand-off per call (per step)
+    worker.engine.on_compute_thread(lambda: _answer(conn, worker))
+
+
+def _answer(conn: Connection, worker: _Worker) -> None:
     while True:
         try:
             name, args, kwargs = conn.recv()
