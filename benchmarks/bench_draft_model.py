@@ -28,7 +28,7 @@ from bench_speculative import TASKS, alternating, chat, llama_server, paired, se
 from results_file import write_result
 
 import localllm
-from localllm.models.convert_precision import dequantize_gguf
+from localllm.models.convert_precision import change_precision
 from localllm.models.store import ModelStore
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     raw: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in ("f16", "f32"):
-            target = dequantize_gguf(draft, Path(tmp) / f"target-{dtype}.gguf", dtype=dtype)
+            target = change_precision(draft, Path(tmp) / f"target-{dtype}.gguf", dtype=dtype)
             ours = localllm_rates(target, draft, args.threads, args.tokens, args.reps)
             with llama_server(binary, target, args.threads, "none") as plain, \
                     llama_server(binary, target, args.threads, "draft-simple",

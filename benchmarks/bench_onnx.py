@@ -61,12 +61,12 @@ def first_step(model: localllm.Model) -> list[Any]:
 
 
 def main() -> None:
-    from localllm.models.convert_precision import dequantize_gguf
+    from localllm.models.convert_precision import change_precision
 
     source = localllm.ModelStore().ensure(localllm.DEFAULT_MODEL)
     result: dict[str, Any] = {"prompts": PROMPTS}
     with tempfile.TemporaryDirectory() as tmp:
-        f32 = dequantize_gguf(source, Path(tmp) / "f32.gguf", dtype="f32")
+        f32 = change_precision(source, Path(tmp) / "f32.gguf", dtype="f32")
         with localllm.load(source, context_length=1024, threads=2) as q41:
             reference = {"llama.cpp Q4_1": greedy(q41)}
             llama_speed = speed(q41)

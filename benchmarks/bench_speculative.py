@@ -260,20 +260,23 @@ def paired(on: dict[str, Any], off: dict[str, Any]) -> float:
     return statistics.median(a / b for a, b in zip(on["runs"], off["runs"], strict=True))
 
 
-#: llama.cpp's file types (LLAMA_FTYPE_MOSTLY_*) that --quant can write
+#: the quantizations --quant can write, with llama.cpp's file type (LLAMA_FTYPE_MOSTLY_*)
 QUANT_TYPES = {"q4_0": 2, "q8_0": 7}
 
 
 def requantized(path: Path, quant: str, folder: Path) -> Path:
-    """The same weights in another of llama.cpp's quantizations: dequantized to f16 by
-    localllm's converter, then quantized by llama.cpp's own quantizer. On x86 the
-    batched matmul of Q4_0 and Q8_0 has GEMM kernels that Q4_1 (the default file) lacks,
-    so a step that verifies a draft costs far less per drafted row."""
+    """The same weights in another quantization. Q8_0 is written by localllm's converter
+    (``localllm convert MODEL OUT.gguf --dtype q8_0``); Q4_0 by llama.cpp's own quantizer
+    from the f16 copy. On x86 the batched matmul of Q4_0 and Q8_0 has GEMM kernels that
+    Q4_1 (the default file) lacks, so a step that verifies a draft costs far less per
+    drafted row."""
+    from localllm.models.convert_precision import change_precision
+
+    if quant == "q8_0":
+        return change_precision(path, folder / "q8_0.gguf", dtype="q8_0")
     import llama_cpp
 
-    from localllm.models.convert_precision import dequantize_gguf
-
-    f16 = dequantize_gguf(path, folder / "f16.gguf", dtype="f16")
+    f16 = change_precision(path, folder / "f16.gguf", dtype="f16")
     out = folder / f"{quant}.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread = QUANT_TYPES[quant], 2

@@ -282,12 +282,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
         dtype = {"fp32": "f32", "fp16": "f16"}.get(args.dtype, args.dtype)
         print(convert_bert_to_gguf(folder, args.out_dir, dtype=dtype))
         return 0
-    bar = ProgressBar("dequantizing", 0, unit="tensors")
-    if args.out_dir.endswith(".gguf"):  # the same weights at a higher precision
-        from .models.convert_precision import dequantize_gguf
+    bar = ProgressBar("converting", 0, unit="tensors")
+    if args.out_dir.endswith(".gguf"):  # the same weights at another precision
+        from .models.convert_precision import change_precision
 
         dtype = {"fp32": "f32", "fp16": "f16"}.get(args.dtype, args.dtype)
-        print(dequantize_gguf(source, args.out_dir, dtype=dtype,
+        print(change_precision(source, args.out_dir, dtype=dtype,
                               progress=lambda done, total: bar(done, total)))
         return 0
     out = convert_gguf_to_onnx(source, args.out_dir, dtype=args.dtype,
@@ -345,10 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "BERT safetensors folder to a GGUF file")
     convert.add_argument("model", help="catalog name, .gguf path or BERT folder")
     convert.add_argument("out_dir", help="ONNX folder, or a .gguf file (BERT, or a GGUF "
-                                         "dequantized to --dtype f16/f32)")
+                                         "rewritten as --dtype f16/f32/q8_0)")
     convert.add_argument("--dtype", default="fp32",
                          choices=[*DTYPES, "f32", "f16", "q8_0"],
-                         help="ONNX: fp32/fp16/int8/int4; GGUF out: f32/f16 (BERT: also q8_0)")
+                         help="ONNX: fp32/fp16/int8/int4; GGUF out: f32/f16/q8_0")
     convert.set_defaults(func=cmd_convert)
 
     doctor = sub.add_parser("doctor", help="this machine's hardware, runtimes and health "

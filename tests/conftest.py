@@ -44,9 +44,9 @@ def default_model_f32(default_model_path: Path, tmp_path_factory: pytest.TempPat
                       ) -> Path:
     """The default model's own Q4_1 weights, dequantized into an F32 GGUF (540 MB):
     the common ground on which runtimes must agree token for token."""
-    from localllm.models.convert_precision import dequantize_gguf
+    from localllm.models.convert_precision import change_precision
 
-    return dequantize_gguf(default_model_path, tmp_path_factory.mktemp("f32") /
+    return change_precision(default_model_path, tmp_path_factory.mktemp("f32") /
                            "SmolLM2-135M-Instruct.F32.gguf", dtype="f32")
 
 

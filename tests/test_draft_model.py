@@ -2,7 +2,7 @@
 the target checks, and the output is the target's own.
 
 The real pair is the default model (Q4_1) drafting for an f16 copy of the same weights
-written by ``dequantize_gguf``: the only same-vocabulary pair this machine has. The
+written by ``change_precision``: the only same-vocabulary pair this machine has. The
 distribution test runs on two fake engines with known next-token distributions, because
 only there can the sampled output be compared with the exact distribution.
 """
@@ -23,7 +23,7 @@ import localllm
 from localllm import DraftModelError
 from localllm.core.engine import EngineOptions
 from localllm.core.speculation import DraftModel
-from localllm.models.convert_precision import dequantize_gguf
+from localllm.models.convert_precision import change_precision
 from localllm.models.draft import check_vocabulary
 from localllm.testing import _fake_model
 
@@ -59,9 +59,39 @@ def test_the_f16_copy_holds_the_same_weights(f16_copy: Path,
     assert header.chat_template == original.chat_template
     assert header.metadata["general.file_type"] == 1  # mostly f16
     with pytest.raises(localllm.ConfigError, match="exists"):
-        dequantize_gguf(default_model_path, f16_copy)
+        change_precision(default_model_path, f16_copy)
     with pytest.raises(localllm.ConfigError, match="int8"):
-        dequantize_gguf(default_model_path, f16_copy.with_name("other.gguf"), dtype="int8")
+        change_precision(default_model_path, f16_copy.with_name("other.gguf"), dtype="int8")
+
+
+def test_the_q8_0_copy_holds_the_weights_to_its_rounding(default_model_path: Path,
+                                                       tmp_path: Path) -> None:
+    """``--dtype q8_0``: every matrix in Q8_0 blocks (a batched step of it runs on GEMM
+    kernels, see docs/concurrency.md), each value within half a Q8_0 step of the
+    original's, and the copy loads and generates."""
+    import gguf
+
+    from localllm import cli
+
+    out = tmp_path / "q8.gguf"
+    assert cli.main(["convert", str(default_model_path), str(out), "--dtype", "q8_0"]) == 0
+    quantized, q8 = gguf.GGUFReader(default_model_path), gguf.GGUFReader(out)
+    for q, w in zip(quantized.tensors, q8.tensors, strict=True):
+        exact = gguf.quants.dequantize(q.data, q.tensor_type)
+        if exact.ndim < 2:
+            assert w.tensor_type == gguf.GGMLQuantizationType.F32, q.name
+            continue
+        assert w.tensor_type == gguf.GGMLQuantizationType.Q8_0, q.name
+        got = gguf.quants.dequantize(w.data, w.tensor_type)
+        blocks = exact.reshape(-1, 32)
+        step = np.abs(blocks).max(axis=1, keepdims=True) / 127  # Q8_0's step per block
+        error = np.abs(got.reshape(-1, 32) - blocks)
+        # half a step, plus up to 127 times the f16 rounding of the step itself
+        assert (error <= step * (0.5 + 127 / 2048) + 1e-7).all(), q.name
+    assert localllm.read_gguf(out).metadata["general.file_type"] == 7  # mostly Q8_0
+    with localllm.load(out, context_length=256) as model:
+        assert model.complete("The capital of France is", max_tokens=6,
+                              temperature=0).usage.completion_tokens > 0
 
 
 def test_a_draft_of_another_vocabulary_is_refused(default_model_path: Path) -> None:
