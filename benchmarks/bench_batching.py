@@ -55,12 +55,28 @@ def tools_dir(given: str | None) -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
-def batched_bench(binary: Path, model: Path, threads: int) -> dict[int, float]:
-    """S_TG (aggregate decode tokens/s) per number of parallel sequences."""
-    cmd = [str(binary), "-m", str(model), "-c", "4096", "-b", "512", "-ub", "512",
-           "-npp", str(PP), "-ntg", str(TG), "-npl", ",".join(map(str, LOADS)),
+def reference_arguments(doc: str, *, reps: int, tokens: int,
+                        tool: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that compares with a reference tool built from the same
+    llama.cpp sources: --reps, --threads, --tokens and --tools (where ``tool`` lies)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=reps)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=tokens)
+    ap.add_argument("--tools", help=f"directory with {tool} (default: cached build)")
+    return ap
+
+
+def batched_bench(binary: Path, model: Path, threads: int, *, context: int = 4096,
+                  prompt: int = PP, tokens: int = TG,
+                  loads: tuple[int, ...] = LOADS) -> dict[int, float]:
+    """S_TG (aggregate decode tokens/s, nothing sampled) per number of parallel
+    sequences, each of ``prompt`` tokens then ``tokens`` generated, on one unified KV
+    cache of ``context`` tokens, like localllm's."""
+    cmd = [str(binary), "-m", str(model), "-c", str(context), "-b", "512", "-ub", "512",
+           "-npp", str(prompt), "-ntg", str(tokens), "-npl", ",".join(map(str, loads)),
            "-t", str(threads), "--kv-unified"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if run.returncode:
         sys.exit(f"llama-batched-bench failed ({run.returncode}):\n{run.stderr[-2000:]}")
     rates = {}
@@ -68,7 +84,7 @@ def batched_bench(binary: Path, model: Path, threads: int) -> dict[int, float]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 10 and cells[0].isdigit():
             rates[int(cells[2])] = float(cells[7])  # B, S_TG t/s
-    if set(rates) != set(LOADS):
+    if set(rates) != set(loads):
         sys.exit(f"could not read llama-batched-bench's table:\n{run.stdout[-2000:]}")
     return rates
 

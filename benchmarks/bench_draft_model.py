@@ -17,13 +17,12 @@ Usage: python benchmarks/bench_draft_model.py [--reps 3] [--threads 2] [--tokens
 
 from __future__ import annotations
 
-import argparse
 import platform
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_batching import tools_dir
+from bench_batching import reference_arguments, tools_dir
 from bench_speculative import TASKS, alternating, chat, llama_server, paired, server_rates
 from results_file import write_result
 
@@ -41,12 +40,7 @@ def localllm_rates(target: Path, draft: Path, threads: int, tokens: int, reps: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=160)
-    ap.add_argument("--tools", help="directory with llama-server (default: cached build)")
-    args = ap.parse_args()
+    args = reference_arguments(__doc__, reps=3, tokens=160, tool="llama-server").parse_args()
     draft = ModelStore().ensure(localllm.DEFAULT_MODEL)
     binary = tools_dir(args.tools) / "llama-server"
     rows: list[dict[str, Any]] = []

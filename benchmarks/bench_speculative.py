@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench_batching import tools_dir
+from bench_batching import reference_arguments, tools_dir
 from results_file import write_result
 
 import localllm
@@ -287,11 +287,7 @@ def requantized(path: Path, quant: str, folder: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=160)
-    ap.add_argument("--tools", help="directory with llama-server (default: cached build)")
+    ap = reference_arguments(__doc__, reps=3, tokens=160, tool="llama-server")
     ap.add_argument("--quant", choices=sorted(QUANT_TYPES),
                     help="run on the default weights requantized to this type")
     args = ap.parse_args()

@@ -23,17 +23,13 @@ Usage: python benchmarks/bench_step_overhead.py [--reps 5] [--tokens 256] [--thr
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from bench_batching import tools_dir
+from bench_batching import batched_bench, reference_arguments, tools_dir
 from bench_llamacpp import prompt_for
 from results_file import write_result
 
@@ -152,30 +148,9 @@ def localllm_rate(model: localllm.Model, prompts: list[str], tokens: int,
             "overhead_us": (wall_per_step - per_decode - per_sample) * 1e6}
 
 
-def batched_bench(binary: Path, model: Path, threads: int, tokens: int) -> dict[int, float]:
-    """llama-batched-bench's S_TG (decode tokens/s, nothing sampled) for 1 and 2 streams
-    of 32 prompt and ``tokens`` generated tokens, on a context like localllm's."""
-    cmd = [str(binary), "-m", str(model), "-c", "2048", "-b", "512", "-ub", "512",
-           "-npp", "32", "-ntg", str(tokens), "-npl", "1,2", "-t", str(threads),
-           "--kv-unified"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    rates = {}
-    for line in (run.stdout + run.stderr).splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 10 and cells[0].isdigit():
-            rates[int(cells[2])] = float(cells[7])  # B, S_TG t/s
-    if run.returncode or set(rates) != {1, 2}:
-        sys.exit(f"llama-batched-bench failed ({run.returncode}):\n{run.stderr[-2000:]}")
-    return rates
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tools", help="directory with llama-batched-bench (default: cached)")
-    args = ap.parse_args()
+    args = reference_arguments(__doc__, reps=5, tokens=256,
+                               tool="llama-batched-bench").parse_args()
     path = localllm.ModelStore().ensure(localllm.DEFAULT_MODEL)
     bench = tools_dir(args.tools) / "llama-batched-bench"
     runs: dict[int, dict[str, list[Any]]] = {n: {"raw": [], "ours": [], "bb": []} for n in (1, 2)}
@@ -187,7 +162,9 @@ def main() -> None:
         ids = [model.tokenizer.encode(t) for t in texts]
         model.complete(texts[0], max_tokens=4)  # warm up
         for rep in range(args.reps):  # every side takes its turn in every round
-            reference = batched_bench(bench, path, args.threads, args.tokens)
+            # 1 and 2 streams of 32 prompt tokens, on a context like localllm's below
+            reference = batched_bench(bench, path, args.threads, context=2048, prompt=32,
+                                      tokens=args.tokens, loads=(1, 2))
             for streams in (1, 2):
                 runs[streams]["bb"].append(reference[streams])
                 runs[streams]["ours"].append(

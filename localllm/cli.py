@@ -276,17 +276,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     source = resolve_source(args.model)
     folder = source if source.is_dir() else source.parent
+    dtype = {"fp32": "f32", "fp16": "f16"}.get(args.dtype, args.dtype)  # GGUF's names
     if (folder / "model.safetensors").is_file():  # a sentence-transformers BERT folder
         from .models.convert_bert import convert_bert_to_gguf
 
-        dtype = {"fp32": "f32", "fp16": "f16"}.get(args.dtype, args.dtype)
         print(convert_bert_to_gguf(folder, args.out_dir, dtype=dtype))
         return 0
     bar = ProgressBar("converting", 0, unit="tensors")
     if args.out_dir.endswith(".gguf"):  # the same weights at another precision
         from .models.convert_precision import change_precision
 
-        dtype = {"fp32": "f32", "fp16": "f16"}.get(args.dtype, args.dtype)
         print(change_precision(source, args.out_dir, dtype=dtype,
                               progress=lambda done, total: bar(done, total)))
         return 0
