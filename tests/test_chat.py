@@ -68,11 +68,28 @@ def test_cve_2024_34359_payload_is_blocked_without_side_effects(tmp_path: Path) 
 
 def test_render_time_and_size_are_limited() -> None:
     slow = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-    with pytest.raises(ChatTemplateError, match="longer than"):
+    with pytest.raises(ChatTemplateError, match="more than 0.2 s of CPU time"):
         render_chat(slow, MSGS, max_seconds=0.2)
     big = "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}"
     with pytest.raises(ChatTemplateError, match="exceeded"):
         render_chat(big, MSGS, max_chars=100_000)
+
+
+def test_the_time_limit_counts_work_not_waiting() -> None:
+    """A render on a busy server waits for the GIL, a collection or the scheduler; only
+    the CPU time its thread spends counts, so waiting past the limit is no error, and
+    working past it still is."""
+    import time
+
+    from localllm.templates.sandbox import RenderLimits
+
+    limits = RenderLimits(0.05, 1000)
+    time.sleep(0.15)  # three times the limit on the clock, almost no CPU time
+    limits.check()
+    started = time.thread_time()
+    with pytest.raises(ChatTemplateError, match="CPU time"):
+        while time.thread_time() - started < 1.0:  # bounded: 20 times the limit
+            limits.check()
 
 
 def test_bad_templates_and_messages_are_clear_errors() -> None:

@@ -45,7 +45,8 @@ async def stream_text(client: httpx.AsyncClient, body: dict[str, object]) -> tup
 
     parts, finish, done = [], None, False
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        assert response.status_code == 200
+        if response.status_code != 200:
+            raise AssertionError(f"{response.status_code}: {(await response.aread())!r}")
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
                 continue

@@ -1,4 +1,4 @@
-"""The Jinja sandbox chat templates render in, with limits on time and on sizes.
+"""The Jinja sandbox chat templates render in, with limits on CPU time and on sizes.
 
 A chat template is code from a downloaded file. Jinja's ``ImmutableSandboxedEnvironment``
 blocks unsafe attributes and mutation; it does not bound what a template costs. Loops
@@ -33,12 +33,19 @@ _JINJA_KWARGS = ("_loop_vars", "_block_vars")  # the compiler's own, passed to e
 
 
 class RenderLimits:
-    """The deadline and size limits of one render, checked by the sandbox hooks; inside
+    """The time and size limits of one render, checked by the sandbox hooks; inside
     a filter, whose own loops (textwrap over a long string, a sort with a key) no hook
-    sees, by a profile hook on the rendering thread."""
+    sees, by a profile hook on the rendering thread.
+
+    The time limit is on the CPU time the rendering thread spends, not on the clock: a
+    busy server (other requests' threads holding the GIL, a garbage collection, a
+    preempted process) must not fail a template that does little work. The thread's CPU
+    clock costs five times the monotonic one, so it is read only once the wall clock
+    passes ``deadline``, the earliest moment the CPU budget could be spent."""
 
     def __init__(self, seconds: float, max_chars: int) -> None:
         self.deadline = time.monotonic() + seconds
+        self._cpu_start = time.thread_time()
         self.seconds = seconds
         self.max_chars = max_chars
         self._events = 0
@@ -73,10 +80,16 @@ class RenderLimits:
             self.check()
 
     def check(self) -> None:
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now <= self.deadline:
+            return
+        used = time.thread_time() - self._cpu_start
+        if used > self.seconds:
             raise ChatTemplateError(
-                f"chat template rendering took longer than {self.seconds:g} s and was "
-                "stopped; the template loops too much or is hostile")
+                f"chat template rendering took more than {self.seconds:g} s of CPU time "
+                "and was stopped; the template loops too much or is hostile")
+        # the thread waited rather than worked: CPU time grows no faster than the clock
+        self.deadline = now + (self.seconds - used)
 
     def check_width(self, n: int) -> None:
         if n > self.max_chars:
