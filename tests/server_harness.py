@@ -69,10 +69,15 @@ def wait_healthy(base: str, timeout_s: float = 120.0, *, loaded: bool = True,
 def served_in_thread(models: list[str], *, wait_loaded: bool = True, **options: Any
                      ) -> Iterator[str]:
     """The app under uvicorn on a thread; yields its base URL once /health is 200 (or,
-    with ``wait_loaded=False``, once it answers at all)."""
+    with ``wait_loaded=False``, once it answers at all).
+
+    Its models stay loaded (no idle keep-alive) unless the test passes ``keep_alive_s``:
+    tests reach the loaded model directly (``served_model``), which the registry does not
+    see as use, and on a slow machine that work can outlast the default 5 minutes."""
     import uvicorn
 
     port = free_port()
+    options.setdefault("keep_alive_s", None)
     app = create_app(models, **options)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
