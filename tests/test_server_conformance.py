@@ -58,8 +58,10 @@ def no_eos(http: httpx.Client) -> dict[str, float]:
                 if engine.is_end_of_generation(t)}
 
 
-def chat(http: httpx.Client, **body: Any) -> httpx.Response:
-    return http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI, **body})
+def chat(http: httpx.Client, *, timeout: Any = httpx.USE_CLIENT_DEFAULT, **body: Any
+         ) -> httpx.Response:
+    return http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI, **body},
+                     timeout=timeout)
 
 
 def sse_events(response: httpx.Response) -> list[Any]:
@@ -162,10 +164,8 @@ def test_10_max_tokens_past_the_context_is_capped(http: httpx.Client) -> None:
     answer may run the whole context (about 1,000 tokens), so the wait is longer than the
     other requests' on a slow machine, and still bounded."""
     for body in ({"max_tokens": 50_000}, {"max_tokens": 50_000, "stream": True}):
-        if body.get("stream"):
-            body["stream_options"] = {"include_usage": True}
-        response = http.post("/v1/chat/completions", timeout=600,
-                             json={"model": MODEL, "messages": HI, **body})
+        response = chat(http, **body, timeout=600, stream_options={"include_usage": True}
+                        if body.get("stream") else None)
         assert response.status_code == 200, response.text
         usage = (sse_events(response)[-2] if body.get("stream") else response.json())["usage"]
         assert usage["prompt_tokens"] + usage["completion_tokens"] <= 1024
